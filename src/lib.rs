@@ -1,0 +1,29 @@
+//! shardmcp: a thread-per-core Model Context Protocol server runtime with
+//! Erlang/OTP-style supervision.
+//!
+//! Module map (see DESIGN.md for the shape; a module imports only those listed
+//! after it, and only `runtime` wires parts together):
+//!
+//! - [`cli`]: the `shardmcp` subcommands and their flags.
+//! - [`runtime`]: the node (shards, signals, drain, shard restarts) and one shard's tree.
+//! - [`transport`]: listeners: bytes in, frames to session actors, bytes out.
+//! - [`pool`]: pool supervisors (bulkheads) and session placement by id hash.
+//! - [`session`]: the session actor.
+//! - [`mesh`]: bounded channels between every ordered pair of shards, call/reply.
+//! - [`registry`]: session ids (owning shard + 128 random bits) and shard-local maps.
+//! - [`supervision`]: OTP child specs, strategies, intensity, restart timing, the tree.
+//! - [`config`]: every bound as a named, documented value; TOML with unknown keys refused.
+//! - [`time`], [`sync`]: injected clock and shard-local primitives underneath it all.
+
+
+
+pub mod ids;
+
+
+pub mod registry;
+
+
+pub mod supervision;
+pub mod sync;
+pub mod time;
+

@@ -1,0 +1,27 @@
+//! Supervision with Erlang/OTP semantics: child specs (restart type, shutdown
+//! policy, kind), the four strategies, restart intensity with escalation,
+//! ordered start and reverse-ordered stop, timed restarts and a live tree.
+//!
+//! Everything here is shard-local (`Rc`, `RefCell`, glommio local tasks) and
+//! knows nothing of sockets or MCP. A "crash" is a panic in a child's future or
+//! the child returning an abnormal [`ExitReason`]; either is caught here and
+//! never unwinds into the shard.
+
+mod context;
+mod intensity;
+mod spec;
+mod stats;
+mod supervisor;
+mod tree;
+
+#[cfg(test)]
+mod tests;
+
+pub use context::{ChildContext, SupervisorEnv};
+pub use spec::{
+    ChildFuture, ChildKind, ChildSpec, DynamicTemplate, ExitReason, Restart, Shutdown, SpecError,
+    StartFn, Strategy, SupFlags,
+};
+pub use stats::{RestartStats, RestartSummary};
+pub use supervisor::{panic_message, ChildKey, Supervisor, SupervisorError, SupervisorSpec};
+pub use tree::TreeNode;
