@@ -15,15 +15,17 @@
 //! - [`config`]: every bound as a named, documented value; TOML with unknown keys refused.
 //! - [`time`], [`sync`]: injected clock and shard-local primitives underneath it all.
 
+#![deny(clippy::await_holding_refcell_ref)]
 
-
+pub mod cli;
+pub mod config;
 pub mod ids;
-
-
+pub mod mesh;
+pub mod pool;
 pub mod registry;
-
-
+pub mod runtime;
+pub mod session;
 pub mod supervision;
 pub mod sync;
 pub mod time;
-
+pub mod transport;

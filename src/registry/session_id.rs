@@ -116,7 +116,11 @@ mod tests {
 
     #[test]
     fn round_trips_through_text() {
-        for (shard, random) in [(0u16, 0u128), (3, u128::MAX), (0xffff, 0x0123_4567_89ab_cdef)] {
+        for (shard, random) in [
+            (0u16, 0u128),
+            (3, u128::MAX),
+            (0xffff, 0x0123_4567_89ab_cdef),
+        ] {
             let id = SessionId::new(ShardId(shard), random);
             let text = id.to_string();
             assert_eq!(text.len(), SESSION_ID_LEN);

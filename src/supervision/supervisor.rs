@@ -24,8 +24,8 @@ use crate::sync::{Event, EventWait};
 use super::context::{ChildContext, SupervisorEnv};
 use super::intensity::IntensityWindow;
 use super::spec::{
-    check_specs, ChildFuture, ChildKind, ChildSpec, DynamicTemplate, ExitReason, Restart,
-    Shutdown, SpecError, StartFn, Strategy, SupFlags,
+    check_specs, ChildFuture, ChildKind, ChildSpec, DynamicTemplate, ExitReason, Restart, Shutdown,
+    SpecError, StartFn, Strategy, SupFlags,
 };
 use super::tree::TreeNode;
 
@@ -51,6 +51,9 @@ pub enum SupervisorError {
     Spec(#[from] SpecError),
 }
 
+/// Told about each new instance of a supervisor.
+pub type OnStart = Rc<dyn Fn(&Supervisor)>;
+
 /// Everything needed to build a supervisor, checked once; reused on every
 /// restart when the supervisor is itself a child.
 #[derive(Clone)]
@@ -63,7 +66,7 @@ pub struct SupervisorSpec {
     pub children_max: usize,
     /// Called with each new instance, so callers can keep a handle to the
     /// current one across restarts (pools do).
-    pub on_start: Option<Rc<dyn Fn(&Supervisor)>>,
+    pub on_start: Option<OnStart>,
 }
 
 impl SupervisorSpec {
@@ -75,7 +78,7 @@ impl SupervisorSpec {
             template: None,
             children_max: usize::MAX,
             on_start: None,
-            }
+        }
     }
 
     pub fn child(mut self, spec: ChildSpec) -> Self {
@@ -582,10 +585,16 @@ impl Supervisor {
                 .env
                 .clock
                 .sleep(Duration::from_millis(u64::from(ms)));
-            let in_time = future::or(async { all_exited.await; true }, async {
-                timer.await;
-                false
-            })
+            let in_time = future::or(
+                async {
+                    all_exited.await;
+                    true
+                },
+                async {
+                    timer.await;
+                    false
+                },
+            )
             .await;
             if !in_time {
                 for child in &running {
@@ -624,7 +633,12 @@ impl Supervisor {
                 running.exited.clone(),
             );
             child.running = Some(running);
-            (child.spec.start.clone(), ctx, events, child.noticed_at.take())
+            (
+                child.spec.start.clone(),
+                ctx,
+                events,
+                child.noticed_at.take(),
+            )
         };
         let (generation, kill, exited) = running_events;
         // The start function runs outside any borrow: it may build a nested
@@ -663,11 +677,9 @@ impl Supervisor {
                 .as_ref()
                 .and_then(|subtree| subtree.borrow().clone());
             match subtree {
-                Some(nested) if child.running.is_some() => children.push(nested.tree_as(
-                    child.spec.id.to_string(),
-                    child.restarts,
-                    true,
-                )),
+                Some(nested) if child.running.is_some() => {
+                    children.push(nested.tree_as(child.spec.id.to_string(), child.restarts, true))
+                }
                 // Dynamic workers are summarised by `child_count`; a pool of
                 // thousands of sessions would drown the tree otherwise.
                 _ if dynamic && child.spec.kind == ChildKind::Worker => {}
@@ -755,10 +767,16 @@ async fn stop_child(env: &SupervisorEnv, running: &Running, shutdown: Shutdown) 
             running.shutdown.set();
             let timer = env.clock.sleep(Duration::from_millis(u64::from(ms)));
             let exited = running.exited.wait();
-            let in_time = future::or(async { exited.await; true }, async {
-                timer.await;
-                false
-            })
+            let in_time = future::or(
+                async {
+                    exited.await;
+                    true
+                },
+                async {
+                    timer.await;
+                    false
+                },
+            )
             .await;
             if !in_time {
                 running.kill.set();

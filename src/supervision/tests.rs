@@ -55,9 +55,7 @@ impl Lab {
 
     fn arm(&self, id: &'static str) -> Event {
         let event = Event::new();
-        self.triggers
-            .borrow_mut()
-            .insert(id, (event.clone(), None));
+        self.triggers.borrow_mut().insert(id, (event.clone(), None));
         event
     }
 
@@ -120,7 +118,10 @@ fn env(clock: &Rc<ManualClock>) -> SupervisorEnv {
     SupervisorEnv::new(clock.clone())
 }
 
-fn start(spec: SupervisorSpec, env: SupervisorEnv) -> (Supervisor, Event, glommio::Task<ExitReason>) {
+fn start(
+    spec: SupervisorSpec,
+    env: SupervisorEnv,
+) -> (Supervisor, Event, glommio::Task<ExitReason>) {
     let supervisor = spec.build(env).expect("valid spec");
     let stop = Event::new();
     let runner = supervisor.clone();
@@ -140,7 +141,10 @@ fn three(lab: &Rc<Lab>, strategy: Strategy, restart: Restart) -> SupervisorSpec 
 fn one_for_one_permanent_panic_restarts_only_that_child() {
     run(async {
         let (lab, clock) = (Lab::new(), ManualClock::new());
-        let (sup, stop, task) = start(three(&lab, Strategy::OneForOne, Restart::Permanent), env(&clock));
+        let (sup, stop, task) = start(
+            three(&lab, Strategy::OneForOne, Restart::Permanent),
+            env(&clock),
+        );
         settle(8).await;
         assert_eq!(lab.take_log(), ["start a", "start b", "start c"]);
 
@@ -161,7 +165,10 @@ fn one_for_one_permanent_panic_restarts_only_that_child() {
 fn one_for_all_transient_panic_restarts_all_in_order_after_reverse_stop() {
     run(async {
         let (lab, clock) = (Lab::new(), ManualClock::new());
-        let (sup, stop, task) = start(three(&lab, Strategy::OneForAll, Restart::Transient), env(&clock));
+        let (sup, stop, task) = start(
+            three(&lab, Strategy::OneForAll, Restart::Transient),
+            env(&clock),
+        );
         settle(8).await;
         lab.take_log();
 
@@ -181,7 +188,10 @@ fn one_for_all_transient_panic_restarts_all_in_order_after_reverse_stop() {
 fn one_for_all_transient_normal_exit_restarts_nothing() {
     run(async {
         let (lab, clock) = (Lab::new(), ManualClock::new());
-        let (sup, stop, task) = start(three(&lab, Strategy::OneForAll, Restart::Transient), env(&clock));
+        let (sup, stop, task) = start(
+            three(&lab, Strategy::OneForAll, Restart::Transient),
+            env(&clock),
+        );
         settle(8).await;
         lab.take_log();
         lab.fire("a", Action::Exit(ExitReason::Normal));
@@ -189,7 +199,11 @@ fn one_for_all_transient_normal_exit_restarts_nothing() {
         assert!(lab.take_log().is_empty());
         assert_eq!(sup.restarts(), 0);
         assert_eq!(sup.running_count(), 2);
-        assert_eq!(sup.child_count(), 3, "a transient child that ended normally keeps its spec");
+        assert_eq!(
+            sup.child_count(),
+            3,
+            "a transient child that ended normally keeps its spec"
+        );
         stop.set();
         task.await;
     });
@@ -199,7 +213,10 @@ fn one_for_all_transient_normal_exit_restarts_nothing() {
 fn rest_for_one_permanent_error_restarts_it_and_later_children() {
     run(async {
         let (lab, clock) = (Lab::new(), ManualClock::new());
-        let (sup, stop, task) = start(three(&lab, Strategy::RestForOne, Restart::Permanent), env(&clock));
+        let (sup, stop, task) = start(
+            three(&lab, Strategy::RestForOne, Restart::Permanent),
+            env(&clock),
+        );
         settle(8).await;
         lab.take_log();
 
@@ -216,13 +233,38 @@ fn rest_for_one_permanent_error_restarts_it_and_later_children() {
 fn restart_type_by_exit_reason_follows_otp_table() {
     // (restart type, exit, restarted?, spec kept?)
     let table = [
-        (Restart::Permanent, Action::Exit(ExitReason::Normal), true, true),
+        (
+            Restart::Permanent,
+            Action::Exit(ExitReason::Normal),
+            true,
+            true,
+        ),
         (Restart::Permanent, Action::Panic("p"), true, true),
-        (Restart::Transient, Action::Exit(ExitReason::Normal), false, true),
-        (Restart::Transient, Action::Exit(ExitReason::Shutdown), false, true),
-        (Restart::Transient, Action::Exit(ExitReason::Error("e".into())), true, true),
+        (
+            Restart::Transient,
+            Action::Exit(ExitReason::Normal),
+            false,
+            true,
+        ),
+        (
+            Restart::Transient,
+            Action::Exit(ExitReason::Shutdown),
+            false,
+            true,
+        ),
+        (
+            Restart::Transient,
+            Action::Exit(ExitReason::Error("e".into())),
+            true,
+            true,
+        ),
         (Restart::Transient, Action::Panic("p"), true, true),
-        (Restart::Temporary, Action::Exit(ExitReason::Normal), false, false),
+        (
+            Restart::Temporary,
+            Action::Exit(ExitReason::Normal),
+            false,
+            false,
+        ),
         (Restart::Temporary, Action::Panic("p"), false, false),
     ];
     for (restart, action, restarted, kept) in table {
@@ -249,9 +291,12 @@ fn restart_type_by_exit_reason_follows_otp_table() {
 fn one_for_one_intensity_exceeded_escalates_with_max_intensity() {
     run(async {
         let (lab, clock) = (Lab::new(), ManualClock::new());
-        let spec = SupervisorSpec::new("sup", SupFlags::new(Strategy::OneForOne).intensity(2, 1_000))
-            .child(probe(&lab, "w", Restart::Permanent, true))
-            .child(probe(&lab, "other", Restart::Permanent, true));
+        let spec = SupervisorSpec::new(
+            "sup",
+            SupFlags::new(Strategy::OneForOne).intensity(2, 1_000),
+        )
+        .child(probe(&lab, "w", Restart::Permanent, true))
+        .child(probe(&lab, "other", Restart::Permanent, true));
         let (sup, _stop, task) = start(spec, env(&clock));
         settle(8).await;
         for _ in 0..2 {
@@ -273,8 +318,11 @@ fn one_for_one_intensity_exceeded_escalates_with_max_intensity() {
 fn one_for_one_restarts_spread_beyond_period_never_escalate() {
     run(async {
         let (lab, clock) = (Lab::new(), ManualClock::new());
-        let spec = SupervisorSpec::new("sup", SupFlags::new(Strategy::OneForOne).intensity(1, 1_000))
-            .child(probe(&lab, "w", Restart::Permanent, true));
+        let spec = SupervisorSpec::new(
+            "sup",
+            SupFlags::new(Strategy::OneForOne).intensity(1, 1_000),
+        )
+        .child(probe(&lab, "w", Restart::Permanent, true));
         let (sup, stop, task) = start(spec, env(&clock));
         settle(8).await;
         for _ in 0..5 {
@@ -293,13 +341,19 @@ fn one_for_one_restarts_spread_beyond_period_never_escalate() {
 fn nested_escalation_restarts_child_supervisor_then_reaches_root() {
     run(async {
         let (lab, clock) = (Lab::new(), ManualClock::new());
-        let inner = SupervisorSpec::new("inner", SupFlags::new(Strategy::OneForOne).intensity(0, 1_000))
-            .child(probe(&lab, "w", Restart::Permanent, true))
-            .into_child_spec()
-            .expect("valid");
-        let spec = SupervisorSpec::new("root", SupFlags::new(Strategy::OneForOne).intensity(1, 1_000))
-            .child(probe(&lab, "sibling", Restart::Permanent, true))
-            .child(inner);
+        let inner = SupervisorSpec::new(
+            "inner",
+            SupFlags::new(Strategy::OneForOne).intensity(0, 1_000),
+        )
+        .child(probe(&lab, "w", Restart::Permanent, true))
+        .into_child_spec()
+        .expect("valid");
+        let spec = SupervisorSpec::new(
+            "root",
+            SupFlags::new(Strategy::OneForOne).intensity(1, 1_000),
+        )
+        .child(probe(&lab, "sibling", Restart::Permanent, true))
+        .child(inner);
         let (root, _stop, task) = start(spec, env(&clock));
         settle(8).await;
         lab.take_log();
@@ -326,7 +380,10 @@ fn nested_escalation_restarts_child_supervisor_then_reaches_root() {
 fn shutdown_stops_children_in_reverse_start_order() {
     run(async {
         let (lab, clock) = (Lab::new(), ManualClock::new());
-        let (_sup, stop, task) = start(three(&lab, Strategy::OneForOne, Restart::Permanent), env(&clock));
+        let (_sup, stop, task) = start(
+            three(&lab, Strategy::OneForOne, Restart::Permanent),
+            env(&clock),
+        );
         settle(8).await;
         assert_eq!(lab.take_log(), ["start a", "start b", "start c"]);
         stop.set();
@@ -339,8 +396,8 @@ fn shutdown_stops_children_in_reverse_start_order() {
 fn shutdown_timeout_kills_a_child_that_ignores_the_request_only_when_it_runs_out() {
     run(async {
         let (lab, clock) = (Lab::new(), ManualClock::new());
-        let stubborn = probe(&lab, "stubborn", Restart::Permanent, false)
-            .shutdown(Shutdown::TimeoutMs(100));
+        let stubborn =
+            probe(&lab, "stubborn", Restart::Permanent, false).shutdown(Shutdown::TimeoutMs(100));
         let spec = SupervisorSpec::new("sup", SupFlags::new(Strategy::OneForOne)).child(stubborn);
         let (sup, stop, task) = start(spec, env(&clock));
         settle(8).await;
@@ -362,8 +419,10 @@ fn shutdown_timeout_kills_a_child_that_ignores_the_request_only_when_it_runs_out
 fn shutdown_brutal_kill_needs_no_time_and_infinity_waits_for_the_child() {
     run(async {
         let (lab, clock) = (Lab::new(), ManualClock::new());
-        let brutal = probe(&lab, "brutal", Restart::Permanent, false).shutdown(Shutdown::BrutalKill);
-        let patient = probe(&lab, "patient", Restart::Permanent, false).shutdown(Shutdown::Infinity);
+        let brutal =
+            probe(&lab, "brutal", Restart::Permanent, false).shutdown(Shutdown::BrutalKill);
+        let patient =
+            probe(&lab, "patient", Restart::Permanent, false).shutdown(Shutdown::Infinity);
         let spec = SupervisorSpec::new("sup", SupFlags::new(Strategy::OneForOne))
             .child(patient)
             .child(brutal);
@@ -386,9 +445,12 @@ fn shutdown_brutal_kill_needs_no_time_and_infinity_waits_for_the_child() {
 fn one_for_one_panicking_child_never_disturbs_siblings() {
     run(async {
         let (lab, clock) = (Lab::new(), ManualClock::new());
-        let spec = SupervisorSpec::new("sup", SupFlags::new(Strategy::OneForOne).intensity(1_000, 1_000))
-            .child(probe(&lab, "crashy", Restart::Permanent, true))
-            .child(probe(&lab, "calm", Restart::Permanent, true));
+        let spec = SupervisorSpec::new(
+            "sup",
+            SupFlags::new(Strategy::OneForOne).intensity(1_000, 1_000),
+        )
+        .child(probe(&lab, "crashy", Restart::Permanent, true))
+        .child(probe(&lab, "calm", Restart::Permanent, true));
         let (sup, stop, task) = start(spec, env(&clock));
         settle(8).await;
         for _ in 0..50 {
@@ -407,7 +469,11 @@ fn one_for_one_panicking_child_never_disturbs_siblings() {
 }
 
 fn dynamic_spec(restart: Restart, shutdown: Shutdown, children_max: usize) -> SupervisorSpec {
-    SupervisorSpec::new("pool", SupFlags::new(Strategy::SimpleOneForOne).intensity(100, 1_000)).template(
+    SupervisorSpec::new(
+        "pool",
+        SupFlags::new(Strategy::SimpleOneForOne).intensity(100, 1_000),
+    )
+    .template(
         DynamicTemplate {
             id: Rc::from("session"),
             restart,
@@ -454,8 +520,12 @@ fn simple_one_for_one_temporary_children_are_removed_not_restarted() {
         let started = Rc::new(RefCell::new(0));
         let crash = Event::new();
         let calm = Event::new();
-        let doomed = sup.start_child(waiting_worker(started.clone(), crash.clone())).unwrap();
-        let kept = sup.start_child(waiting_worker(started.clone(), calm)).unwrap();
+        let doomed = sup
+            .start_child(waiting_worker(started.clone(), crash.clone()))
+            .unwrap();
+        let kept = sup
+            .start_child(waiting_worker(started.clone(), calm))
+            .unwrap();
         settle(8).await;
         assert_eq!(sup.child_count(), 2);
         crash.set();
@@ -480,8 +550,11 @@ fn simple_one_for_one_permanent_children_restart_and_bound_holds() {
         );
         let started = Rc::new(RefCell::new(0));
         let crash = Event::new();
-        let key = sup.start_child(waiting_worker(started.clone(), crash.clone())).unwrap();
-        sup.start_child(waiting_worker(started.clone(), Event::new())).unwrap();
+        let key = sup
+            .start_child(waiting_worker(started.clone(), crash.clone()))
+            .unwrap();
+        sup.start_child(waiting_worker(started.clone(), Event::new()))
+            .unwrap();
         assert!(matches!(
             sup.start_child(waiting_worker(started.clone(), Event::new())),
             Err(SupervisorError::Full { max: 2, .. })
@@ -533,13 +606,18 @@ fn terminate_child_stops_and_forgets_a_dynamic_child() {
             env(&clock),
         );
         let started = Rc::new(RefCell::new(0));
-        let key = sup.start_child(waiting_worker(started.clone(), Event::new())).unwrap();
+        let key = sup
+            .start_child(waiting_worker(started.clone(), Event::new()))
+            .unwrap();
         settle(4).await;
         sup.terminate_child(key).await.expect("exists");
         settle(4).await;
         assert_eq!(sup.child_count(), 0);
         assert_eq!(*started.borrow(), 1, "terminated, not restarted");
-        assert_eq!(sup.terminate_child(key).await, Err(SupervisorError::NoSuchChild));
+        assert_eq!(
+            sup.terminate_child(key).await,
+            Err(SupervisorError::NoSuchChild)
+        );
         stop.set();
         task.await;
     });
@@ -560,7 +638,10 @@ fn dropping_a_running_supervisor_kills_its_children() {
         settle(8).await;
         assert_eq!(sup.running_count(), 0);
         assert!(sup.is_stopped());
-        assert!(!lab.take_log().iter().any(|l| l.starts_with("stop")), "killed, not asked");
+        assert!(
+            !lab.take_log().iter().any(|l| l.starts_with("stop")),
+            "killed, not asked"
+        );
     });
 }
 
@@ -575,9 +656,12 @@ fn tree_reports_ids_kinds_strategies_counts_and_restarts_as_json() {
             .on_start(move |sup| *slot.borrow_mut() = Some(sup.clone()))
             .into_child_spec()
             .unwrap();
-        let spec = SupervisorSpec::new("shard-0", SupFlags::new(Strategy::OneForOne).intensity(5, 1_000))
-            .child(probe(&lab, "svc", Restart::Permanent, true))
-            .child(pool);
+        let spec = SupervisorSpec::new(
+            "shard-0",
+            SupFlags::new(Strategy::OneForOne).intensity(5, 1_000),
+        )
+        .child(probe(&lab, "svc", Restart::Permanent, true))
+        .child(pool);
         let (root, stop, task) = start(spec, env(&clock));
         settle(8).await;
         let pool = pool_handle.borrow().clone().expect("pool started");
@@ -594,7 +678,10 @@ fn tree_reports_ids_kinds_strategies_counts_and_restarts_as_json() {
         assert_eq!(tree.child_count, 2);
         assert_eq!(tree.children_restarted, 1);
         let svc = tree.find(&["svc"]).unwrap();
-        assert_eq!((svc.kind, svc.restarts, svc.running), (ChildKind::Worker, 1, true));
+        assert_eq!(
+            (svc.kind, svc.restarts, svc.running),
+            (ChildKind::Worker, 1, true)
+        );
         let pool_node = tree.find(&["pool"]).unwrap();
         assert_eq!(pool_node.strategy, Some("simple_one_for_one"));
         assert_eq!(pool_node.child_count, 3);
@@ -605,7 +692,9 @@ fn tree_reports_ids_kinds_strategies_counts_and_restarts_as_json() {
         assert_eq!(json["children"][0]["kind"], "worker");
         assert_eq!(json["children"][1]["strategy"], "simple_one_for_one");
         assert_eq!(json["children"][1]["child_count"], 3);
-        assert!(tree.render_text().contains("pool [simple_one_for_one] children=3"));
+        assert!(tree
+            .render_text()
+            .contains("pool [simple_one_for_one] children=3"));
         stop.set();
         task.await;
     });
@@ -622,9 +711,16 @@ fn spec_check_names_the_bad_field() {
     let no_template = SupervisorSpec::new("s", SupFlags::new(Strategy::SimpleOneForOne));
     assert_eq!(no_template.check(), Err(SpecError::MissingTemplate));
     let zero_period = SupervisorSpec::new("s", SupFlags::new(Strategy::OneForOne).intensity(1, 0));
-    assert!(matches!(zero_period.build(env(&clock)), Err(SpecError::ZeroPeriod)));
-    let static_in_dynamic = dynamic_spec(Restart::Temporary, Shutdown::BrutalKill, 1)
-        .child(probe(&lab, "a", Restart::Permanent, true));
+    assert!(matches!(
+        zero_period.build(env(&clock)),
+        Err(SpecError::ZeroPeriod)
+    ));
+    let static_in_dynamic = dynamic_spec(Restart::Temporary, Shutdown::BrutalKill, 1).child(probe(
+        &lab,
+        "a",
+        Restart::Permanent,
+        true,
+    ));
     assert_eq!(
         static_in_dynamic.check(),
         Err(SpecError::StaticChildrenInSimpleOneForOne)

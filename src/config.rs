@@ -1,0 +1,354 @@
+//! Every bound and knob as a named, documented value. Loaded from TOML;
+//! unknown keys are errors that name the key, and `validate` checks how the
+//! bounds relate. Units are in the names (`_ms`, `_bytes`, `_max`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub runtime: RuntimeConfig,
+    pub listen: ListenConfig,
+    pub limits: LimitsConfig,
+    pub supervision: SupervisionConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Shards (one executor pinned to one core each); 0 = one per available core.
+    pub shards: usize,
+    /// Session pools per shard (bulkheads). Default 8.
+    pub pools: usize,
+    /// On SIGINT/SIGTERM, how long in-flight work may take before it is cut off.
+    pub drain_deadline_ms: u64,
+    /// io_uring registered buffer memory per shard. Counts against RLIMIT_MEMLOCK.
+    pub io_memory_bytes: usize,
+    /// How often a shard looks for commands from the node (drain, rewiring).
+    /// Control traffic only: requests never wait on it.
+    pub control_poll_ms: u64,
+    /// Messages each mesh channel (one per ordered shard pair) holds; a full
+    /// channel makes the sender wait.
+    pub mesh_channel_capacity: usize,
+    /// How long a call over the mesh waits for its reply.
+    pub mesh_call_timeout_ms: u64,
+    /// Calls a shard may have waiting for replies at once; more are refused.
+    pub mesh_pending_calls_max: usize,
+    /// Shard restarts the node allows within `shard_restart_period_ms` before it
+    /// gives up and exits non-zero.
+    pub shard_restarts_max: u32,
+    pub shard_restart_period_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            shards: 0,
+            pools: 8,
+            drain_deadline_ms: 10_000,
+            io_memory_bytes: 1 << 20,
+            control_poll_ms: 10,
+            mesh_channel_capacity: 1_024,
+            mesh_call_timeout_ms: 5_000,
+            mesh_pending_calls_max: 65_536,
+            shard_restarts_max: 5,
+            shard_restart_period_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Newline-delimited JSON-RPC over TCP. Empty string disables it. Port 0
+    /// picks a free port once for all shards.
+    pub tcp: String,
+    /// Pending connections the kernel queues per shard listener (capped by
+    /// net.core.somaxconn).
+    pub backlog: u32,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            tcp: "127.0.0.1:8081".to_string(),
+            backlog: 4_096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Sessions one pool holds; a new session past it is refused.
+    pub sessions_per_pool_max: usize,
+    /// Messages waiting in one session actor's mailbox; senders wait when full.
+    pub session_mailbox_capacity: usize,
+    /// Longest line (one JSON-RPC message) on the TCP transport.
+    pub line_bytes_max: usize,
+    /// How long one request may run before the caller gets a timeout error.
+    pub request_timeout_ms: u64,
+    /// Connections one shard serves at once; more wait in the kernel backlog.
+    pub connections_per_shard_max: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            sessions_per_pool_max: 16_384,
+            session_mailbox_capacity: 64,
+            line_bytes_max: 4 << 20,
+            request_timeout_ms: 30_000,
+            connections_per_shard_max: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// A shard's root supervisor: restarts within the period before the whole
+    /// shard gives up (and the node restarts it).
+    pub shard_intensity: u32,
+    pub shard_period_ms: u64,
+    /// The supervisor over the pools.
+    pub pools_intensity: u32,
+    pub pools_period_ms: u64,
+    /// Each pool (simple_one_for_one of sessions).
+    pub pool_intensity: u32,
+    pub pool_period_ms: u64,
+    /// How long a session actor may take to stop when asked, before it is killed.
+    pub session_shutdown_ms: u32,
+    /// Listeners and core services.
+    pub service_intensity: u32,
+    pub service_period_ms: u64,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        SupervisionConfig {
+            shard_intensity: 10,
+            shard_period_ms: 10_000,
+            pools_intensity: 100,
+            pools_period_ms: 1_000,
+            pool_intensity: 1_000,
+            pool_period_ms: 1_000,
+            session_shutdown_ms: 5_000,
+            service_intensity: 20,
+            service_period_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The most shards a node runs: the session-id prefix holds 4 hex digits, and
+/// the mesh needs shards² channels.
+pub const SHARDS_MAX: usize = 1_024;
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|error| match error {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: "<text>".to_string(),
+            message: error.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let r = &self.runtime;
+        if r.shards > SHARDS_MAX {
+            return Err(invalid("runtime.shards", format!("at most {SHARDS_MAX}")));
+        }
+        if r.pools == 0 || r.pools > 4_096 {
+            return Err(invalid("runtime.pools", "must be between 1 and 4096"));
+        }
+        if r.mesh_channel_capacity == 0 {
+            return Err(invalid(
+                "runtime.mesh_channel_capacity",
+                "must be at least 1",
+            ));
+        }
+        if r.mesh_pending_calls_max == 0 {
+            return Err(invalid(
+                "runtime.mesh_pending_calls_max",
+                "must be at least 1",
+            ));
+        }
+        if r.control_poll_ms == 0 || r.control_poll_ms > 1_000 {
+            return Err(invalid(
+                "runtime.control_poll_ms",
+                "must be between 1 and 1000",
+            ));
+        }
+        if r.shard_restart_period_ms == 0 {
+            return Err(invalid(
+                "runtime.shard_restart_period_ms",
+                "must be greater than 0",
+            ));
+        }
+        if r.io_memory_bytes < 64 << 10 {
+            return Err(invalid("runtime.io_memory_bytes", "must be at least 65536"));
+        }
+        if self.listen.backlog == 0 || self.listen.backlog > i32::MAX as u32 {
+            return Err(invalid(
+                "listen.backlog",
+                "must be between 1 and 2147483647",
+            ));
+        }
+        if !self.listen.tcp.is_empty() {
+            self.listen
+                .tcp
+                .parse::<SocketAddr>()
+                .map_err(|e| invalid("listen.tcp", format!("`{}`: {e}", self.listen.tcp)))?;
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.sessions_per_pool_max", l.sessions_per_pool_max),
+            (
+                "limits.session_mailbox_capacity",
+                l.session_mailbox_capacity,
+            ),
+            (
+                "limits.connections_per_shard_max",
+                l.connections_per_shard_max,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if l.line_bytes_max < 1_024 {
+            return Err(invalid("limits.line_bytes_max", "must be at least 1024"));
+        }
+        if l.request_timeout_ms == 0 {
+            return Err(invalid(
+                "limits.request_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        let s = &self.supervision;
+        for (key, value) in [
+            ("supervision.shard_period_ms", s.shard_period_ms),
+            ("supervision.pools_period_ms", s.pools_period_ms),
+            ("supervision.pool_period_ms", s.pool_period_ms),
+            ("supervision.service_period_ms", s.service_period_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if u64::from(s.session_shutdown_ms) > r.drain_deadline_ms {
+            return Err(invalid(
+                "supervision.session_shutdown_ms",
+                format!(
+                    "{} ms does not fit in runtime.drain_deadline_ms ({} ms)",
+                    s.session_shutdown_ms, r.drain_deadline_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Shards to run: the configured count, or one per core we may run on.
+    pub fn shard_count(&self, available_cores: usize) -> usize {
+        if self.runtime.shards == 0 {
+            available_cores.clamp(1, SHARDS_MAX)
+        } else {
+            self.runtime.shards
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = Config::parse("[runtime]\nshardz = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("shardz"), "{error}");
+        let error = Config::parse("[nonsense]\n").unwrap_err().to_string();
+        assert!(error.contains("nonsense"), "{error}");
+    }
+
+    #[test]
+    fn wrong_types_and_bad_values_name_the_key() {
+        let error = Config::parse("[runtime]\npools = \"eight\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("pools"), "{error}");
+        let error = Config::parse("[runtime]\npools = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "config key `runtime.pools`: must be between 1 and 4096"
+        );
+        let error = Config::parse("[listen]\ntcp = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("config key `listen.tcp`"), "{error}");
+    }
+
+    #[test]
+    fn shutdown_must_fit_in_drain_deadline() {
+        let text = "[runtime]\ndrain_deadline_ms = 100\n[supervision]\nsession_shutdown_ms = 200\n";
+        let error = Config::parse(text).unwrap_err().to_string();
+        assert!(error.contains("session_shutdown_ms"), "{error}");
+    }
+
+    #[test]
+    fn printed_config_parses_back_to_itself() {
+        let mut config = Config::default();
+        config.runtime.shards = 3;
+        assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
+    }
+}

@@ -1,0 +1,9 @@
+//! The runtime wires the parts together: the node (main side: shard threads,
+//! CPU placement, signals, drain, shard restarts) and the shard (one pinned
+//! executor running its supervision tree). It holds no MCP rules.
+
+pub mod node;
+pub mod shard;
+
+pub use node::{available_cpus, start, Drainer, Listener, NodeError, NodeEvent, NodeHandle};
+pub use shard::{Fault, ShardEvent, ShardExit, ShardReport};

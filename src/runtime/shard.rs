@@ -1,0 +1,443 @@
+//! One shard: a glommio executor pinned to one core, running the shard's
+//! supervision tree:
+//!
+//! ```text
+//! shard-N (one_for_one)
+//! ├── services (one_for_one): control (commands from the node)
+//! ├── pools (one_for_one) ── pool-0..P-1 (simple_one_for_one) ── sessions (temporary)
+//! └── listeners (one_for_one): tcp (transient)
+//! ```
+//!
+//! State that must outlive a restart of the worker serving it (the registry,
+//! the mesh port, the pool handles) belongs to the shard, not to a worker.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use futures_lite::future;
+use glommio::sync::{Gate, Semaphore};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::ids::ShardId;
+use crate::mesh::{Incoming, MeshError, MeshPort, PeerEnds, ShardEnds};
+use crate::pool::PoolSet;
+use crate::registry::{Registry, SessionId};
+use crate::session::{SessionError, SessionRegistry};
+use crate::supervision::{
+    panic_message, ChildContext, ChildSpec, ExitReason, RestartSummary, SpecError, Strategy,
+    SupFlags, Supervisor, SupervisorEnv, SupervisorSpec, TreeNode,
+};
+use crate::sync::Event;
+use crate::time::{SharedClock, SystemClock};
+use crate::transport::sockets;
+use crate::transport::tcp::{self, TcpService};
+
+/// What crosses the mesh between shards.
+pub enum ShardMessage {
+    /// A message for a session owned by the receiving shard.
+    SessionRequest { session: SessionId, message: Bytes },
+    /// The owner's answer (`None` for a notification).
+    SessionReply(Option<Bytes>),
+    /// The session does not exist (any more) on its owner.
+    SessionUnknown,
+}
+
+/// Faults the node can inject into a shard (tests, and chaos later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A panic in a task no supervisor watches: it escapes and kills the shard.
+    PanicShard,
+    /// Kill pool `n` as a crash would; the pools supervisor restarts it empty.
+    KillPool(usize),
+}
+
+/// A shard's state as seen from outside, gathered on the shard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShardReport {
+    pub shard: ShardId,
+    pub sessions: usize,
+    pub pool_sessions: Vec<usize>,
+    pub restarts: RestartSummary,
+    pub mesh_full_events: u64,
+    pub tree: TreeNode,
+}
+
+/// Commands from the node. Control traffic only: nothing on the request path.
+pub enum ShardControl {
+    Drain { deadline: Duration },
+    Attach(PeerEnds<ShardMessage>),
+    Fault(Fault, Sender<()>),
+    Query(Sender<ShardReport>),
+}
+
+/// Why a shard's thread ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardExit {
+    /// Drained on request: the node is shutting down.
+    Drained,
+    /// The root supervisor gave up (or stopped unasked).
+    GaveUp(String),
+    /// A panic escaped supervision.
+    Panicked(String),
+    /// The executor could not be built (core, memlock, io_uring).
+    StartFailed(String),
+}
+
+/// What the node tells its observers about shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardEvent {
+    Listening {
+        shard: ShardId,
+        kind: &'static str,
+        addr: SocketAddr,
+    },
+    Exited {
+        shard: ShardId,
+        exit: ShardExit,
+    },
+}
+
+/// Everything a shard thread starts from.
+pub struct ShardStart {
+    pub shard: ShardId,
+    pub cpu: Option<usize>,
+    pub shards: usize,
+    pub config: Arc<Config>,
+    pub tcp: Option<SocketAddr>,
+    pub mesh: ShardEnds<ShardMessage>,
+    pub control: Receiver<ShardControl>,
+    pub events: Sender<ShardEvent>,
+}
+
+/// Runs one shard on the current thread until it drains, gives up or panics.
+pub fn run(start: ShardStart) -> ShardExit {
+    let shard = start.shard;
+    let builder = match start.cpu {
+        Some(cpu) => LocalExecutorBuilder::new(Placement::Fixed(cpu)),
+        None => LocalExecutorBuilder::new(Placement::Unbound),
+    };
+    let executor = match builder
+        .name(&format!("shard-{shard}"))
+        .io_memory(start.config.runtime.io_memory_bytes)
+        .make()
+    {
+        Ok(executor) => executor,
+        Err(error) => return ShardExit::StartFailed(error.to_string()),
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        executor.run(async move { run_tree(start).await })
+    }));
+    match result {
+        Ok(exit) => exit,
+        Err(payload) => {
+            let released = sockets::shutdown_all();
+            tracing::error!(%shard, released, "panic escaped supervision; shard sockets shut down");
+            ShardExit::Panicked(panic_message(payload.as_ref()))
+        }
+    }
+}
+
+/// The shard's own state, shared by its workers; lives as long as the shard.
+pub struct ShardContext {
+    pub shard: ShardId,
+    pub config: Arc<Config>,
+    pub clock: SharedClock,
+    pub registry: Rc<SessionRegistry>,
+    pub pools: Rc<PoolSet>,
+    pub mesh: Rc<MeshPort<ShardMessage>>,
+    pub drain: Event,
+    pub connections: Rc<Gate>,
+    root: RefCell<Option<Supervisor>>,
+    stop: Event,
+    draining: std::cell::Cell<bool>,
+}
+
+async fn run_tree(start: ShardStart) -> ShardExit {
+    let config = start.config.clone();
+    let clock = SystemClock::shared();
+    let env = SupervisorEnv::new(clock.clone());
+    let sessions_max = config
+        .runtime
+        .pools
+        .saturating_mul(config.limits.sessions_per_pool_max);
+    let mesh = MeshPort::new(
+        start.shard,
+        start.shards,
+        clock.clone(),
+        config.runtime.mesh_pending_calls_max,
+    );
+    let ctx = Rc::new(ShardContext {
+        shard: start.shard,
+        config: config.clone(),
+        clock: clock.clone(),
+        registry: Rc::new(Registry::new(start.shard, sessions_max)),
+        pools: PoolSet::new(config.runtime.pools),
+        mesh: mesh.clone(),
+        drain: Event::new(),
+        connections: Rc::new(Gate::new()),
+        root: RefCell::new(None),
+        stop: Event::new(),
+        draining: std::cell::Cell::new(false),
+    });
+    install_mesh_handler(&ctx);
+    mesh.connect(start.mesh).detach();
+
+    let root = match build_tree(&ctx, start.tcp, start.control, start.events) {
+        Ok(spec) => spec,
+        Err(error) => return ShardExit::StartFailed(format!("invalid supervision tree: {error}")),
+    };
+    let root = match root.build(env) {
+        Ok(root) => root,
+        Err(error) => return ShardExit::StartFailed(format!("invalid supervision tree: {error}")),
+    };
+    *ctx.root.borrow_mut() = Some(root.clone());
+    let reason = root.run(ctx.stop.clone()).await;
+    if ctx.draining.get() {
+        ShardExit::Drained
+    } else {
+        ShardExit::GaveUp(reason.to_string())
+    }
+}
+
+fn build_tree(
+    ctx: &Rc<ShardContext>,
+    tcp: Option<SocketAddr>,
+    control: Receiver<ShardControl>,
+    events: Sender<ShardEvent>,
+) -> Result<SupervisorSpec, SpecError> {
+    let sup = &ctx.config.supervision;
+    let service_flags =
+        SupFlags::new(Strategy::OneForOne).intensity(sup.service_intensity, sup.service_period_ms);
+
+    let control_ctx = ctx.clone();
+    let control_worker = ChildSpec::worker("control", move |child| {
+        control_loop(control_ctx.clone(), control.clone(), child)
+    });
+    let services = SupervisorSpec::new("services", service_flags).child(control_worker);
+
+    let mut listeners = SupervisorSpec::new("listeners", service_flags);
+    if let Some(addr) = tcp {
+        let shard = ctx.shard;
+        let service = Rc::new(TcpService {
+            registry: ctx.registry.clone(),
+            pools: ctx.pools.clone(),
+            limits: ctx.config.limits.clone(),
+            listen_backlog: ctx.config.listen.backlog as i32,
+            clock: ctx.clock.clone(),
+            drain: ctx.drain.clone(),
+            connections: ctx.connections.clone(),
+            permits: Rc::new(Semaphore::new(
+                ctx.config.limits.connections_per_shard_max as u64,
+            )),
+            on_listening: Rc::new(move |addr| {
+                let _ = events.send(ShardEvent::Listening {
+                    shard,
+                    kind: "tcp",
+                    addr,
+                });
+            }),
+        });
+        listeners = listeners.child(tcp::listener_spec(addr, service));
+    }
+
+    Ok(SupervisorSpec::new(
+        &format!("shard-{}", ctx.shard),
+        SupFlags::new(Strategy::OneForOne).intensity(sup.shard_intensity, sup.shard_period_ms),
+    )
+    .child(services.into_child_spec()?)
+    .child(ctx.pools.supervisor_spec(&ctx.config)?)
+    .child(listeners.into_child_spec()?))
+}
+
+/// Serves session requests that other shards forward to this one.
+fn install_mesh_handler(ctx: &Rc<ShardContext>) {
+    let weak = Rc::downgrade(ctx);
+    ctx.mesh
+        .set_handler(move |incoming: Incoming<ShardMessage>| {
+            let Some(ctx) = weak.upgrade() else { return };
+            let Some(reply_to) = incoming.reply_to else {
+                return;
+            };
+            let ShardMessage::SessionRequest { session, message } = incoming.body else {
+                return;
+            };
+            glommio::spawn_local(async move {
+                let answer = match ctx.registry.get(&session) {
+                    Some(handle) => match handle.request(message).await {
+                        Ok(reply) => ShardMessage::SessionReply(reply),
+                        Err(_) => ShardMessage::SessionUnknown,
+                    },
+                    None => ShardMessage::SessionUnknown,
+                };
+                let _ = ctx.mesh.reply(reply_to, answer).await;
+            })
+            .detach();
+        });
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("session {0} is not known to its shard")]
+    UnknownSession(SessionId),
+    #[error("forwarding to the owning shard failed: {0}")]
+    Mesh(String),
+}
+
+impl ShardContext {
+    /// Delivers a message to a session wherever it lives: locally if this
+    /// shard owns it, else with one call over the mesh to its owner.
+    pub async fn route(
+        &self,
+        session: SessionId,
+        message: Bytes,
+    ) -> Result<Option<Bytes>, RouteError> {
+        if session.shard() == self.shard {
+            let handle = self
+                .registry
+                .get(&session)
+                .ok_or(RouteError::UnknownSession(session))?;
+            return Ok(handle.request(message).await?);
+        }
+        let timeout = Duration::from_millis(self.config.runtime.mesh_call_timeout_ms);
+        let reply = self
+            .mesh
+            .call(
+                session.shard(),
+                ShardMessage::SessionRequest { session, message },
+                timeout,
+            )
+            .await
+            .map_err(|error: MeshError<ShardMessage>| RouteError::Mesh(error.to_string()))?;
+        match reply {
+            ShardMessage::SessionReply(reply) => Ok(reply),
+            _ => Err(RouteError::UnknownSession(session)),
+        }
+    }
+
+    pub fn report(&self) -> ShardReport {
+        let root = self.root.borrow().clone();
+        let (tree, restarts) = match root {
+            Some(root) => (root.tree(), root.env().stats.summary()),
+            None => (
+                TreeNode {
+                    id: format!("shard-{}", self.shard),
+                    kind: crate::supervision::ChildKind::Supervisor,
+                    strategy: None,
+                    restart: crate::supervision::Restart::Permanent,
+                    running: false,
+                    restarts: 0,
+                    children_restarted: 0,
+                    child_count: 0,
+                    children: Vec::new(),
+                },
+                RestartSummary::default(),
+            ),
+        };
+        ShardReport {
+            shard: self.shard,
+            sessions: self.registry.len(),
+            pool_sessions: self.pools.session_counts(),
+            restarts,
+            mesh_full_events: self.mesh.full_events(),
+            tree,
+        }
+    }
+
+    /// Stop accepting, let connections finish up to `deadline`, then stop the
+    /// tree in reverse order.
+    fn begin_drain(self: &Rc<Self>, deadline: Duration) {
+        if self.draining.replace(true) {
+            return;
+        }
+        self.drain.set();
+        let ctx = self.clone();
+        glommio::spawn_local(async move {
+            let timer = ctx.clock.sleep(deadline);
+            let connections = ctx.connections.clone();
+            let finished = future::or(
+                async {
+                    let _ = connections.close().await;
+                    true
+                },
+                async {
+                    timer.await;
+                    false
+                },
+            )
+            .await;
+            if !finished {
+                tracing::warn!(shard = %ctx.shard, "drain deadline reached with connections still open");
+            }
+            ctx.stop.set();
+        })
+        .detach();
+    }
+}
+
+async fn control_loop(
+    ctx: Rc<ShardContext>,
+    control: Receiver<ShardControl>,
+    child: ChildContext,
+) -> ExitReason {
+    let poll = Duration::from_millis(ctx.config.runtime.control_poll_ms);
+    loop {
+        while let Ok(command) = control.try_recv() {
+            match command {
+                ShardControl::Drain { deadline } => ctx.begin_drain(deadline),
+                ShardControl::Attach(ends) => {
+                    let mesh = ctx.mesh.clone();
+                    glommio::spawn_local(async move { mesh.attach(ends).await }).detach();
+                }
+                ShardControl::Fault(fault, done) => {
+                    inject(&ctx, fault);
+                    let _ = done.send(());
+                }
+                ShardControl::Query(reply) => {
+                    let _ = reply.send(ctx.report());
+                }
+            }
+        }
+        let tick = ctx.clock.sleep(poll);
+        let stop = future::or(
+            async {
+                tick.await;
+                false
+            },
+            async {
+                child.shutdown_requested().await;
+                true
+            },
+        )
+        .await;
+        if stop {
+            return ExitReason::Shutdown;
+        }
+    }
+}
+
+fn inject(ctx: &Rc<ShardContext>, fault: Fault) {
+    match fault {
+        Fault::PanicShard => {
+            tracing::warn!(shard = %ctx.shard, "injected fault: panic outside supervision");
+            // glommio polls a new task at once; yield first so the node gets
+            // its acknowledgement before the shard dies.
+            glommio::spawn_local(async {
+                futures_lite::future::yield_now().await;
+                panic!("injected fault: shard panic outside supervision");
+            })
+            .detach();
+        }
+        Fault::KillPool(index) => {
+            tracing::warn!(shard = %ctx.shard, pool = index, "injected fault: kill pool");
+            ctx.pools.kill_pool(index);
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The node seen from outside: real shards, real sockets, injected faults.
+
+mod common;
+
+use common::{forget_events, test_config, wait_for, Client};
+use shardmcp::ids::ShardId;
+use shardmcp::runtime::{self, Fault, NodeError, NodeEvent, ShardEvent, ShardExit};
+
+#[test]
+fn node_restarts_a_dead_shard_while_the_other_keeps_serving() {
+    let node = runtime::start(test_config(2, 4)).expect("node starts");
+    let addr = node.tcp_addr().expect("tcp listener");
+    let mut clients = Vec::new();
+    // Enough connections that both shards hold some (SO_REUSEPORT hashes them).
+    let (mut on_zero, mut on_one) = (0, 0);
+    while clients.len() < 200 && (clients.len() < 24 || on_zero == 0 || on_one == 0) {
+        let mut client = Client::connect(addr).expect("connect");
+        assert!(client.ping());
+        clients.push(client);
+        on_zero = node.query(ShardId(0)).unwrap().sessions;
+        on_one = node.query(ShardId(1)).unwrap().sessions;
+    }
+    assert_eq!(on_zero + on_one, clients.len());
+    assert!(
+        on_zero > 0 && on_one > 0,
+        "connections never reached both shards"
+    );
+
+    forget_events(&node);
+    node.inject(ShardId(0), Fault::PanicShard).unwrap();
+    let exit = wait_for(&node, |e| {
+        matches!(
+            e,
+            NodeEvent::Shard(ShardEvent::Exited {
+                shard: ShardId(0),
+                ..
+            })
+        )
+    });
+    assert!(matches!(
+        exit,
+        NodeEvent::Shard(ShardEvent::Exited {
+            exit: ShardExit::Panicked(_),
+            ..
+        })
+    ));
+    wait_for(&node, |e| {
+        matches!(
+            e,
+            NodeEvent::ShardRestarted {
+                shard: ShardId(0),
+                restarts: 1
+            }
+        )
+    });
+    wait_for(&node, |e| {
+        matches!(
+            e,
+            NodeEvent::Shard(ShardEvent::Listening {
+                shard: ShardId(0),
+                ..
+            })
+        )
+    });
+
+    // Shard 1's sessions never noticed; shard 0's died with it.
+    let answered = clients
+        .iter_mut()
+        .map(|c| c.ping())
+        .filter(|&ok| ok)
+        .count();
+    assert_eq!(answered, on_one);
+    assert_eq!(node.query(ShardId(1)).unwrap().sessions, on_one);
+
+    // The restarted shard serves new connections with a fresh tree.
+    let report = node.query(ShardId(0)).unwrap();
+    assert_eq!(report.tree.id, "shard-0");
+    for _ in 0..16 {
+        assert!(Client::connect(addr).unwrap().ping());
+    }
+    node.drain();
+    node.join().expect("clean drain");
+}
+
+#[test]
+fn killing_one_pool_ends_only_that_pools_sessions() {
+    let node = runtime::start(test_config(1, 4)).expect("node starts");
+    let addr = node.tcp_addr().unwrap();
+    let mut clients: Vec<Client> = (0..40).map(|_| Client::connect(addr).unwrap()).collect();
+    assert!(clients.iter_mut().all(|c| c.ping()));
+    let before = node.query(ShardId(0)).unwrap().pool_sessions;
+    assert_eq!(before.iter().sum::<usize>(), 40);
+    let (victim, &doomed) = before.iter().enumerate().max_by_key(|(_, &n)| n).unwrap();
+
+    node.inject(ShardId(0), Fault::KillPool(victim)).unwrap();
+    let answered = clients
+        .iter_mut()
+        .map(|c| c.ping())
+        .filter(|&ok| ok)
+        .count();
+    assert_eq!(
+        answered,
+        40 - doomed,
+        "exactly the killed pool's sessions ended"
+    );
+
+    let report = node.query(ShardId(0)).unwrap();
+    assert_eq!(report.pool_sessions[victim], 0);
+    for (index, &count) in before.iter().enumerate().filter(|&(i, _)| i != victim) {
+        assert_eq!(report.pool_sessions[index], count, "pool {index} untouched");
+    }
+    let pool = report
+        .tree
+        .find(&["pools", &format!("pool-{victim}")])
+        .unwrap();
+    assert_eq!(pool.restarts, 1, "the pools supervisor restarted it");
+    assert!(pool.running);
+    // The restarted pool takes new sessions again.
+    let mut fresh: Vec<Client> = (0..16).map(|_| Client::connect(addr).unwrap()).collect();
+    assert!(fresh.iter_mut().all(|c| c.ping()));
+    node.drain();
+    node.join().unwrap();
+}
+
+#[test]
+fn a_shard_whose_root_supervisor_gives_up_is_restarted_by_the_node() {
+    let mut config = test_config(1, 2);
+    config.supervision.pools_intensity = 0;
+    config.supervision.shard_intensity = 0;
+    let node = runtime::start(config).unwrap();
+    let addr = node.tcp_addr().unwrap();
+    forget_events(&node);
+    node.inject(ShardId(0), Fault::KillPool(1)).unwrap();
+    let exit = wait_for(&node, |e| {
+        matches!(e, NodeEvent::Shard(ShardEvent::Exited { .. }))
+    });
+    assert_eq!(
+        exit,
+        NodeEvent::Shard(ShardEvent::Exited {
+            shard: ShardId(0),
+            exit: ShardExit::GaveUp("reached max restart intensity".into())
+        })
+    );
+    wait_for(&node, |e| {
+        matches!(e, NodeEvent::Shard(ShardEvent::Listening { .. }))
+    });
+    assert!(Client::connect(addr).unwrap().ping());
+    node.drain();
+    node.join().unwrap();
+}
+
+#[test]
+fn a_shard_that_keeps_dying_makes_the_node_give_up_with_a_clear_error() {
+    let mut config = test_config(1, 1);
+    config.runtime.shard_restarts_max = 1;
+    config.runtime.shard_restart_period_ms = 3_600_000;
+    let node = runtime::start(config).unwrap();
+    forget_events(&node);
+    node.inject(ShardId(0), Fault::PanicShard).unwrap();
+    wait_for(&node, |e| matches!(e, NodeEvent::ShardRestarted { .. }));
+    wait_for(&node, |e| {
+        matches!(e, NodeEvent::Shard(ShardEvent::Listening { .. }))
+    });
+    node.inject(ShardId(0), Fault::PanicShard).unwrap();
+    match node.join() {
+        Err(NodeError::ShardRestartIntensity {
+            shard, restarts, ..
+        }) => {
+            assert_eq!((shard, restarts), (ShardId(0), 1));
+        }
+        other => panic!("expected the node to give up, got {other:?}"),
+    }
+}
+
+#[test]
+fn drain_closes_idle_connections_stops_accepting_and_exits_cleanly() {
+    let node = runtime::start(test_config(2, 2)).unwrap();
+    let addr = node.tcp_addr().unwrap();
+    let mut idle = Client::connect(addr).unwrap();
+    assert!(idle.ping());
+    node.drain();
+    node.join().expect("drained");
+    assert!(!idle.ping(), "connection closed by the drain");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer accepting"
+    );
+}
+
+#[test]
+fn oversized_and_malformed_lines_get_clear_errors_and_the_session_lives_on() {
+    let mut config = test_config(1, 1);
+    config.limits.line_bytes_max = 1_024;
+    let node = runtime::start(config).unwrap();
+    let addr = node.tcp_addr().unwrap();
+    let mut client = Client::connect(addr).unwrap();
+    let reply = client.exchange("{oops").unwrap();
+    assert_eq!(reply["error"]["code"], -32700);
+    let reply = client
+        .exchange(r#"{"jsonrpc":"2.0","id":"s","method":"nope"}"#)
+        .unwrap();
+    assert_eq!(
+        (reply["id"].as_str(), reply["error"]["code"].as_i64()),
+        (Some("s"), Some(-32601))
+    );
+    assert!(client.ping(), "still usable after bad input");
+
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(4_096)
+    );
+    let reply = client.exchange(&huge).unwrap();
+    assert_eq!(reply["error"]["code"], -32600);
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("line_bytes_max"));
+    node.drain();
+    node.join().unwrap();
+}
