@@ -10,6 +10,16 @@ use crate::ids::ShardId;
 pub const SESSION_ID_LEN: usize = 36;
 const SHARD_DIGITS: usize = 4;
 
+/// ```
+/// use shardmcp::ids::ShardId;
+/// use shardmcp::registry::SessionId;
+///
+/// let id = SessionId::new(ShardId(2), 0xabc);
+/// let text = id.to_string();
+/// assert_eq!(text, "000200000000000000000000000000000abc");
+/// assert_eq!(SessionId::parse(&text).unwrap().shard(), ShardId(2));
+/// assert!(SessionId::parse("0002ABC").is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionId {
     shard: ShardId,

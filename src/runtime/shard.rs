@@ -122,11 +122,15 @@ pub fn run(start: ShardStart) -> ShardExit {
         Some(cpu) => LocalExecutorBuilder::new(Placement::Fixed(cpu)),
         None => LocalExecutorBuilder::new(Placement::Unbound),
     };
-    let executor = match builder
+    let mut builder = builder
         .name(&format!("shard-{shard}"))
-        .io_memory(start.config.runtime.io_memory_bytes)
-        .make()
-    {
+        .io_memory(start.config.runtime.io_memory_bytes);
+    if start.config.runtime.spin_before_park_us > 0 {
+        builder = builder.spin_before_park(Duration::from_micros(
+            start.config.runtime.spin_before_park_us,
+        ));
+    }
+    let executor = match builder.make() {
         Ok(executor) => executor,
         Err(error) => return ShardExit::StartFailed(error.to_string()),
     };

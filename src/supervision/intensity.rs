@@ -17,7 +17,9 @@ impl IntensityWindow {
         IntensityWindow {
             intensity,
             period: Duration::from_millis(period_ms),
-            restarts: VecDeque::with_capacity(intensity as usize + 1),
+            // Grows with actual restarts; preallocating `intensity + 1` would
+            // let a large intensity reserve memory that is never used.
+            restarts: VecDeque::with_capacity((intensity as usize + 1).min(16)),
         }
     }
 
@@ -73,6 +75,13 @@ mod tests {
     fn zero_intensity_refuses_the_first_restart() {
         let mut window = IntensityWindow::new(0, 1_000);
         assert!(!window.add_restart(ms(0)));
+    }
+
+    #[test]
+    fn a_huge_intensity_reserves_nothing_up_front() {
+        let mut window = IntensityWindow::new(u32::MAX, 1);
+        assert!(window.restarts.capacity() <= 16);
+        assert!(window.add_restart(ms(0)));
     }
 
     #[test]
