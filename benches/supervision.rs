@@ -19,8 +19,8 @@ use shardmcp::ids::ShardId;
 use shardmcp::registry::Registry;
 use shardmcp::session::{self, SessionRegistry};
 use shardmcp::supervision::{
-    ChildKind, ChildSpec, DynamicTemplate, ExitReason, Restart, Shutdown, Strategy, SupFlags,
-    Supervisor, SupervisorEnv, SupervisorSpec,
+    ChildKind, ChildSpec, DynamicTemplate, ExitReason, Restart, RunningSupervisor, Shutdown,
+    Strategy, SupFlags, Supervisor, SupervisorEnv, SupervisorSpec,
 };
 use shardmcp::sync::Event;
 use shardmcp::time::SystemClock;
@@ -65,10 +65,7 @@ fn spawn_actors(ex: &LocalExecutor, iters: u64) -> Duration {
             left -= chunk;
             let env = SupervisorEnv::new(SystemClock::shared());
             let pool = pool_spec("pool", SPAWN_CHUNK as usize).build(env).unwrap();
-            let stop = Event::new();
-            let runner = pool.clone();
-            let stop_signal = stop.clone();
-            let task = glommio::spawn_local(async move { runner.run(stop_signal).await });
+            let RunningSupervisor { stop, task } = pool.spawn();
             let registry: Rc<SessionRegistry> =
                 Rc::new(Registry::new(ShardId(0), SPAWN_CHUNK as usize));
             let start = Instant::now();
@@ -114,10 +111,7 @@ fn restart_actor(ex: &LocalExecutor, iters: u64, panics: bool) -> (Duration, u64
         .child(worker)
         .build(env)
         .unwrap();
-        let stop = Event::new();
-        let runner = sup.clone();
-        let stop_signal = stop.clone();
-        let task = glommio::spawn_local(async move { runner.run(stop_signal).await });
+        let RunningSupervisor { stop, task } = sup.spawn();
         yield_now().await;
         let start = Instant::now();
         for _ in 0..iters {
@@ -154,10 +148,7 @@ fn restart_pool(ex: &LocalExecutor, iters: u64) -> (Duration, Duration) {
         .child(pool)
         .build(env)
         .unwrap();
-        let stop = Event::new();
-        let runner = pools.clone();
-        let stop_signal = stop.clone();
-        let task = glommio::spawn_local(async move { runner.run(stop_signal).await });
+        let RunningSupervisor { stop, task } = pools.spawn();
         yield_now().await;
         let registry: Rc<SessionRegistry> = Rc::new(Registry::new(ShardId(0), POOL_ACTORS * 2));
         let key = pools.child_key("pool-0").unwrap();

@@ -232,7 +232,10 @@ impl<T: Send + 'static> MeshPort<T> {
     /// Replaces the channels to a peer that was restarted.
     pub async fn attach(self: &Rc<Self>, ends: PeerEnds<T>) {
         let peer = ends.peer;
-        self.peers.borrow_mut()[peer.index()] = None;
+        match self.peers.borrow_mut().get_mut(peer.index()) {
+            Some(slot) => *slot = None,
+            None => return, // not a shard of this mesh
+        }
         self.fail_pending_for(peer);
         self.spawn_receiver(peer, ends.from);
         self.install_sender(peer.index(), ends.to).await;

@@ -128,6 +128,12 @@ impl SupervisorSpec {
     }
 }
 
+/// A supervisor running as its own task (see [`Supervisor::spawn`]).
+pub struct RunningSupervisor {
+    pub stop: Event,
+    pub task: glommio::Task<ExitReason>,
+}
+
 /// A handle to a supervisor; cheap to clone, shard-local.
 #[derive(Clone)]
 pub struct Supervisor {
@@ -390,6 +396,18 @@ impl Supervisor {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Runs the supervisor as its own task on this shard. Set `stop` to stop
+    /// it; await `task` for its exit reason.
+    pub fn spawn(&self) -> RunningSupervisor {
+        let stop = Event::new();
+        let runner = self.clone();
+        let signal = stop.clone();
+        RunningSupervisor {
+            stop,
+            task: glommio::spawn_local(async move { runner.run(signal).await }),
         }
     }
 

@@ -123,11 +123,8 @@ fn start(
     env: SupervisorEnv,
 ) -> (Supervisor, Event, glommio::Task<ExitReason>) {
     let supervisor = spec.build(env).expect("valid spec");
-    let stop = Event::new();
-    let runner = supervisor.clone();
-    let stop_signal = stop.clone();
-    let task = glommio::spawn_local(async move { runner.run(stop_signal).await });
-    (supervisor, stop, task)
+    let running = supervisor.spawn();
+    (supervisor, running.stop, running.task)
 }
 
 fn three(lab: &Rc<Lab>, strategy: Strategy, restart: Restart) -> SupervisorSpec {
@@ -630,11 +627,10 @@ fn dropping_a_running_supervisor_kills_its_children() {
         let sup = three(&lab, Strategy::OneForOne, Restart::Permanent)
             .build(env(&clock))
             .unwrap();
-        let runner = sup.clone();
-        let task = glommio::spawn_local(async move { runner.run(Event::new()).await });
+        let running = sup.spawn();
         settle(8).await;
         assert_eq!(sup.running_count(), 3);
-        drop(task);
+        drop(running.task);
         settle(8).await;
         assert_eq!(sup.running_count(), 0);
         assert!(sup.is_stopped());

@@ -125,75 +125,124 @@ async fn serve_connection(mut stream: TcpStream, service: Rc<TcpService>) {
         }
     };
     let id = session.id();
-    let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut lines = Lines::new(service.limits.line_bytes_max);
     let request_timeout = Duration::from_millis(service.limits.request_timeout_ms);
     'connection: loop {
-        while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
-            if end > service.limits.line_bytes_max {
+        let line = match lines.next_line() {
+            NextLine::Line(line) => line,
+            NextLine::TooLong => {
+                let message = format!(
+                    "message exceeds limits.line_bytes_max ({} bytes)",
+                    service.limits.line_bytes_max
+                );
+                let _ = stream.write_all(&error_line(-32600, &message)).await;
                 break;
             }
-            let mut line = buffer.split_to(end + 1).freeze();
-            line.truncate(trim_line_end(&line));
-            if line.is_empty() {
-                continue;
-            }
-            let timer = service.clock.sleep(request_timeout);
-            let answer = future::or(async { Some(session.request(line).await) }, async {
-                timer.await;
-                None
-            })
-            .await;
-            let reply = match answer {
-                Some(Ok(Some(reply))) => reply,
-                Some(Ok(None)) => continue,        // a notification
-                Some(Err(_)) => break 'connection, // the session ended (its pool died)
-                None => {
-                    let timeout = error_line(-32603, "request timed out");
-                    let _ = stream.write_all(&timeout).await;
-                    break 'connection;
+            NextLine::NeedMore => {
+                if service.drain.is_set() {
+                    break;
                 }
-            };
-            if write_line(&mut stream, &reply).await.is_err() {
-                break 'connection;
+                let space = lines.read_space();
+                let read = future::or(async { Some(stream.read(space).await) }, async {
+                    service.drain.wait().await;
+                    None
+                })
+                .await;
+                match read {
+                    Some(Ok(read)) if read > 0 => {
+                        lines.filled(read);
+                        continue;
+                    }
+                    _ => break, // EOF, error, or drain
+                }
             }
-            if service.drain.is_set() {
-                break 'connection;
-            }
-        }
-        let pending_line = buffer
-            .iter()
-            .position(|&b| b == b'\n')
-            .unwrap_or(buffer.len());
-        if pending_line > service.limits.line_bytes_max {
-            let message = format!(
-                "message exceeds limits.line_bytes_max ({} bytes)",
-                service.limits.line_bytes_max
-            );
-            let _ = stream.write_all(&error_line(-32600, &message)).await;
-            break;
-        }
-        if service.drain.is_set() {
-            break;
-        }
-        let start = buffer.len();
-        buffer.resize(start + READ_CHUNK_BYTES, 0);
-        let read = future::or(
-            async { Some(stream.read(&mut buffer[start..]).await) },
-            async {
-                service.drain.wait().await;
-                None
-            },
-        )
+        };
+        let timer = service.clock.sleep(request_timeout);
+        let answer = future::or(async { Some(session.request(line).await) }, async {
+            timer.await;
+            None
+        })
         .await;
-        match read {
-            Some(Ok(read)) if read > 0 => buffer.truncate(start + read),
-            _ => break, // EOF, error, or drain
+        let reply = match answer {
+            Some(Ok(Some(reply))) => reply,
+            Some(Ok(None)) => continue,        // a notification
+            Some(Err(_)) => break 'connection, // the session ended (its pool died)
+            None => {
+                let timeout = error_line(-32603, "request timed out");
+                let _ = stream.write_all(&timeout).await;
+                break 'connection;
+            }
+        };
+        if write_line(&mut stream, &reply).await.is_err() || service.drain.is_set() {
+            break 'connection;
         }
     }
     session::close(&service.registry, &id);
     // Shut down while the fd is certainly still ours, then close it.
     drop(tracked);
     let _ = stream.close().await;
+}
+
+/// Splits newline-delimited messages out of what a connection has read,
+/// looking at each byte once however the line arrives.
+struct Lines {
+    buffer: BytesMut,
+    /// Bytes at the front of `buffer` already known to hold no newline.
+    scanned: usize,
+    line_bytes_max: usize,
+}
+
+#[derive(Debug, PartialEq)]
+enum NextLine {
+    Line(Bytes),
+    NeedMore,
+    TooLong,
+}
+
+impl Lines {
+    fn new(line_bytes_max: usize) -> Self {
+        Lines {
+            buffer: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            scanned: 0,
+            line_bytes_max,
+        }
+    }
+
+    /// The next non-empty line without its line ending.
+    fn next_line(&mut self) -> NextLine {
+        loop {
+            let Some(offset) = self.buffer[self.scanned..].iter().position(|&b| b == b'\n') else {
+                self.scanned = self.buffer.len();
+                return if self.scanned > self.line_bytes_max {
+                    NextLine::TooLong
+                } else {
+                    NextLine::NeedMore
+                };
+            };
+            let end = self.scanned + offset;
+            self.scanned = 0;
+            if end > self.line_bytes_max {
+                return NextLine::TooLong;
+            }
+            let mut line = self.buffer.split_to(end + 1).freeze();
+            line.truncate(trim_line_end(&line));
+            if !line.is_empty() {
+                return NextLine::Line(line);
+            }
+        }
+    }
+
+    /// Room for the next read; call `filled` with what the read returned.
+    fn read_space(&mut self) -> &mut [u8] {
+        let start = self.buffer.len();
+        self.buffer.resize(start + READ_CHUNK_BYTES, 0);
+        &mut self.buffer[start..]
+    }
+
+    fn filled(&mut self, read: usize) {
+        let unused = READ_CHUNK_BYTES - read.min(READ_CHUNK_BYTES);
+        self.buffer.truncate(self.buffer.len() - unused);
+    }
 }
 
 fn trim_line_end(line: &[u8]) -> usize {
@@ -219,4 +268,53 @@ fn error_line(code: i64, message: &str) -> Vec<u8> {
     .into_bytes();
     line.push(b'\n');
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(lines: &mut Lines, bytes: &[u8]) {
+        let space = lines.read_space();
+        space[..bytes.len()].copy_from_slice(bytes);
+        lines.filled(bytes.len());
+    }
+
+    #[test]
+    fn splits_lines_across_reads_and_drops_line_endings_and_blank_lines() {
+        let mut lines = Lines::new(1_024);
+        assert_eq!(lines.next_line(), NextLine::NeedMore);
+        feed(&mut lines, b"{\"a\":1}\r\n\n{\"b\"");
+        assert_eq!(
+            lines.next_line(),
+            NextLine::Line(Bytes::from_static(b"{\"a\":1}"))
+        );
+        assert_eq!(lines.next_line(), NextLine::NeedMore);
+        feed(&mut lines, b":2}\n");
+        assert_eq!(
+            lines.next_line(),
+            NextLine::Line(Bytes::from_static(b"{\"b\":2}"))
+        );
+        assert_eq!(lines.next_line(), NextLine::NeedMore);
+    }
+
+    #[test]
+    fn refuses_a_line_past_the_bound_whether_complete_or_still_arriving() {
+        let mut lines = Lines::new(8);
+        feed(&mut lines, b"0123456789\n");
+        assert_eq!(lines.next_line(), NextLine::TooLong);
+
+        let mut lines = Lines::new(8);
+        feed(&mut lines, b"01234");
+        assert_eq!(lines.next_line(), NextLine::NeedMore);
+        feed(&mut lines, b"56789");
+        assert_eq!(lines.next_line(), NextLine::TooLong);
+
+        let mut lines = Lines::new(8);
+        feed(&mut lines, b"01234567\n");
+        assert_eq!(
+            lines.next_line(),
+            NextLine::Line(Bytes::from_static(b"01234567"))
+        );
+    }
 }
