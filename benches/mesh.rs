@@ -1,8 +1,10 @@
 //! Mesh between two shards (two executors pinned to two cores): one-way casts
-//! and call/reply round trips through `MeshPort`, against the raw glommio
-//! shared channel and a crossbeam `ArrayQueue` with a spinning receiver, the
-//! alternative `mesh/mod.rs` weighs. Each variant runs with executors that
-//! park when idle (eventfd wake-ups) and with `spin_before_park`.
+//! and call/reply round trips through `MeshPort` (crossbeam queues polled by
+//! each shard, glommio doorbells to wake a parked one), with its poller
+//! parking at once (every message rings a doorbell) and spinning 50 µs after
+//! the last message (the default). Baselines: glommio's shared channel alone,
+//! with executors parking and with `spin_before_park`, and a crossbeam
+//! `ArrayQueue` between two spinning threads.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use shardmcp::ids::ShardId;
-use shardmcp::mesh::{self, Incoming, MeshPort};
+use shardmcp::mesh::{self, Incoming, MeshPort, PollPolicy};
 use shardmcp::time::SystemClock;
 
 const CAPACITY: usize = 1_024;
@@ -44,8 +46,8 @@ struct MeshPair {
 }
 
 impl MeshPair {
-    fn start(spin: Duration) -> MeshPair {
-        let mut ends = mesh::full::<u64>(2, CAPACITY);
+    fn start(policy: PollPolicy) -> MeshPair {
+        let (_wiring, mut ends) = mesh::full::<u64>(2, CAPACITY);
         let ends1 = ends.pop().unwrap();
         let ends0 = ends.pop().unwrap();
         let (place0, place1) = cores();
@@ -53,9 +55,10 @@ impl MeshPair {
         let (elapsed_tx, elapsed) = bounded(1);
         let (stop_tx, stop_rx) = bounded::<()>(1);
 
-        let responder = builder(place1, spin)
+        let responder = builder(place1, Duration::ZERO)
             .spawn(move || async move {
-                let port = MeshPort::new(ShardId(1), 2, SystemClock::shared(), 1 << 16);
+                let port =
+                    MeshPort::with_policy(ShardId(1), 2, SystemClock::shared(), 1 << 16, policy);
                 let weak = Rc::downgrade(&port);
                 port.set_handler(move |incoming: Incoming<u64>| {
                     if let Some(reply_to) = incoming.reply_to {
@@ -72,9 +75,10 @@ impl MeshPair {
                     .await;
             })
             .unwrap();
-        let caller = builder(place0, spin)
+        let caller = builder(place0, Duration::ZERO)
             .spawn(move || async move {
-                let port = MeshPort::new(ShardId(0), 2, SystemClock::shared(), 1 << 16);
+                let port =
+                    MeshPort::with_policy(ShardId(0), 2, SystemClock::shared(), 1 << 16, policy);
                 port.connect(ends0).all().await;
                 loop {
                     let rx = commands_rx.clone();
@@ -198,11 +202,15 @@ fn crossbeam_spin_round_trips(iters: u64) -> Duration {
 fn mesh_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("mesh");
     group.throughput(Throughput::Elements(1));
-    for (label, spin) in [
-        ("parked", Duration::ZERO),
-        ("spin50us", Duration::from_micros(50)),
+    let parking = PollPolicy {
+        spin: Duration::ZERO,
+        ..PollPolicy::default()
+    };
+    for (label, policy) in [
+        ("park_at_once", parking),
+        ("spin50us", PollPolicy::default()),
     ] {
-        let pair = MeshPair::start(spin);
+        let pair = MeshPair::start(policy);
         group.bench_function(format!("round_trip/meshport_call/{label}"), |b| {
             b.iter_custom(|iters| pair.run(iters, true))
         });
@@ -210,11 +218,16 @@ fn mesh_benches(c: &mut Criterion) {
             b.iter_custom(|iters| pair.run(iters, false))
         });
         pair.stop();
-        group.bench_function(format!("round_trip/glommio_raw/{label}"), |b| {
+    }
+    for (label, spin) in [
+        ("parked", Duration::ZERO),
+        ("spin50us", Duration::from_micros(50)),
+    ] {
+        group.bench_function(format!("round_trip/glommio_channel_only/{label}"), |b| {
             b.iter_custom(|iters| raw_glommio_round_trips(spin, iters))
         });
     }
-    group.bench_function("round_trip/crossbeam_spin", |b| {
+    group.bench_function("round_trip/crossbeam_spinning_threads", |b| {
         b.iter_custom(crossbeam_spin_round_trips)
     });
     group.finish();

@@ -29,15 +29,24 @@ pub struct RuntimeConfig {
     pub io_memory_bytes: usize,
     /// How long an idle shard spins looking for work before it parks in the
     /// kernel. 0 parks at once (no idle CPU); spinning trades idle CPU for
-    /// latency: a mesh round trip measured 80 us parked and 7 us at 50 us of
-    /// spin on the development VM (benches/mesh.rs).
+    /// latency of everything that wakes a parked shard (timers, sockets,
+    /// mesh doorbells).
     pub spin_before_park_us: u64,
     /// How often a shard looks for commands from the node (drain, rewiring).
     /// Control traffic only: requests never wait on it.
     pub control_poll_ms: u64,
-    /// Messages each mesh channel (one per ordered shard pair) holds; a full
-    /// channel makes the sender wait.
+    /// Messages each mesh queue (one per ordered shard pair) holds; a full
+    /// queue makes the sender wait.
     pub mesh_channel_capacity: usize,
+    /// How long a shard's mesh poller keeps polling after the last message
+    /// before it parks (and a sender must ring its doorbell, an eventfd
+    /// wake-up). Polling costs CPU only while mesh traffic flows.
+    pub mesh_spin_us: u64,
+    /// Longest a parked mesh poller sleeps before looking again on its own.
+    pub mesh_park_max_ms: u64,
+    /// Messages taken from one peer's queue per pass, so one busy peer
+    /// cannot starve the others.
+    pub mesh_batch_max: usize,
     /// How long a call over the mesh waits for its reply.
     pub mesh_call_timeout_ms: u64,
     /// Calls a shard may have waiting for replies at once; more are refused.
@@ -58,6 +67,9 @@ impl Default for RuntimeConfig {
             spin_before_park_us: 0,
             control_poll_ms: 10,
             mesh_channel_capacity: 1_024,
+            mesh_spin_us: 50,
+            mesh_park_max_ms: 10,
+            mesh_batch_max: 256,
             mesh_call_timeout_ms: 5_000,
             mesh_pending_calls_max: 65_536,
             shard_restarts_max: 5,
@@ -226,6 +238,18 @@ impl Config {
                 "runtime.mesh_channel_capacity",
                 "must be at least 1",
             ));
+        }
+        if r.mesh_spin_us > 1_000_000 {
+            return Err(invalid("runtime.mesh_spin_us", "at most 1000000 (1 s)"));
+        }
+        if r.mesh_park_max_ms == 0 || r.mesh_park_max_ms > 1_000 {
+            return Err(invalid(
+                "runtime.mesh_park_max_ms",
+                "must be between 1 and 1000",
+            ));
+        }
+        if r.mesh_batch_max == 0 {
+            return Err(invalid("runtime.mesh_batch_max", "must be at least 1"));
         }
         if r.mesh_pending_calls_max == 0 {
             return Err(invalid(

@@ -1,36 +1,56 @@
-//! The mesh: one bounded single-producer/single-consumer channel for every
-//! ordered pair of shards, with cast and call/reply on top. It knows nothing
-//! of MCP; messages are whatever `T` the runtime sends.
+//! The mesh: one bounded lock-free queue for every ordered pair of shards,
+//! with cast and call/reply on top. It knows nothing of MCP; messages are
+//! whatever `T` the runtime sends.
 //!
-//! Channel choice: glommio's `shared_channel`, not crossbeam. Both are bounded
-//! lock-free ring buffers, but a crossbeam queue gives the receiving shard no
-//! way to sleep: it must poll, which burns its core when idle or adds a timer's
-//! latency. glommio's channel parks the receiver on its io_uring and wakes it
-//! through an eventfd only when it sleeps. `benches/mesh.rs` measures both
-//! round trips side by side (README has the figures): crossbeam with a spinning
-//! receiver wins only while both cores spin, so we keep glommio's.
+//! Channel choice, measured in `benches/mesh.rs` (README has the figures):
+//! crossbeam `ArrayQueue`s polled by a task on the receiving shard, with a
+//! glommio shared channel only as a doorbell to wake a parked shard. glommio's
+//! shared channel alone, for data, costs a notification round through its
+//! reactor on every message: 6.5 µs per round trip even with spinning
+//! executors, against under 1 µs for the polled queues. A queue alone cannot
+//! wake a sleeping shard, hence the doorbell:
 //!
-//! Bounds: each channel holds `capacity` messages. `send` waits while the
-//! channel is full (backpressure); `try_send` hands the message back in
-//! [`MeshError::Full`]. Outstanding calls are capped by `pending_calls_max`.
+//! - While messages flow, the receiving shard's poller drains its queues
+//!   between other tasks (it yields after each pass) and keeps polling for
+//!   `spin` after the last message.
+//! - Then it parks: it raises `sleeping` in its inbox, checks the queues once
+//!   more, and waits for a doorbell. A sender that finds `sleeping` raised
+//!   rings the receiver's doorbell (an eventfd wake-up through glommio).
+//!   Both sides order the flag against the queue with SeqCst fences, so a
+//!   message is either seen by the re-check or rings the bell.
+//! - A park also ends after `park_max` at the latest: a safety net, not the
+//!   wake-up path.
 //!
-//! A restarted shard gets fresh channels: the node makes new pairs with
-//! [`rewire`] and hands the peers their ends, which they [`MeshPort::attach`].
+//! Bounds: each queue holds `capacity` messages. `try_cast` hands the message
+//! back in [`MeshError::Full`]; `cast`, `call` and `reply` wait for room.
+//! Outstanding calls are capped by `pending_calls_max`.
+//!
+//! A dead shard's pairs are marked closed by the node ([`MeshWiring::close_shard`]),
+//! so callers waiting on it fail at once even if the dead shard never dropped
+//! its ends. A restarted shard gets fresh pairs: the node builds them with
+//! [`MeshWiring::rewire`] and hands the peers their ends, which they
+//! [`MeshPort::attach`].
+
+#[cfg(test)]
+mod tests;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
-use std::time::Duration;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
+use crossbeam_queue::ArrayQueue;
 use futures_lite::future;
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
-use glommio::{GlommioError, ResourceType};
 
 use crate::ids::ShardId;
-use crate::sync::{oneshot, OneshotSender};
+use crate::sync::{oneshot, Event, OneshotSender};
 use crate::time::SharedClock;
 
-/// What travels on a mesh channel.
+/// What travels on a mesh queue.
 pub enum Envelope<T> {
     Cast {
         from: ShardId,
@@ -47,74 +67,180 @@ pub enum Envelope<T> {
     },
 }
 
-/// One shard's ends of the mesh before they are connected: index `j` holds
-/// the channel to (or from) shard `j`; its own index is empty.
+/// One ordered pair's queue.
+pub struct Pair<T> {
+    queue: ArrayQueue<Envelope<T>>,
+    /// Set when either end's shard is gone: nothing more will be read or sent.
+    closed: AtomicBool,
+}
+
+impl<T> Pair<T> {
+    fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Pair {
+            queue: ArrayQueue::new(capacity.max(1)),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// A receiving shard's flag: raised while its poller is parked.
+#[derive(Default)]
+pub struct Inbox {
+    sleeping: AtomicBool,
+}
+
+/// The sending half of one pair, as the sending shard holds it.
+pub struct OutLink<T: Send + 'static> {
+    pair: Arc<Pair<T>>,
+    inbox: Arc<Inbox>,
+    bell: SharedSender<()>,
+}
+
+/// The receiving half of one pair, as the receiving shard holds it.
+pub struct InLink<T: Send + 'static> {
+    pair: Arc<Pair<T>>,
+    bell: SharedReceiver<()>,
+}
+
+/// One shard's ends of the mesh: index `j` is the link to (or from) shard `j`.
 pub struct ShardEnds<T: Send + 'static> {
     pub shard: ShardId,
-    pub to: Vec<Option<SharedSender<Envelope<T>>>>,
-    pub from: Vec<Option<SharedReceiver<Envelope<T>>>>,
+    pub to: Vec<Option<OutLink<T>>>,
+    pub from: Vec<Option<InLink<T>>>,
+    inbox: Arc<Inbox>,
 }
 
 /// The ends a surviving shard needs to talk to a restarted `peer`.
 pub struct PeerEnds<T: Send + 'static> {
     pub peer: ShardId,
-    pub to: SharedSender<Envelope<T>>,
-    pub from: SharedReceiver<Envelope<T>>,
+    pub to: OutLink<T>,
+    pub from: InLink<T>,
 }
 
-/// Builds the full mesh for `shards` shards.
-pub fn full<T: Send + 'static>(shards: usize, capacity: usize) -> Vec<ShardEnds<T>> {
-    let mut ends: Vec<ShardEnds<T>> = (0..shards)
-        .map(|i| ShardEnds {
-            shard: ShardId(i as u16),
-            to: (0..shards).map(|_| None).collect(),
-            from: (0..shards).map(|_| None).collect(),
-        })
-        .collect();
-    for i in 0..shards {
-        for j in 0..shards {
-            if i != j {
-                let (tx, rx) = shared_channel::new_bounded(capacity);
-                ends[i].to[j] = Some(tx);
-                ends[j].from[i] = Some(rx);
+/// The node's view of the mesh: every pair and inbox, to close a dead
+/// shard's pairs and to wire a restarted shard in again.
+pub struct MeshWiring<T: Send + 'static> {
+    shards: usize,
+    capacity: usize,
+    inboxes: Vec<Arc<Inbox>>,
+    /// `pairs[i][j]`: the queue from shard i to shard j.
+    pairs: Vec<Vec<Option<Arc<Pair<T>>>>>,
+}
+
+fn link<T: Send + 'static>(
+    pair: Arc<Pair<T>>,
+    receiver_inbox: Arc<Inbox>,
+) -> (OutLink<T>, InLink<T>) {
+    // The doorbell carries only wake-ups; one pending ring is enough.
+    let (bell_tx, bell_rx) = shared_channel::new_bounded(1);
+    (
+        OutLink {
+            pair: pair.clone(),
+            inbox: receiver_inbox,
+            bell: bell_tx,
+        },
+        InLink {
+            pair,
+            bell: bell_rx,
+        },
+    )
+}
+
+impl<T: Send + 'static> MeshWiring<T> {
+    /// The full mesh for `shards` shards, and each shard's ends.
+    pub fn full(shards: usize, capacity: usize) -> (MeshWiring<T>, Vec<ShardEnds<T>>) {
+        let inboxes: Vec<Arc<Inbox>> = (0..shards).map(|_| Arc::default()).collect();
+        let mut ends: Vec<ShardEnds<T>> = (0..shards)
+            .map(|i| ShardEnds {
+                shard: ShardId(i as u16),
+                to: (0..shards).map(|_| None).collect(),
+                from: (0..shards).map(|_| None).collect(),
+                inbox: inboxes[i].clone(),
+            })
+            .collect();
+        let mut pairs = vec![vec![None; shards]; shards];
+        for i in 0..shards {
+            for j in (0..shards).filter(|&j| j != i) {
+                let pair = Pair::new(capacity);
+                pairs[i][j] = Some(pair.clone());
+                let (out, inbound) = link(pair, inboxes[j].clone());
+                ends[i].to[j] = Some(out);
+                ends[j].from[i] = Some(inbound);
+            }
+        }
+        let wiring = MeshWiring {
+            shards,
+            capacity,
+            inboxes,
+            pairs,
+        };
+        (wiring, ends)
+    }
+
+    /// Marks every pair to and from `shard` closed: its peers stop sending to
+    /// it and fail the calls waiting on it.
+    pub fn close_shard(&self, shard: ShardId) {
+        let k = shard.index();
+        for j in 0..self.shards {
+            for pair in [&self.pairs[k][j], &self.pairs[j][k]].into_iter().flatten() {
+                pair.close();
             }
         }
     }
-    ends
+
+    /// Fresh pairs for a restarted shard `k`: its own ends, and each peer's.
+    pub fn rewire(&mut self, shard: ShardId) -> (ShardEnds<T>, Vec<(ShardId, PeerEnds<T>)>) {
+        self.close_shard(shard);
+        let k = shard.index();
+        self.inboxes[k] = Arc::default();
+        let mut own = ShardEnds {
+            shard,
+            to: (0..self.shards).map(|_| None).collect(),
+            from: (0..self.shards).map(|_| None).collect(),
+            inbox: self.inboxes[k].clone(),
+        };
+        let mut peers = Vec::with_capacity(self.shards.saturating_sub(1));
+        for j in (0..self.shards).filter(|&j| j != k) {
+            let k_to_j = Pair::new(self.capacity);
+            let j_to_k = Pair::new(self.capacity);
+            self.pairs[k][j] = Some(k_to_j.clone());
+            self.pairs[j][k] = Some(j_to_k.clone());
+            let (k_out, j_in) = link(k_to_j, self.inboxes[j].clone());
+            let (j_out, k_in) = link(j_to_k, self.inboxes[k].clone());
+            own.to[j] = Some(k_out);
+            own.from[j] = Some(k_in);
+            peers.push((
+                ShardId(j as u16),
+                PeerEnds {
+                    peer: shard,
+                    to: j_out,
+                    from: j_in,
+                },
+            ));
+        }
+        (own, peers)
+    }
 }
 
-/// Fresh channels for a restarted shard `k`: its own ends, and each peer's.
-pub fn rewire<T: Send + 'static>(
-    k: ShardId,
+/// The full mesh for `shards` shards (see [`MeshWiring::full`]).
+pub fn full<T: Send + 'static>(
     shards: usize,
     capacity: usize,
-) -> (ShardEnds<T>, Vec<(ShardId, PeerEnds<T>)>) {
-    let mut own = ShardEnds {
-        shard: k,
-        to: (0..shards).map(|_| None).collect(),
-        from: (0..shards).map(|_| None).collect(),
-    };
-    let mut peers = Vec::with_capacity(shards.saturating_sub(1));
-    for j in (0..shards).filter(|&j| j != k.index()) {
-        let (k_to_j, j_from_k) = shared_channel::new_bounded(capacity);
-        let (j_to_k, k_from_j) = shared_channel::new_bounded(capacity);
-        own.to[j] = Some(k_to_j);
-        own.from[j] = Some(k_from_j);
-        peers.push((
-            ShardId(j as u16),
-            PeerEnds {
-                peer: k,
-                to: j_to_k,
-                from: j_from_k,
-            },
-        ));
-    }
-    (own, peers)
+) -> (MeshWiring<T>, Vec<ShardEnds<T>>) {
+    MeshWiring::full(shards, capacity)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError<T> {
-    #[error("mesh channel to shard {0} is full")]
+    #[error("mesh queue to shard {0} is full")]
     Full(ShardId, T),
     #[error("shard {0} is not reachable (down or restarting)")]
     PeerGone(ShardId),
@@ -141,38 +267,60 @@ pub struct ReplyTo {
 }
 
 type Handler<T> = Rc<dyn Fn(Incoming<T>)>;
-type PeerSender<T> = Rc<ConnectedSender<Envelope<T>>>;
 
-/// The senders of a shard being connected; await [`Connecting::all`] or let
-/// them finish in the background with [`Connecting::detach`].
-pub struct Connecting {
-    tasks: Vec<glommio::Task<()>>,
+/// Polling and parking of a shard's mesh poller.
+#[derive(Debug, Clone, Copy)]
+pub struct PollPolicy {
+    /// Keep polling this long after the last message before parking.
+    pub spin: Duration,
+    /// Longest park before the poller looks again on its own.
+    pub park_max: Duration,
+    /// Messages taken from one queue per pass, so one busy peer cannot
+    /// starve the others.
+    pub batch_max: usize,
 }
 
-impl Connecting {
-    pub async fn all(self) {
-        for task in self.tasks {
-            task.await;
+impl Default for PollPolicy {
+    fn default() -> Self {
+        PollPolicy {
+            spin: Duration::from_micros(50),
+            park_max: Duration::from_millis(10),
+            batch_max: 256,
         }
     }
+}
 
-    pub fn detach(self) {
-        for task in self.tasks {
-            task.detach();
-        }
-    }
+enum PushError<T> {
+    /// The queue is full: the envelope comes back.
+    Full(Envelope<T>),
+    Failed(MeshError<T>),
+}
+
+/// How long a sender waits between looks at a full queue.
+const FULL_QUEUE_BACKOFF: Duration = Duration::from_micros(20);
+
+struct Outgoing<T: Send + 'static> {
+    pair: Arc<Pair<T>>,
+    inbox: Arc<Inbox>,
+    /// Connected once the receiving shard has connected its end.
+    bell: Rc<RefCell<Option<ConnectedSender<()>>>>,
 }
 
 /// This shard's side of the mesh.
 pub struct MeshPort<T: Send + 'static> {
     me: ShardId,
     clock: SharedClock,
+    policy: PollPolicy,
     pending_calls_max: usize,
-    peers: RefCell<Vec<Option<PeerSender<T>>>>,
+    inbox: RefCell<Arc<Inbox>>,
+    outgoing: RefCell<Vec<Option<Rc<Outgoing<T>>>>>,
+    incoming: RefCell<Vec<Option<Arc<Pair<T>>>>>,
     pending: RefCell<HashMap<u64, (ShardId, OneshotSender<T>)>>,
     next_call_id: Cell<u64>,
     handler: RefCell<Option<Handler<T>>>,
-    /// Times a sender found its channel full (backpressure events).
+    /// Rung by the doorbell tasks; the parked poller waits on it.
+    doorbell: Rc<LocalBell>,
+    /// Times a sender found a queue full (backpressure events).
     full_events: Cell<u64>,
 }
 
@@ -183,14 +331,28 @@ impl<T: Send + 'static> MeshPort<T> {
         clock: SharedClock,
         pending_calls_max: usize,
     ) -> Rc<Self> {
+        Self::with_policy(me, shards, clock, pending_calls_max, PollPolicy::default())
+    }
+
+    pub fn with_policy(
+        me: ShardId,
+        shards: usize,
+        clock: SharedClock,
+        pending_calls_max: usize,
+        policy: PollPolicy,
+    ) -> Rc<Self> {
         Rc::new(MeshPort {
             me,
             clock,
+            policy,
             pending_calls_max,
-            peers: RefCell::new((0..shards).map(|_| None).collect()),
+            inbox: RefCell::new(Arc::default()),
+            outgoing: RefCell::new((0..shards).map(|_| None).collect()),
+            incoming: RefCell::new((0..shards).map(|_| None).collect()),
             pending: RefCell::new(HashMap::new()),
             next_call_id: Cell::new(0),
             handler: RefCell::new(None),
+            doorbell: Rc::default(),
             full_events: Cell::new(0),
         })
     }
@@ -208,60 +370,110 @@ impl<T: Send + 'static> MeshPort<T> {
         self.full_events.get()
     }
 
-    /// Connects every end. Each connect waits for the peer to connect its own
-    /// end, so each runs as its own task: a shard never waits on a peer that
-    /// is down (it gets `PeerGone` until the peer is back).
+    /// Installs this shard's ends and starts its poller. Queues work at once;
+    /// doorbells connect in the background (each waits for its peer), and
+    /// until one does the poller's `park_max` covers for it.
     pub fn connect(self: &Rc<Self>, ends: ShardEnds<T>) -> Connecting {
-        let mut tasks = Vec::new();
-        for (j, sender) in ends.to.into_iter().enumerate() {
-            if let Some(sender) = sender {
-                let port = self.clone();
-                tasks.push(glommio::spawn_local(async move {
-                    port.install_sender(j, sender).await;
-                }));
+        *self.inbox.borrow_mut() = ends.inbox;
+        let mut connected = Vec::new();
+        for (j, out) in ends.to.into_iter().enumerate() {
+            if let Some(out) = out {
+                connected.push(self.install_outgoing(j, out));
             }
         }
-        for (j, receiver) in ends.from.into_iter().enumerate() {
-            if let Some(receiver) = receiver {
-                self.spawn_receiver(ShardId(j as u16), receiver);
+        for (j, inbound) in ends.from.into_iter().enumerate() {
+            if let Some(inbound) = inbound {
+                connected.push(self.install_incoming(j, inbound));
             }
         }
-        Connecting { tasks }
-    }
-
-    /// Replaces the channels to a peer that was restarted.
-    pub async fn attach(self: &Rc<Self>, ends: PeerEnds<T>) {
-        let peer = ends.peer;
-        match self.peers.borrow_mut().get_mut(peer.index()) {
-            Some(slot) => *slot = None,
-            None => return, // not a shard of this mesh
-        }
-        self.fail_pending_for(peer);
-        self.spawn_receiver(peer, ends.from);
-        self.install_sender(peer.index(), ends.to).await;
-    }
-
-    async fn install_sender(&self, j: usize, sender: SharedSender<Envelope<T>>) {
-        let connected = sender.connect().await;
-        if let Some(slot) = self.peers.borrow_mut().get_mut(j) {
-            *slot = Some(Rc::new(connected));
-        }
-    }
-
-    fn spawn_receiver(self: &Rc<Self>, peer: ShardId, receiver: SharedReceiver<Envelope<T>>) {
         let port = Rc::downgrade(self);
+        glommio::spawn_local(poll_loop(port)).detach();
+        Connecting { connected }
+    }
+
+    /// Replaces the pairs to and from a peer that was restarted.
+    pub fn attach(self: &Rc<Self>, ends: PeerEnds<T>) {
+        let peer = ends.peer.index();
+        if peer >= self.outgoing.borrow().len() {
+            return; // not a shard of this mesh
+        }
+        self.fail_pending_for(ends.peer);
+        self.install_outgoing(peer, ends.to);
+        self.install_incoming(peer, ends.from);
+    }
+
+    fn install_outgoing(&self, j: usize, out: OutLink<T>) -> Event {
+        let bell = Rc::new(RefCell::new(None));
+        if let Some(slot) = self.outgoing.borrow_mut().get_mut(j) {
+            *slot = Some(Rc::new(Outgoing {
+                pair: out.pair,
+                inbox: out.inbox,
+                bell: bell.clone(),
+            }));
+        }
+        let connected = Event::new();
+        let done = connected.clone();
+        let sender = out.bell;
         glommio::spawn_local(async move {
-            let receiver = receiver.connect().await;
-            while let Some(envelope) = receiver.recv().await {
+            *bell.borrow_mut() = Some(sender.connect().await);
+            done.set();
+        })
+        .detach();
+        connected
+    }
+
+    fn install_incoming(self: &Rc<Self>, j: usize, inbound: InLink<T>) -> Event {
+        if let Some(slot) = self.incoming.borrow_mut().get_mut(j) {
+            *slot = Some(inbound.pair);
+        }
+        let port = Rc::downgrade(self);
+        let connected = Event::new();
+        let done = connected.clone();
+        let bell = inbound.bell;
+        glommio::spawn_local(async move {
+            let bell = bell.connect().await;
+            done.set();
+            while bell.recv().await.is_some() {
                 let Some(port) = port.upgrade() else { return };
-                port.deliver(envelope);
-            }
-            // The peer's sender is gone: that shard died or was rewired.
-            if let Some(port) = port.upgrade() {
-                port.fail_pending_for(peer);
+                port.doorbell.ring();
             }
         })
         .detach();
+        connected
+    }
+
+    /// Takes up to `batch_max` messages from each incoming queue and delivers
+    /// them. Returns how many were delivered.
+    fn drain_incoming(&self) -> usize {
+        let shards = self.incoming.borrow().len();
+        let mut delivered = 0;
+        for j in 0..shards {
+            let Some(pair) = self.incoming.borrow().get(j).and_then(Option::clone) else {
+                continue;
+            };
+            for _ in 0..self.policy.batch_max {
+                match pair.queue.pop() {
+                    Some(envelope) => {
+                        self.deliver(envelope);
+                        delivered += 1;
+                    }
+                    None => break,
+                }
+            }
+            if pair.is_closed() && pair.queue.is_empty() {
+                self.incoming.borrow_mut()[j] = None;
+                self.fail_pending_for(ShardId(j as u16));
+            }
+        }
+        delivered
+    }
+
+    fn has_incoming(&self) -> bool {
+        self.incoming
+            .borrow()
+            .iter()
+            .flatten()
+            .any(|pair| !pair.queue.is_empty() || pair.is_closed())
     }
 
     fn deliver(&self, envelope: Envelope<T>) {
@@ -299,45 +511,86 @@ impl<T: Send + 'static> MeshPort<T> {
 
     /// Callers waiting on `peer` learn at once that it is gone.
     fn fail_pending_for(&self, peer: ShardId) {
-        let mut pending = self.pending.borrow_mut();
-        pending.retain(|_, (to, _)| *to != peer);
+        self.pending.borrow_mut().retain(|_, (to, _)| *to != peer);
     }
 
-    fn sender(&self, to: ShardId) -> Result<PeerSender<T>, MeshError<T>> {
+    fn outgoing(&self, to: ShardId) -> Result<Rc<Outgoing<T>>, MeshError<T>> {
         if to == self.me {
             return Err(MeshError::SelfSend(to));
         }
-        self.peers
+        let out = self
+            .outgoing
             .borrow()
             .get(to.index())
             .and_then(Option::clone)
-            .ok_or(MeshError::PeerGone(to))
+            .ok_or(MeshError::PeerGone(to))?;
+        if out.pair.is_closed() {
+            return Err(MeshError::PeerGone(to));
+        }
+        Ok(out)
     }
 
-    /// Sends without waiting; a full channel hands the message back.
-    pub fn try_cast(&self, to: ShardId, body: T) -> Result<(), MeshError<T>> {
-        let sender = self.sender(to)?;
-        match sender.try_send(Envelope::Cast {
-            from: self.me,
-            body,
-        }) {
-            Ok(()) => Ok(()),
-            Err(GlommioError::WouldBlock(ResourceType::Channel(Envelope::Cast {
-                body, ..
-            }))) => {
-                self.full_events.set(self.full_events.get() + 1);
-                Err(MeshError::Full(to, body))
+    /// Pushes without waiting; hands the envelope back when the queue is full.
+    fn push(&self, to: ShardId, envelope: Envelope<T>) -> Result<(), PushError<T>> {
+        let out = self.outgoing(to).map_err(PushError::Failed)?;
+        match out.pair.queue.push(envelope) {
+            Ok(()) => {
+                // Pairs with the poller's fence: either it sees this message in
+                // its re-check, or we see it sleeping and ring.
+                fence(Ordering::SeqCst);
+                if out.inbox.sleeping.load(Ordering::SeqCst) {
+                    if let Some(bell) = out.bell.borrow().as_ref() {
+                        let _ = bell.try_send(()); // full: a ring is pending already
+                    }
+                }
+                Ok(())
             }
-            Err(_) => Err(MeshError::PeerGone(to)),
+            Err(envelope) => {
+                self.full_events.set(self.full_events.get() + 1);
+                Err(PushError::Full(envelope))
+            }
         }
     }
 
-    /// Sends, waiting while the channel is full.
-    pub async fn cast(&self, to: ShardId, body: T) -> Result<(), MeshError<T>> {
-        let sender = self.sender(to)?;
-        self.send_envelope(
+    /// Pushes, waiting while the queue is full (backpressure), until the peer
+    /// is gone.
+    async fn push_waiting(
+        &self,
+        to: ShardId,
+        mut envelope: Envelope<T>,
+    ) -> Result<(), MeshError<T>> {
+        loop {
+            match self.push(to, envelope) {
+                Ok(()) => return Ok(()),
+                Err(PushError::Full(back)) => {
+                    envelope = back;
+                    self.clock.sleep(FULL_QUEUE_BACKOFF).await;
+                }
+                Err(PushError::Failed(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// Sends without waiting; a full queue hands the message back.
+    pub fn try_cast(&self, to: ShardId, body: T) -> Result<(), MeshError<T>> {
+        match self.push(
             to,
-            &sender,
+            Envelope::Cast {
+                from: self.me,
+                body,
+            },
+        ) {
+            Ok(()) => Ok(()),
+            Err(PushError::Full(Envelope::Cast { body, .. })) => Err(MeshError::Full(to, body)),
+            Err(PushError::Full(_)) => Err(MeshError::PeerGone(to)), // not reached: we pushed a cast
+            Err(PushError::Failed(error)) => Err(error),
+        }
+    }
+
+    /// Sends, waiting while the queue is full.
+    pub async fn cast(&self, to: ShardId, body: T) -> Result<(), MeshError<T>> {
+        self.push_waiting(
+            to,
             Envelope::Cast {
                 from: self.me,
                 body,
@@ -346,30 +599,9 @@ impl<T: Send + 'static> MeshPort<T> {
         .await
     }
 
-    async fn send_envelope(
-        &self,
-        to: ShardId,
-        sender: &ConnectedSender<Envelope<T>>,
-        envelope: Envelope<T>,
-    ) -> Result<(), MeshError<T>> {
-        match sender.try_send(envelope) {
-            Ok(()) => Ok(()),
-            Err(GlommioError::WouldBlock(ResourceType::Channel(envelope))) => {
-                // Full: wait for room. glommio re-checks the room in the same
-                // poll that sends, so several local waiters cannot overfill it.
-                self.full_events.set(self.full_events.get() + 1);
-                sender
-                    .send(envelope)
-                    .await
-                    .map_err(|_| MeshError::PeerGone(to))
-            }
-            Err(_) => Err(MeshError::PeerGone(to)),
-        }
-    }
-
     /// Sends a request and waits for its reply, up to `timeout`.
     pub async fn call(&self, to: ShardId, body: T, timeout: Duration) -> Result<T, MeshError<T>> {
-        let sender = self.sender(to)?;
+        self.outgoing(to)?;
         if self.pending.borrow().len() >= self.pending_calls_max {
             return Err(MeshError::TooManyPending(self.pending_calls_max));
         }
@@ -377,30 +609,30 @@ impl<T: Send + 'static> MeshPort<T> {
         self.next_call_id.set(call_id.wrapping_add(1));
         let (reply_tx, reply_rx) = oneshot();
         self.pending.borrow_mut().insert(call_id, (to, reply_tx));
-        let sent = self
-            .send_envelope(
-                to,
-                &sender,
-                Envelope::Call {
-                    from: self.me,
-                    call_id,
-                    body,
-                },
-            )
-            .await;
-        if let Err(error) = sent {
-            self.pending.borrow_mut().remove(&call_id);
-            return Err(error);
-        }
+        let envelope = Envelope::Call {
+            from: self.me,
+            call_id,
+            body,
+        };
         let timer = self.clock.sleep(timeout);
-        let outcome = future::or(async { Some(reply_rx.await) }, async {
-            timer.await;
-            None
-        })
+        let outcome = future::or(
+            async {
+                if let Err(error) = self.push_waiting(to, envelope).await {
+                    return Some(Err(error));
+                }
+                Some(reply_rx.await.map_err(|_| MeshError::PeerGone(to)))
+            },
+            async {
+                timer.await;
+                None
+            },
+        )
         .await;
         match outcome {
-            Some(Ok(reply)) => Ok(reply),
-            Some(Err(_)) => Err(MeshError::PeerGone(to)),
+            Some(result) => {
+                self.pending.borrow_mut().remove(&call_id);
+                result
+            }
             None => {
                 self.pending.borrow_mut().remove(&call_id);
                 Err(MeshError::Timeout(to, timeout))
@@ -408,12 +640,10 @@ impl<T: Send + 'static> MeshPort<T> {
         }
     }
 
-    /// Answers a call. Waits while the channel back is full.
+    /// Answers a call. Waits while the queue back is full.
     pub async fn reply(&self, reply_to: ReplyTo, body: T) -> Result<(), MeshError<T>> {
-        let sender = self.sender(reply_to.to)?;
-        self.send_envelope(
+        self.push_waiting(
             reply_to.to,
-            &sender,
             Envelope::Reply {
                 call_id: reply_to.call_id,
                 body,
@@ -425,7 +655,104 @@ impl<T: Send + 'static> MeshPort<T> {
     pub fn pending_calls(&self) -> usize {
         self.pending.borrow().len()
     }
+
+    /// Messages waiting in the queue to `to` (for metrics).
+    pub fn queue_depth(&self, to: ShardId) -> usize {
+        self.outgoing(to)
+            .map(|out| out.pair.queue.len())
+            .unwrap_or(0)
+    }
 }
 
-#[cfg(test)]
-mod tests;
+impl<T: Send + 'static> Drop for MeshPort<T> {
+    /// A shard that stops cleanly closes its pairs and rings its peers, so a
+    /// parked peer learns at once. (A shard killed by an escaped panic never
+    /// gets here; the node closes its pairs instead.)
+    fn drop(&mut self) {
+        for pair in self.incoming.get_mut().iter().flatten() {
+            pair.close();
+        }
+        for out in self.outgoing.get_mut().iter().flatten() {
+            out.pair.close();
+            if let Some(bell) = out.bell.borrow().as_ref() {
+                let _ = bell.try_send(());
+            }
+        }
+        // Wake our own poller so it sees the port is gone and ends.
+        self.doorbell.ring();
+    }
+}
+
+/// The local side of a shard's doorbells: a flag and the parked poller's waker.
+#[derive(Default)]
+struct LocalBell {
+    rung: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl LocalBell {
+    fn ring(&self) {
+        self.rung.set(true);
+        let waker = self.waker.borrow_mut().take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    async fn rung(&self) {
+        future::poll_fn(|cx| {
+            if self.rung.get() {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// The shard's mesh poller: drains incoming queues while messages flow,
+/// spins for `policy.spin` after the last one, then parks until a doorbell
+/// rings or `policy.park_max` passes.
+async fn poll_loop<T: Send + 'static>(port: Weak<MeshPort<T>>) {
+    let mut last_message = Instant::now();
+    loop {
+        let Some(strong) = port.upgrade() else { return };
+        if strong.drain_incoming() > 0 {
+            last_message = Instant::now();
+        } else if last_message.elapsed() >= strong.policy.spin {
+            // Park without holding the port: a shard that stops while its
+            // poller sleeps must still drop its port (closing its pairs).
+            let bell = strong.doorbell.clone();
+            let inbox = strong.inbox.borrow().clone();
+            bell.rung.set(false);
+            inbox.sleeping.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if !strong.has_incoming() {
+                let timer = strong.clock.sleep(strong.policy.park_max);
+                drop(strong);
+                future::or(bell.rung(), timer).await;
+            }
+            inbox.sleeping.store(false, Ordering::SeqCst);
+            last_message = Instant::now();
+            continue;
+        }
+        drop(strong);
+        // Let the shard's other tasks run between passes.
+        future::yield_now().await;
+    }
+}
+
+/// The doorbells of a shard being connected. Queues work at once; await
+/// [`Connecting::all`] to know every doorbell is up, or just drop it.
+pub struct Connecting {
+    connected: Vec<Event>,
+}
+
+impl Connecting {
+    pub async fn all(self) {
+        for event in self.connected {
+            event.wait().await;
+        }
+    }
+}

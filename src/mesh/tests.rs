@@ -10,10 +10,11 @@ use glommio::LocalExecutorBuilder;
 use super::*;
 use crate::time::{ManualClock, SystemClock};
 
-fn shard<F, Fut>(name: &str, f: F) -> glommio::ExecutorJoinHandle<()>
+fn shard<F, Fut, R>(name: &str, f: F) -> glommio::ExecutorJoinHandle<R>
 where
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
+    Fut: std::future::Future<Output = R> + 'static,
+    R: Send + 'static,
 {
     LocalExecutorBuilder::default()
         .name(name)
@@ -22,9 +23,28 @@ where
         .expect("executor thread")
 }
 
+/// Blocks this executor's thread until told to go on (or the sender is gone).
+async fn hold(until: crossbeam_channel::Receiver<()>) {
+    let _ = glommio::executor()
+        .spawn_blocking(move || until.recv())
+        .await;
+}
+
+fn echo_doubled(port: &Rc<MeshPort<u64>>) -> impl Fn(Incoming<u64>) + 'static {
+    let weak = Rc::downgrade(port);
+    move |incoming: Incoming<u64>| {
+        if let (Some(reply_to), Some(port)) = (incoming.reply_to, weak.upgrade()) {
+            glommio::spawn_local(async move {
+                port.reply(reply_to, incoming.body * 2).await.unwrap();
+            })
+            .detach();
+        }
+    }
+}
+
 #[test]
 fn cast_and_call_reach_the_other_shard_and_replies_come_back() {
-    let mut ends = full::<u64>(2, 8);
+    let (_wiring, mut ends) = full::<u64>(2, 8);
     let ends1 = ends.pop().unwrap();
     let ends0 = ends.pop().unwrap();
     let (done_tx, done_rx) = bounded::<()>(1);
@@ -32,29 +52,19 @@ fn cast_and_call_reach_the_other_shard_and_replies_come_back() {
 
     let one = shard("mesh-1", move || async move {
         let port = MeshPort::new(ShardId(1), 2, SystemClock::shared(), 16);
-        let replier = Rc::downgrade(&port);
+        let doubled = echo_doubled(&port);
         port.set_handler(move |incoming: Incoming<u64>| match incoming.reply_to {
             None => cast_tx.send((incoming.from, incoming.body)).unwrap(),
-            Some(reply_to) => {
-                let port = replier.upgrade().unwrap();
-                glommio::spawn_local(async move {
-                    port.reply(reply_to, incoming.body * 2).await.unwrap();
-                })
-                .detach();
-            }
+            Some(_) => doubled(incoming),
         });
         port.connect(ends1).all().await;
-        // Stay alive until shard 0 is finished with us.
-        glommio::executor()
-            .spawn_blocking(move || done_rx.recv())
-            .await
-            .ok();
+        hold(done_rx).await;
     });
     let zero = shard("mesh-0", move || async move {
         let port = MeshPort::new(ShardId(0), 2, SystemClock::shared(), 16);
         port.connect(ends0).all().await;
         port.cast(ShardId(1), 5).await.unwrap();
-        for i in 0..100u64 {
+        for i in 0..1_000u64 {
             let reply = port.call(ShardId(1), i, Duration::from_secs(10)).await;
             assert_eq!(reply.unwrap(), i * 2);
         }
@@ -71,35 +81,68 @@ fn cast_and_call_reach_the_other_shard_and_replies_come_back() {
 }
 
 #[test]
-fn full_channel_gives_the_message_back_and_send_waits_for_room() {
-    let mut ends = full::<u64>(2, 2);
+fn a_parked_shard_is_woken_by_its_doorbell() {
+    let (_wiring, mut ends) = full::<u64>(2, 8);
     let ends1 = ends.pop().unwrap();
     let ends0 = ends.pop().unwrap();
-    let (filled_tx, filled_rx) = bounded::<()>(1);
-    let (drained_tx, drained_rx) = bounded::<Vec<u64>>(1);
-
-    // Shard 1 connects its raw receiver but reads only when told to, so the
-    // channel from shard 0 really fills.
+    let (done_tx, done_rx) = bounded::<()>(1);
+    // Shard 1 parks after 0 spin and would sleep an hour without its doorbell.
+    let policy = PollPolicy {
+        spin: Duration::ZERO,
+        park_max: Duration::from_secs(3_600),
+        batch_max: 256,
+    };
     let one = shard("mesh-1", move || async move {
-        let mut from = ends1.from;
-        let receiver = from[0].take().unwrap().connect().await;
-        let mut to = ends1.to;
-        let _sender = to[0].take().unwrap().connect().await;
-        glommio::executor()
-            .spawn_blocking(move || filled_rx.recv())
-            .await
-            .unwrap();
-        let mut seen = Vec::new();
-        for _ in 0..3 {
-            if let Some(Envelope::Cast { body, .. }) = receiver.recv().await {
-                seen.push(body);
-            }
+        let port = MeshPort::with_policy(ShardId(1), 2, SystemClock::shared(), 16, policy);
+        port.set_handler(echo_doubled(&port));
+        port.connect(ends1).all().await;
+        hold(done_rx).await;
+    });
+    let zero = shard("mesh-0", move || async move {
+        let port = MeshPort::with_policy(ShardId(0), 2, SystemClock::shared(), 16, policy);
+        port.connect(ends0).all().await;
+        for i in 0..50u64 {
+            // Give shard 1 time to park between calls (real time, not asserted).
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+            assert_eq!(
+                port.call(ShardId(1), i, Duration::from_secs(60))
+                    .await
+                    .unwrap(),
+                i * 2
+            );
         }
-        drained_tx.send(seen).unwrap();
+        done_tx.send(()).unwrap();
+    });
+    zero.join().unwrap();
+    one.join().unwrap();
+}
+
+#[test]
+fn full_queue_gives_the_message_back_and_send_waits_for_room() {
+    let (_wiring, mut ends) = full::<u64>(2, 2);
+    let ends1 = ends.pop().unwrap();
+    let ends0 = ends.pop().unwrap();
+    let (held_tx, held_rx) = bounded::<()>(1);
+    let (filled_tx, filled_rx) = bounded::<()>(1);
+    let (seen_tx, seen_rx) = bounded::<u64>(8);
+    let (done_tx, done_rx) = bounded::<()>(1);
+
+    // Shard 1's thread is held (its poller cannot run) until shard 0 has
+    // filled the queue, so the queue really fills.
+    let one = shard("mesh-1", move || async move {
+        let port = MeshPort::new(ShardId(1), 2, SystemClock::shared(), 16);
+        port.set_handler(move |incoming: Incoming<u64>| seen_tx.send(incoming.body).unwrap());
+        port.connect(ends1).all().await;
+        // No await between these two: the poller cannot run once shard 0
+        // hears we are held.
+        held_tx.send(()).unwrap();
+        let _ = filled_rx.recv(); // blocks the whole shard on purpose
+        hold(done_rx).await;
     });
     let zero = shard("mesh-0", move || async move {
         let port = MeshPort::new(ShardId(0), 2, SystemClock::shared(), 16);
         port.connect(ends0).all().await;
+        hold(held_rx).await;
         port.try_cast(ShardId(1), 1).unwrap();
         port.try_cast(ShardId(1), 2).unwrap();
         match port.try_cast(ShardId(1), 3) {
@@ -107,18 +150,21 @@ fn full_channel_gives_the_message_back_and_send_waits_for_room() {
             other => panic!("expected Full with the message back, got {other:?}"),
         }
         assert_eq!(port.full_events(), 1);
+        assert_eq!(port.queue_depth(ShardId(1)), 2);
         filled_tx.send(()).unwrap();
-        // Waits until shard 1 has taken one message out, then goes through.
+        // Waits until shard 1 has taken messages out, then goes through.
         port.cast(ShardId(1), 3).await.unwrap();
     });
     zero.join().unwrap();
+    let seen: Vec<u64> = (0..3).map(|_| seen_rx.recv().unwrap()).collect();
+    done_tx.send(()).unwrap();
     one.join().unwrap();
-    assert_eq!(drained_rx.recv().unwrap(), vec![1, 2, 3]);
+    assert_eq!(seen, vec![1, 2, 3]);
 }
 
 #[test]
 fn call_times_out_on_injected_clock_and_fails_fast_when_peer_is_gone() {
-    let mut ends = full::<u64>(2, 8);
+    let (_wiring, mut ends) = full::<u64>(2, 8);
     let ends1 = ends.pop().unwrap();
     let ends0 = ends.pop().unwrap();
     let (leave_tx, leave_rx) = bounded::<()>(1);
@@ -127,11 +173,8 @@ fn call_times_out_on_injected_clock_and_fails_fast_when_peer_is_gone() {
         let port = MeshPort::new(ShardId(1), 2, SystemClock::shared(), 16);
         port.set_handler(|_incoming: Incoming<u64>| {}); // never replies
         port.connect(ends1).all().await;
-        glommio::executor()
-            .spawn_blocking(move || leave_rx.recv())
-            .await
-            .ok();
-        // Dropping the port and returning drops shard 1's channel ends.
+        hold(leave_rx).await;
+        // Dropping the port closes its pairs and rings shard 0.
     });
     let zero = shard("mesh-0", move || async move {
         let clock = ManualClock::new();
@@ -147,7 +190,7 @@ fn call_times_out_on_injected_clock_and_fails_fast_when_peer_is_gone() {
         assert!(matches!(call.await, Err(MeshError::Timeout(ShardId(1), _))));
         assert_eq!(port.pending_calls(), 0);
 
-        // Shard 1 goes away: a waiting call is failed at once, not left to time out.
+        // Shard 1 goes away: a waiting call fails at once, not after an hour.
         let caller = port.clone();
         let call = glommio::spawn_local(async move {
             caller
@@ -157,48 +200,60 @@ fn call_times_out_on_injected_clock_and_fails_fast_when_peer_is_gone() {
         crate::sync::settle(8).await;
         leave_tx.send(()).unwrap();
         assert!(matches!(call.await, Err(MeshError::PeerGone(ShardId(1)))));
+        assert!(matches!(
+            port.try_cast(ShardId(1), 11),
+            Err(MeshError::PeerGone(ShardId(1)))
+        ));
     });
     zero.join().unwrap();
     one.join().unwrap();
 }
 
 #[test]
+fn node_closing_a_dead_shard_fails_its_callers_without_the_shard_doing_anything() {
+    let (wiring, mut ends) = full::<u64>(2, 8);
+    let _ends1 = ends.pop().unwrap(); // shard 1 never runs: as if it died leaking its port
+    let ends0 = ends.pop().unwrap();
+    let (calling_tx, calling_rx) = bounded::<()>(1);
+    let zero = shard("mesh-0", move || async move {
+        let port = MeshPort::new(ShardId(0), 2, SystemClock::shared(), 16);
+        drop(port.connect(ends0));
+        let caller = port.clone();
+        let call = glommio::spawn_local(async move {
+            caller.call(ShardId(1), 1, Duration::from_secs(3_600)).await
+        });
+        crate::sync::settle(8).await;
+        calling_tx.send(()).unwrap();
+        assert!(matches!(call.await, Err(MeshError::PeerGone(ShardId(1)))));
+    });
+    calling_rx.recv().unwrap();
+    wiring.close_shard(ShardId(1));
+    zero.join().unwrap();
+}
+
+#[test]
 fn rewired_peer_is_reachable_again_after_a_restart() {
-    let mut ends = full::<u64>(2, 8);
+    let (mut wiring, mut ends) = full::<u64>(2, 8);
     let old1 = ends.pop().unwrap();
     let ends0 = ends.pop().unwrap();
-    let (own1, mut peers) = rewire::<u64>(ShardId(1), 2, 8);
-    let (_, ends_for_0) = peers.pop().unwrap();
-    let (old_gone_tx, old_gone_rx) = bounded::<()>(1);
+    let (attach_tx, attach_rx) = bounded::<PeerEnds<u64>>(1);
     let (done_tx, done_rx) = bounded::<()>(1);
 
-    // The first incarnation of shard 1 connects and dies at once.
+    // The first incarnation of shard 1 connects and stops at once.
     let first = shard("mesh-1a", move || async move {
         let port = MeshPort::new(ShardId(1), 2, SystemClock::shared(), 16);
         port.connect(old1).all().await;
     });
-    let replier = |port: &Rc<MeshPort<u64>>| {
-        let weak = Rc::downgrade(port);
-        move |incoming: Incoming<u64>| {
-            let port = weak.upgrade().unwrap();
-            glommio::spawn_local(async move {
-                port.reply(incoming.reply_to.unwrap(), incoming.body + 1)
-                    .await
-                    .unwrap();
-            })
-            .detach();
-        }
-    };
     let zero = shard("mesh-0", move || async move {
         let port = MeshPort::new(ShardId(0), 2, SystemClock::shared(), 16);
         port.connect(ends0).all().await;
-        glommio::executor()
-            .spawn_blocking(move || old_gone_rx.recv())
+        let ends = glommio::executor()
+            .spawn_blocking(move || attach_rx.recv())
             .await
             .unwrap();
-        port.attach(ends_for_0).await;
+        port.attach(ends);
         assert_eq!(
-            port.call(ShardId(1), 41, Duration::from_secs(10))
+            port.call(ShardId(1), 21, Duration::from_secs(10))
                 .await
                 .unwrap(),
             42
@@ -206,15 +261,15 @@ fn rewired_peer_is_reachable_again_after_a_restart() {
         done_tx.send(()).unwrap();
     });
     first.join().unwrap();
-    old_gone_tx.send(()).unwrap();
+    let (own1, mut peers) = wiring.rewire(ShardId(1));
+    let (peer, ends_for_0) = peers.pop().unwrap();
+    assert_eq!(peer, ShardId(0));
+    attach_tx.send(ends_for_0).unwrap();
     let second = shard("mesh-1b", move || async move {
         let port = MeshPort::new(ShardId(1), 2, SystemClock::shared(), 16);
-        port.set_handler(replier(&port));
+        port.set_handler(echo_doubled(&port));
         port.connect(own1).all().await;
-        glommio::executor()
-            .spawn_blocking(move || done_rx.recv())
-            .await
-            .ok();
+        hold(done_rx).await;
     });
     zero.join().unwrap();
     second.join().unwrap();

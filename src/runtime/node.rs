@@ -231,6 +231,7 @@ struct ShardSlot {
 
 struct Node {
     config: Arc<Config>,
+    mesh: mesh::MeshWiring<shard::ShardMessage>,
     shards: usize,
     cpus: Vec<usize>,
     tcp: Option<SocketAddr>,
@@ -267,8 +268,10 @@ impl Node {
 
         let (events_tx, events_rx) = bounded(SHARD_EVENTS_CAPACITY);
         let (observer_tx, observer_rx) = bounded(OBSERVER_EVENTS_CAPACITY);
+        let (wiring, ends) = mesh::full(shards, config.runtime.mesh_channel_capacity);
         let mut node = Node {
             config: config.clone(),
+            mesh: wiring,
             shards,
             cpus,
             tcp,
@@ -276,7 +279,6 @@ impl Node {
             events_tx,
             observer: observer_tx,
         };
-        let ends = mesh::full(shards, config.runtime.mesh_channel_capacity);
         for ends in ends {
             let (control_tx, control_rx) = bounded(SHARD_CONTROL_CAPACITY);
             let thread = node.spawn_shard(ends, control_rx)?;
@@ -410,6 +412,8 @@ impl Node {
                     match event {
                         ShardEvent::Exited { shard, exit } => {
                             self.slots[shard.index()].running = false;
+                            // Its peers stop sending to it and fail their calls now.
+                            self.mesh.close_shard(shard);
                             let _ = self.observer.try_send(NodeEvent::Shard(ShardEvent::Exited {
                                 shard,
                                 exit: exit.clone(),
@@ -484,11 +488,7 @@ impl Node {
                 });
             }
         }
-        let (own, peers) = mesh::rewire(
-            shard,
-            self.slots.len(),
-            self.config.runtime.mesh_channel_capacity,
-        );
+        let (own, peers) = self.mesh.rewire(shard);
         for (peer, ends) in peers {
             let slot = &self.slots[peer.index()];
             if slot.running {

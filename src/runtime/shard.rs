@@ -25,7 +25,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
 use crate::ids::ShardId;
-use crate::mesh::{Incoming, MeshError, MeshPort, PeerEnds, ShardEnds};
+use crate::mesh::{Incoming, MeshError, MeshPort, PeerEnds, PollPolicy, ShardEnds};
 use crate::pool::PoolSet;
 use crate::registry::{Registry, SessionId};
 use crate::session::{SessionError, SessionRegistry};
@@ -170,11 +170,16 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         .runtime
         .pools
         .saturating_mul(config.limits.sessions_per_pool_max);
-    let mesh = MeshPort::new(
+    let mesh = MeshPort::with_policy(
         start.shard,
         start.shards,
         clock.clone(),
         config.runtime.mesh_pending_calls_max,
+        PollPolicy {
+            spin: Duration::from_micros(config.runtime.mesh_spin_us),
+            park_max: Duration::from_millis(config.runtime.mesh_park_max_ms),
+            batch_max: config.runtime.mesh_batch_max,
+        },
     );
     let ctx = Rc::new(ShardContext {
         shard: start.shard,
@@ -190,7 +195,8 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         draining: std::cell::Cell::new(false),
     });
     install_mesh_handler(&ctx);
-    mesh.connect(start.mesh).detach();
+    // Queues work at once; doorbells connect in the background.
+    drop(mesh.connect(start.mesh));
 
     let root = match build_tree(&ctx, start.tcp, start.control, start.events) {
         Ok(spec) => spec,
@@ -396,10 +402,7 @@ async fn control_loop(
         while let Ok(command) = control.try_recv() {
             match command {
                 ShardControl::Drain { deadline } => ctx.begin_drain(deadline),
-                ShardControl::Attach(ends) => {
-                    let mesh = ctx.mesh.clone();
-                    glommio::spawn_local(async move { mesh.attach(ends).await }).detach();
-                }
+                ShardControl::Attach(ends) => ctx.mesh.attach(ends),
                 ShardControl::Fault(fault, done) => {
                     inject(&ctx, fault);
                     let _ = done.send(());
