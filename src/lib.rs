@@ -10,6 +10,7 @@
 //! - [`pool`]: pool supervisors (bulkheads) and session placement by id hash.
 //! - [`session`]: the session actor.
 //! - [`mesh`]: bounded channels between every ordered pair of shards, call/reply.
+//! - [`protocol`]: the JSON-RPC 2.0 codec (simd-json) and MCP versions and eras.
 //! - [`registry`]: session ids (owning shard + 128 random bits) and shard-local maps.
 //! - [`supervision`]: OTP child specs, strategies, intensity, restart timing, the tree.
 //! - [`config`]: every bound as a named, documented value; TOML with unknown keys refused.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod ids;
 pub mod mesh;
 pub mod pool;
+pub mod protocol;
 pub mod registry;
 pub mod runtime;
 pub mod session;

@@ -44,7 +44,7 @@ pub use spec::{
     StartFn, Strategy, SupFlags,
 };
 pub use stats::{RestartStats, RestartSummary};
-pub use supervisor::{
-    panic_message, ChildKey, RunningSupervisor, Supervisor, SupervisorError, SupervisorSpec,
-};
+pub use supervisor::{ChildKey, RunningSupervisor, Supervisor, SupervisorError, SupervisorSpec};
 pub use tree::TreeNode;
+
+pub use crate::sync::panic_message;

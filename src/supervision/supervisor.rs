@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures_lite::future;
 use slab::Slab;
 
-use crate::sync::{Event, EventWait};
+use crate::sync::{catch_panic, CatchPanic, Event, EventWait};
 
 use super::context::{ChildContext, SupervisorEnv};
 use super::intensity::IntensityWindow;
@@ -670,7 +670,7 @@ impl Supervisor {
                     .record_duration(env.clock.now().saturating_sub(noticed));
             }
             let reason = Contained {
-                future: Some(child_future),
+                future: Some(catch_panic(child_future)),
                 kill: kill.wait(),
             }
             .await;
@@ -833,7 +833,7 @@ impl Future for NextEvent<'_> {
 /// Runs a child's future so that neither a panic nor a kill escapes: a panic
 /// becomes `ExitReason::Panic`, a kill drops the future and gives `Killed`.
 struct Contained {
-    future: Option<ChildFuture>,
+    future: Option<CatchPanic<ChildFuture>>,
     kill: EventWait,
 }
 
@@ -848,34 +848,20 @@ impl Future for Contained {
         let Some(child) = this.future.as_mut() else {
             return Poll::Ready(ExitReason::Killed);
         };
-        match catch_unwind(AssertUnwindSafe(|| child.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(reason)) => {
+        match Pin::new(child).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(outcome) => {
                 drop_contained(this.future.take());
-                Poll::Ready(reason)
-            }
-            Err(payload) => {
-                drop_contained(this.future.take());
-                Poll::Ready(ExitReason::Panic(panic_message(payload.as_ref())))
+                Poll::Ready(outcome.unwrap_or_else(ExitReason::Panic))
             }
         }
     }
 }
 
-/// A child's destructor may panic too; that must not reach the shard either.
-fn drop_contained(future: Option<ChildFuture>) {
+/// A killed child's destructor may panic too; that must not reach the shard.
+fn drop_contained(future: Option<CatchPanic<ChildFuture>>) {
     if let Some(future) = future {
         let _ = catch_unwind(AssertUnwindSafe(move || drop(future)));
-    }
-}
-
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(message) = payload.downcast_ref::<&str>() {
-        (*message).to_string()
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "panic with a non-string payload".to_string()
     }
 }
 

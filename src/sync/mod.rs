@@ -210,6 +210,53 @@ impl<T> Drop for OneshotReceiver<T> {
     }
 }
 
+/// Runs a future so that a panic inside it comes out as `Err(message)`
+/// instead of unwinding into the executor (and the shard).
+pub struct CatchPanic<F> {
+    future: Option<Pin<Box<F>>>,
+}
+
+pub fn catch_panic<F: Future>(future: F) -> CatchPanic<F> {
+    CatchPanic {
+        future: Some(Box::pin(future)),
+    }
+}
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(future) = this.future.as_mut() else {
+            return Poll::Ready(Err("polled after completion".to_string()));
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => {
+                this.future = None;
+                Poll::Ready(Ok(output))
+            }
+            Err(payload) => {
+                // The destructor of a future that panicked may panic too.
+                let future = this.future.take();
+                let _ =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(future)));
+                Poll::Ready(Err(panic_message(payload.as_ref())))
+            }
+        }
+    }
+}
+
+/// The message of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_string()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
 /// Yields to the executor `rounds` times so every task that is ready runs.
 ///
 /// Tests use it to let a single-threaded executor settle deterministically
@@ -268,6 +315,22 @@ mod tests {
             assert_eq!(event.waiter_count(), 1);
             drop(wait);
             assert_eq!(event.waiter_count(), 0);
+        });
+    }
+
+    #[test]
+    fn catch_panic_turns_a_panic_into_its_message() {
+        run(async {
+            assert_eq!(catch_panic(async { 5 }).await, Ok(5));
+            let caught = catch_panic(async {
+                futures_lite::future::yield_now().await;
+                if true {
+                    panic!("handler blew up");
+                }
+                1
+            })
+            .await;
+            assert_eq!(caught, Err("handler blew up".to_string()));
         });
     }
 
