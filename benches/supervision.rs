@@ -17,7 +17,8 @@ use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
 
 use shardmcp::ids::ShardId;
 use shardmcp::registry::Registry;
-use shardmcp::session::{self, SessionRegistry};
+use shardmcp::server::demo;
+use shardmcp::session::{self, SessionEnv, SessionLimits, SessionRegistry};
 use shardmcp::supervision::{
     ChildKind, ChildSpec, DynamicTemplate, ExitReason, Restart, RunningSupervisor, Shutdown,
     Strategy, SupFlags, Supervisor, SupervisorEnv, SupervisorSpec,
@@ -55,9 +56,18 @@ fn pool_spec(id: &str, children_max: usize) -> SupervisorSpec {
     )
 }
 
+fn session_env() -> Rc<SessionEnv> {
+    Rc::new(SessionEnv {
+        server: Rc::new(demo::build().expect("demo server")),
+        limits: SessionLimits::default(),
+        mailbox_capacity: 64,
+    })
+}
+
 /// Spawns `iters` session actors, timing only the spawns.
 fn spawn_actors(ex: &LocalExecutor, iters: u64) -> Duration {
     ex.run(async move {
+        let sessions = session_env();
         let mut timed = Duration::ZERO;
         let mut left = iters;
         while left > 0 {
@@ -71,7 +81,7 @@ fn spawn_actors(ex: &LocalExecutor, iters: u64) -> Duration {
             let start = Instant::now();
             for _ in 0..chunk {
                 let id = registry.new_session_id();
-                pool.start_child(session::actor(id, registry.clone(), 64))
+                pool.start_child(session::actor(id, registry.clone(), sessions.clone()))
                     .unwrap();
             }
             timed += start.elapsed();
@@ -134,6 +144,7 @@ fn restart_actor(ex: &LocalExecutor, iters: u64, panics: bool) -> (Duration, u64
 /// until the replacement pool runs and until the old actors are all gone.
 fn restart_pool(ex: &LocalExecutor, iters: u64) -> (Duration, Duration) {
     ex.run(async move {
+        let sessions = session_env();
         let current: Rc<RefCell<Option<Supervisor>>> = Rc::default();
         let slot = current.clone();
         let pool = pool_spec("pool-0", POOL_ACTORS)
@@ -157,7 +168,7 @@ fn restart_pool(ex: &LocalExecutor, iters: u64) -> (Duration, Duration) {
             let old = current.borrow().clone().unwrap();
             for _ in 0..POOL_ACTORS {
                 let id = registry.new_session_id();
-                old.start_child(session::actor(id, registry.clone(), 64))
+                old.start_child(session::actor(id, registry.clone(), sessions.clone()))
                     .unwrap();
             }
             yield_now().await;

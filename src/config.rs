@@ -105,8 +105,13 @@ pub struct LimitsConfig {
     pub sessions_per_pool_max: usize,
     /// Messages waiting in one session actor's mailbox; senders wait when full.
     pub session_mailbox_capacity: usize,
-    /// Longest line (one JSON-RPC message) on the TCP transport.
-    pub line_bytes_max: usize,
+    /// Largest JSON-RPC message (a TCP line, an HTTP body); past it the
+    /// message is refused with -32600.
+    pub message_bytes_max: usize,
+    /// Entries per page of `tools/list` and the other lists.
+    pub page_size: usize,
+    /// Requests one session may have running at once; more get -32000.
+    pub requests_in_flight_per_session_max: usize,
     /// How long one request may run before the caller gets a timeout error.
     pub request_timeout_ms: u64,
     /// Connections one shard serves at once; more wait in the kernel backlog.
@@ -118,7 +123,9 @@ impl Default for LimitsConfig {
         LimitsConfig {
             sessions_per_pool_max: 16_384,
             session_mailbox_capacity: 64,
-            line_bytes_max: 4 << 20,
+            message_bytes_max: 4 << 20,
+            page_size: 100,
+            requests_in_flight_per_session_max: 64,
             request_timeout_ms: 30_000,
             connections_per_shard_max: 65_536,
         }
@@ -306,8 +313,8 @@ impl Config {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
-        if l.line_bytes_max < 1_024 {
-            return Err(invalid("limits.line_bytes_max", "must be at least 1024"));
+        if l.message_bytes_max < 1_024 {
+            return Err(invalid("limits.message_bytes_max", "must be at least 1024"));
         }
         if l.request_timeout_ms == 0 {
             return Err(invalid(

@@ -8,7 +8,8 @@
 //! - [`runtime`]: the node (shards, signals, drain, shard restarts) and one shard's tree.
 //! - [`transport`]: listeners: bytes in, frames to session actors, bytes out.
 //! - [`pool`]: pool supervisors (bulkheads) and session placement by id hash.
-//! - [`session`]: the session actor.
+//! - [`session`]: the session actor: MCP lifecycle and dispatch for one session.
+//! - [`server`]: the user API: tools (and more to come) built per shard from a factory.
 //! - [`mesh`]: bounded channels between every ordered pair of shards, call/reply.
 //! - [`protocol`]: the JSON-RPC 2.0 codec (simd-json) and MCP versions and eras.
 //! - [`registry`]: session ids (owning shard + 128 random bits) and shard-local maps.
@@ -26,6 +27,7 @@ pub mod pool;
 pub mod protocol;
 pub mod registry;
 pub mod runtime;
+pub mod server;
 pub mod session;
 pub mod supervision;
 pub mod sync;

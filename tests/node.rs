@@ -5,10 +5,11 @@ mod common;
 use common::{forget_events, test_config, wait_for, Client};
 use shardmcp::ids::ShardId;
 use shardmcp::runtime::{self, Fault, NodeError, NodeEvent, ShardEvent, ShardExit};
+use shardmcp::server::demo;
 
 #[test]
 fn node_restarts_a_dead_shard_while_the_other_keeps_serving() {
-    let node = runtime::start(test_config(2, 4)).expect("node starts");
+    let node = runtime::start(test_config(2, 4), demo::factory()).expect("node starts");
     let addr = node.tcp_addr().expect("tcp listener");
     let mut clients = Vec::new();
     // Enough connections that both shards hold some (SO_REUSEPORT hashes them).
@@ -84,7 +85,7 @@ fn node_restarts_a_dead_shard_while_the_other_keeps_serving() {
 
 #[test]
 fn killing_one_pool_ends_only_that_pools_sessions() {
-    let node = runtime::start(test_config(1, 4)).expect("node starts");
+    let node = runtime::start(test_config(1, 4), demo::factory()).expect("node starts");
     let addr = node.tcp_addr().unwrap();
     let mut clients: Vec<Client> = (0..40).map(|_| Client::connect(addr).unwrap()).collect();
     assert!(clients.iter_mut().all(|c| c.ping()));
@@ -127,7 +128,7 @@ fn a_shard_whose_root_supervisor_gives_up_is_restarted_by_the_node() {
     let mut config = test_config(1, 2);
     config.supervision.pools_intensity = 0;
     config.supervision.shard_intensity = 0;
-    let node = runtime::start(config).unwrap();
+    let node = runtime::start(config, demo::factory()).unwrap();
     let addr = node.tcp_addr().unwrap();
     forget_events(&node);
     node.inject(ShardId(0), Fault::KillPool(1)).unwrap();
@@ -154,7 +155,7 @@ fn a_shard_that_keeps_dying_makes_the_node_give_up_with_a_clear_error() {
     let mut config = test_config(1, 1);
     config.runtime.shard_restarts_max = 1;
     config.runtime.shard_restart_period_ms = 3_600_000;
-    let node = runtime::start(config).unwrap();
+    let node = runtime::start(config, demo::factory()).unwrap();
     forget_events(&node);
     node.inject(ShardId(0), Fault::PanicShard).unwrap();
     wait_for(&node, |e| matches!(e, NodeEvent::ShardRestarted { .. }));
@@ -173,8 +174,33 @@ fn a_shard_that_keeps_dying_makes_the_node_give_up_with_a_clear_error() {
 }
 
 #[test]
+fn a_tcp_client_initializes_lists_and_calls_tools() {
+    let node = runtime::start(test_config(2, 2), demo::factory()).unwrap();
+    let mut client = Client::connect(node.tcp_addr().unwrap()).unwrap();
+    let init = client.initialize();
+    assert_eq!(init["result"]["protocolVersion"], "2025-11-25");
+    assert_eq!(init["result"]["serverInfo"]["name"], "shardmcp");
+    let tools = client
+        .exchange(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#)
+        .unwrap();
+    let names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo", "add", "slow"]);
+    let sum = client
+        .exchange(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"add","arguments":{"a":2,"b":40}}}"#)
+        .unwrap();
+    assert_eq!(sum["result"]["structuredContent"]["sum"], 42.0);
+    node.drain();
+    node.join().unwrap();
+}
+
+#[test]
 fn drain_closes_idle_connections_stops_accepting_and_exits_cleanly() {
-    let node = runtime::start(test_config(2, 2)).unwrap();
+    let node = runtime::start(test_config(2, 2), demo::factory()).unwrap();
     let addr = node.tcp_addr().unwrap();
     let mut idle = Client::connect(addr).unwrap();
     assert!(idle.ping());
@@ -190,18 +216,30 @@ fn drain_closes_idle_connections_stops_accepting_and_exits_cleanly() {
 #[test]
 fn oversized_and_malformed_lines_get_clear_errors_and_the_session_lives_on() {
     let mut config = test_config(1, 1);
-    config.limits.line_bytes_max = 1_024;
-    let node = runtime::start(config).unwrap();
+    config.limits.message_bytes_max = 1_024;
+    let node = runtime::start(config, demo::factory()).unwrap();
     let addr = node.tcp_addr().unwrap();
     let mut client = Client::connect(addr).unwrap();
     let reply = client.exchange("{oops").unwrap();
     assert_eq!(reply["error"]["code"], -32700);
     let reply = client
-        .exchange(r#"{"jsonrpc":"2.0","id":"s","method":"nope"}"#)
+        .exchange(r#"{"jsonrpc":"2.0","id":"s","method":"tools/list"}"#)
         .unwrap();
     assert_eq!(
         (reply["id"].as_str(), reply["error"]["code"].as_i64()),
-        (Some("s"), Some(-32601))
+        (Some("s"), Some(-32600))
+    );
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not initialized"));
+    client.initialize();
+    let reply = client
+        .exchange(r#"{"jsonrpc":"2.0","id":"t","method":"nope"}"#)
+        .unwrap();
+    assert_eq!(
+        (reply["id"].as_str(), reply["error"]["code"].as_i64()),
+        (Some("t"), Some(-32601))
     );
     assert!(client.ping(), "still usable after bad input");
 
@@ -214,7 +252,7 @@ fn oversized_and_malformed_lines_get_clear_errors_and_the_session_lives_on() {
     assert!(reply["error"]["message"]
         .as_str()
         .unwrap()
-        .contains("line_bytes_max"));
+        .contains("message_bytes_max"));
     node.drain();
     node.join().unwrap();
 }

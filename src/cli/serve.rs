@@ -48,7 +48,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     ])
     .map_err(ServeError::Signals)?;
 
-    let node = runtime::start(config)?;
+    let node = runtime::start(config, crate::server::demo::factory())?;
     let shards = node.shard_count();
     {
         let mut out = std::io::stdout().lock();

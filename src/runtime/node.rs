@@ -14,6 +14,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use crate::config::Config;
 use crate::ids::ShardId;
 use crate::mesh;
+use crate::server::ServerFactory;
 
 use super::shard::{self, Fault, ShardControl, ShardEvent, ShardExit, ShardReport, ShardStart};
 
@@ -231,6 +232,7 @@ struct ShardSlot {
 
 struct Node {
     config: Arc<Config>,
+    server: ServerFactory,
     mesh: mesh::MeshWiring<shard::ShardMessage>,
     shards: usize,
     cpus: Vec<usize>,
@@ -242,7 +244,7 @@ struct Node {
 
 impl Node {
     /// Starts every shard and returns once each reports its listeners.
-    pub fn start(config: Config) -> Result<NodeHandle, NodeError> {
+    pub fn start(config: Config, server: ServerFactory) -> Result<NodeHandle, NodeError> {
         let config = Arc::new(config);
         let cpus = available_cpus();
         let shards = config.shard_count(cpus.len());
@@ -271,6 +273,7 @@ impl Node {
         let (wiring, ends) = mesh::full(shards, config.runtime.mesh_channel_capacity);
         let mut node = Node {
             config: config.clone(),
+            server,
             mesh: wiring,
             shards,
             cpus,
@@ -324,6 +327,7 @@ impl Node {
             shards: self.shards,
             config: self.config.clone(),
             tcp: self.tcp,
+            server: self.server.clone(),
             mesh: ends,
             control,
             events: self.events_tx.clone(),
@@ -518,7 +522,7 @@ impl Node {
     }
 }
 
-/// Starts a node with `config`.
-pub fn start(config: Config) -> Result<NodeHandle, NodeError> {
-    Node::start(config)
+/// Starts a node with `config`, serving what `server` builds on each shard.
+pub fn start(config: Config, server: ServerFactory) -> Result<NodeHandle, NodeError> {
+    Node::start(config, server)
 }

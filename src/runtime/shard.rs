@@ -28,7 +28,8 @@ use crate::ids::ShardId;
 use crate::mesh::{Incoming, MeshError, MeshPort, PeerEnds, PollPolicy, ShardEnds};
 use crate::pool::PoolSet;
 use crate::registry::{Registry, SessionId};
-use crate::session::{SessionError, SessionRegistry};
+use crate::server::ServerFactory;
+use crate::session::{SessionEnv, SessionError, SessionLimits, SessionRegistry};
 use crate::supervision::{
     panic_message, ChildContext, ChildSpec, ExitReason, RestartSummary, SpecError, Strategy,
     SupFlags, Supervisor, SupervisorEnv, SupervisorSpec, TreeNode,
@@ -110,6 +111,7 @@ pub struct ShardStart {
     pub shards: usize,
     pub config: Arc<Config>,
     pub tcp: Option<SocketAddr>,
+    pub server: ServerFactory,
     pub mesh: ShardEnds<ShardMessage>,
     pub control: Receiver<ShardControl>,
     pub events: Sender<ShardEvent>,
@@ -198,7 +200,20 @@ async fn run_tree(start: ShardStart) -> ShardExit {
     // Queues work at once; doorbells connect in the background.
     drop(mesh.connect(start.mesh));
 
-    let root = match build_tree(&ctx, start.tcp, start.control, start.events) {
+    let server = match (start.server)() {
+        Ok(server) => Rc::new(server),
+        Err(error) => return ShardExit::StartFailed(format!("server definition: {error}")),
+    };
+    let sessions = Rc::new(SessionEnv {
+        server,
+        limits: SessionLimits {
+            message_bytes_max: config.limits.message_bytes_max,
+            page_size: config.limits.page_size,
+            in_flight_max: config.limits.requests_in_flight_per_session_max,
+        },
+        mailbox_capacity: config.limits.session_mailbox_capacity,
+    });
+    let root = match build_tree(&ctx, &sessions, start.tcp, start.control, start.events) {
         Ok(spec) => spec,
         Err(error) => return ShardExit::StartFailed(format!("invalid supervision tree: {error}")),
     };
@@ -217,6 +232,7 @@ async fn run_tree(start: ShardStart) -> ShardExit {
 
 fn build_tree(
     ctx: &Rc<ShardContext>,
+    sessions: &Rc<SessionEnv>,
     tcp: Option<SocketAddr>,
     control: Receiver<ShardControl>,
     events: Sender<ShardEvent>,
@@ -237,6 +253,7 @@ fn build_tree(
         let service = Rc::new(TcpService {
             registry: ctx.registry.clone(),
             pools: ctx.pools.clone(),
+            sessions: sessions.clone(),
             limits: ctx.config.limits.clone(),
             listen_backlog: ctx.config.listen.backlog as i32,
             clock: ctx.clock.clone(),

@@ -1,11 +1,9 @@
 //! The session actor: one per session, in its pool, owning the session's
-//! state and answering the requests its transport hands it through a bounded
-//! mailbox. It does no I/O itself.
-//!
-//! What it answers today is the JSON-RPC envelope and `ping`; the MCP methods
-//! arrive with the protocol layer.
+//! MCP state ([`McpSession`]) and answering the frames its transport hands it
+//! through a bounded mailbox. Each request runs as its own task, so the
+//! requests of one session run concurrently. It does no I/O itself.
 
-mod answer;
+mod mcp;
 
 use std::rc::Rc;
 
@@ -15,10 +13,11 @@ use glommio::channels::local_channel::{self, LocalSender};
 
 use crate::pool::{PoolError, PoolSet};
 use crate::registry::{Registry, RegistryError, SessionId};
+use crate::server::Server;
 use crate::supervision::{ChildContext, ChildFuture, ExitReason, StartFn};
 use crate::sync::{oneshot, OneshotSender};
 
-pub use answer::answer;
+pub use mcp::{McpSession, SessionLimits};
 
 /// One request for a session actor; the reply is `None` for a notification.
 pub struct SessionRequest {
@@ -62,15 +61,23 @@ impl SessionHandle {
     }
 }
 
+/// What every session of a shard shares: the shard's server and the bounds.
+pub struct SessionEnv {
+    pub server: Rc<Server>,
+    pub limits: SessionLimits,
+    /// Frames waiting in one session's mailbox; senders wait when it is full.
+    pub mailbox_capacity: usize,
+}
+
 /// Creates a session: a fresh id, an actor in the id's pool, an entry in the
 /// registry. Ends when `close` is called or the actor dies.
 pub fn open(
     registry: &Rc<SessionRegistry>,
     pools: &PoolSet,
-    mailbox_capacity: usize,
+    env: &Rc<SessionEnv>,
 ) -> Result<SessionHandle, SessionError> {
     let id = registry.new_session_id();
-    pools.start_session(&id, actor(id, registry.clone(), mailbox_capacity))?;
+    pools.start_session(&id, actor(id, registry.clone(), env.clone()))?;
     // The start function ran inside start_child and registered the actor.
     registry.get(&id).ok_or(SessionError::Gone(id))
 }
@@ -82,9 +89,9 @@ pub fn close(registry: &SessionRegistry, id: &SessionId) {
 }
 
 /// The start function of one session actor.
-pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, mailbox_capacity: usize) -> StartFn {
+pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, env: Rc<SessionEnv>) -> StartFn {
     Rc::new(move |ctx: ChildContext| -> ChildFuture {
-        let (sender, receiver) = local_channel::new_bounded(mailbox_capacity);
+        let (sender, receiver) = local_channel::new_bounded(env.mailbox_capacity);
         let handle = SessionHandle {
             id,
             mailbox: Rc::new(sender),
@@ -92,12 +99,14 @@ pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, mailbox_capacity: usi
         if let Err(error) = registry.insert(id, handle) {
             return Box::pin(async move { ExitReason::Error(error.to_string()) });
         }
-        let deregister = Deregister {
+        let session = McpSession::new(env.server.clone(), env.limits);
+        let cleanup = Cleanup {
             registry: registry.clone(),
             id,
+            session: session.clone(),
         };
         Box::pin(async move {
-            let _deregister = deregister;
+            let _cleanup = cleanup;
             loop {
                 let next = future::or(async { Some(receiver.recv().await) }, async {
                     ctx.shutdown_requested().await;
@@ -108,7 +117,14 @@ pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, mailbox_capacity: usi
                     None => return ExitReason::Shutdown,
                     Some(None) => return ExitReason::Normal,
                     Some(Some(request)) => {
-                        let _ = request.reply.send(answer(&request.message));
+                        let session = session.clone();
+                        // glommio runs the task at once up to its first await:
+                        // quick requests answer without a queue hop.
+                        glommio::spawn_local(async move {
+                            let reply = session.handle_frame(&request.message).await;
+                            let _ = request.reply.send(reply);
+                        })
+                        .detach();
                     }
                 }
             }
@@ -116,15 +132,18 @@ pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, mailbox_capacity: usi
     })
 }
 
-/// Takes the session out of the registry however the actor ends: exit,
-/// panic or kill (the future is dropped in every case).
-struct Deregister {
+/// However the actor ends (exit, panic or kill: its future is dropped in
+/// every case), the session leaves the registry and its running requests
+/// are cancelled.
+struct Cleanup {
     registry: Rc<SessionRegistry>,
     id: SessionId,
+    session: Rc<McpSession>,
 }
 
-impl Drop for Deregister {
+impl Drop for Cleanup {
     fn drop(&mut self) {
         self.registry.remove(&self.id);
+        self.session.close();
     }
 }

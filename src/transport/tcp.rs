@@ -12,7 +12,7 @@ use glommio::sync::{Gate, Semaphore};
 
 use crate::config::LimitsConfig;
 use crate::pool::PoolSet;
-use crate::session::{self, SessionRegistry};
+use crate::session::{self, SessionEnv, SessionRegistry};
 use crate::supervision::{ChildContext, ChildSpec, ExitReason, Restart, Shutdown};
 use crate::sync::Event;
 use crate::time::SharedClock;
@@ -29,6 +29,7 @@ const READ_CHUNK_BYTES: usize = 16 << 10;
 pub struct TcpService {
     pub registry: Rc<SessionRegistry>,
     pub pools: Rc<PoolSet>,
+    pub sessions: Rc<SessionEnv>,
     pub limits: LimitsConfig,
     /// Pending connections the kernel queues for this shard's listener.
     pub listen_backlog: i32,
@@ -111,11 +112,7 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
 
 async fn serve_connection(mut stream: TcpStream, service: Rc<TcpService>) {
     let tracked = sockets::track(stream.as_raw_fd());
-    let session = match session::open(
-        &service.registry,
-        &service.pools,
-        service.limits.session_mailbox_capacity,
-    ) {
+    let session = match session::open(&service.registry, &service.pools, &service.sessions) {
         Ok(session) => session,
         Err(error) => {
             let reply = error_line(-32000, &format!("cannot open a session: {error}"));
@@ -125,15 +122,15 @@ async fn serve_connection(mut stream: TcpStream, service: Rc<TcpService>) {
         }
     };
     let id = session.id();
-    let mut lines = Lines::new(service.limits.line_bytes_max);
+    let mut lines = Lines::new(service.limits.message_bytes_max);
     let request_timeout = Duration::from_millis(service.limits.request_timeout_ms);
     'connection: loop {
         let line = match lines.next_line() {
             NextLine::Line(line) => line,
             NextLine::TooLong => {
                 let message = format!(
-                    "message exceeds limits.line_bytes_max ({} bytes)",
-                    service.limits.line_bytes_max
+                    "message exceeds limits.message_bytes_max ({} bytes)",
+                    service.limits.message_bytes_max
                 );
                 let _ = stream.write_all(&error_line(-32600, &message)).await;
                 break;

@@ -56,6 +56,17 @@ impl Client {
         serde_json::from_str(&reply).map_err(std::io::Error::other)
     }
 
+    /// The initialize handshake (2025-11-25); returns the initialize reply.
+    pub fn initialize(&mut self) -> serde_json::Value {
+        let reply = self
+            .exchange(r#"{"jsonrpc":"2.0","id":"init","method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"test","version":"0"}}}"#)
+            .expect("initialize answered");
+        self.writer
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
+            .expect("initialized sent");
+        reply
+    }
+
     /// A ping with a fresh id; Ok(true) when answered correctly.
     pub fn ping(&mut self) -> bool {
         self.next_id += 1;

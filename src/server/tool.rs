@@ -1,0 +1,234 @@
+//! Tools: declared once with their JSON Schemas, validated before the handler
+//! runs, handled by a local future.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use serde_json::{json, Map, Value};
+
+use crate::protocol::jsonrpc::RpcError;
+use crate::sync::Event;
+
+use super::content::ToolResult;
+use super::ServerError;
+
+/// Why a tool call did not produce a result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ToolError {
+    /// The tool failed in its own domain: reported to the client as a result
+    /// with `isError: true` and this text.
+    #[error("{0}")]
+    Failed(String),
+    /// A protocol error to answer with instead of a result.
+    #[error(transparent)]
+    Protocol(#[from] RpcError),
+}
+
+/// What a handler gets for one call.
+pub struct ToolCall {
+    pub arguments: Map<String, Value>,
+    cancel: Event,
+}
+
+impl ToolCall {
+    pub(crate) fn new(arguments: Map<String, Value>, cancel: Event) -> Self {
+        ToolCall { arguments, cancel }
+    }
+
+    /// Completes when the client cancels this call; a long handler selects on it.
+    pub async fn cancelled(&self) {
+        self.cancel.wait().await
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_set()
+    }
+
+    /// A string argument (already checked against the schema).
+    pub fn str_arg(&self, name: &str) -> Option<&str> {
+        self.arguments.get(name).and_then(Value::as_str)
+    }
+
+    pub fn f64_arg(&self, name: &str) -> Option<f64> {
+        self.arguments.get(name).and_then(Value::as_f64)
+    }
+}
+
+pub type ToolFuture = Pin<Box<dyn Future<Output = Result<ToolResult, ToolError>>>>;
+pub type ToolHandler = Rc<dyn Fn(ToolCall) -> ToolFuture>;
+
+/// A tool as served: metadata, compiled schemas, handler.
+pub struct Tool {
+    pub name: String,
+    pub title: Option<String>,
+    pub description: String,
+    pub input_schema: Value,
+    pub output_schema: Option<Value>,
+    pub annotations: Option<Value>,
+    input_validator: jsonschema::Validator,
+    output_validator: Option<jsonschema::Validator>,
+    handler: ToolHandler,
+}
+
+/// Declares a tool; [`ToolBuilder::handler`] finishes it.
+pub struct ToolBuilder {
+    name: String,
+    title: Option<String>,
+    description: String,
+    input_schema: Value,
+    output_schema: Option<Value>,
+    annotations: Option<Value>,
+}
+
+impl Tool {
+    /// A tool that takes no arguments until `input_schema` says otherwise.
+    pub fn builder(name: &str, description: &str) -> ToolBuilder {
+        ToolBuilder {
+            name: name.to_string(),
+            title: None,
+            description: description.to_string(),
+            input_schema: json!({"type": "object"}),
+            output_schema: None,
+            annotations: None,
+        }
+    }
+
+    /// The `tools/list` entry.
+    pub fn descriptor(&self) -> Value {
+        let mut out = Map::new();
+        out.insert("name".into(), Value::String(self.name.clone()));
+        if let Some(title) = &self.title {
+            out.insert("title".into(), Value::String(title.clone()));
+        }
+        out.insert(
+            "description".into(),
+            Value::String(self.description.clone()),
+        );
+        out.insert("inputSchema".into(), self.input_schema.clone());
+        if let Some(schema) = &self.output_schema {
+            out.insert("outputSchema".into(), schema.clone());
+        }
+        if let Some(annotations) = &self.annotations {
+            out.insert("annotations".into(), annotations.clone());
+        }
+        Value::Object(out)
+    }
+
+    /// Checks arguments against the input schema: -32602 with the
+    /// validator's messages when they do not fit.
+    pub fn check_arguments(&self, arguments: &Value) -> Result<(), RpcError> {
+        let problems: Vec<String> = self
+            .input_validator
+            .iter_errors(arguments)
+            .take(8)
+            .map(|error| {
+                let at = error.instance_path.to_string();
+                if at.is_empty() {
+                    error.to_string()
+                } else {
+                    format!("{at}: {error}")
+                }
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(RpcError::invalid_params(format!(
+                "invalid arguments for tool {}: {}",
+                self.name,
+                problems.join("; ")
+            )))
+        }
+    }
+
+    /// Checks a result against the output schema, if the tool declares one.
+    pub fn check_result(&self, result: &ToolResult) -> Result<(), RpcError> {
+        let Some(validator) = &self.output_validator else {
+            return Ok(());
+        };
+        if result.is_error {
+            return Ok(());
+        }
+        let Some(structured) = &result.structured_content else {
+            return Err(RpcError::internal(format!(
+                "tool {} declares an outputSchema but returned no structuredContent",
+                self.name
+            )));
+        };
+        validator.validate(structured).map_err(|error| {
+            RpcError::internal(format!(
+                "tool {} returned structuredContent that does not fit its outputSchema: {error}",
+                self.name
+            ))
+        })
+    }
+
+    pub fn call(&self, call: ToolCall) -> ToolFuture {
+        (self.handler)(call)
+    }
+}
+
+impl ToolBuilder {
+    pub fn title(mut self, title: &str) -> Self {
+        self.title = Some(title.to_string());
+        self
+    }
+
+    /// The JSON Schema (2020-12 unless it says otherwise) of the arguments object.
+    pub fn input_schema(mut self, schema: Value) -> Self {
+        self.input_schema = schema;
+        self
+    }
+
+    /// The schema of `structuredContent`; a tool with one must return it.
+    pub fn output_schema(mut self, schema: Value) -> Self {
+        self.output_schema = Some(schema);
+        self
+    }
+
+    /// Hints such as `readOnlyHint`, `destructiveHint`, `idempotentHint`.
+    pub fn annotations(mut self, annotations: Value) -> Self {
+        self.annotations = Some(annotations);
+        self
+    }
+
+    /// Finishes the tool with its handler, compiling its schemas.
+    pub fn handler<F, Fut>(self, handler: F) -> Result<Tool, ServerError>
+    where
+        F: Fn(ToolCall) -> Fut + 'static,
+        Fut: Future<Output = Result<ToolResult, ToolError>> + 'static,
+    {
+        if self.name.is_empty() || self.name.len() > 128 {
+            return Err(ServerError::InvalidName(self.name));
+        }
+        if self.input_schema.get("type").and_then(Value::as_str) != Some("object") {
+            return Err(ServerError::InvalidSchema {
+                tool: self.name,
+                reason: "inputSchema must have \"type\": \"object\"".into(),
+            });
+        }
+        let compile = |schema: &Value, which: &str| {
+            jsonschema::validator_for(schema).map_err(|error| ServerError::InvalidSchema {
+                tool: self.name.clone(),
+                reason: format!("{which}: {error}"),
+            })
+        };
+        let input_validator = compile(&self.input_schema, "inputSchema")?;
+        let output_validator = match &self.output_schema {
+            Some(schema) => Some(compile(schema, "outputSchema")?),
+            None => None,
+        };
+        Ok(Tool {
+            name: self.name,
+            title: self.title,
+            description: self.description,
+            input_schema: self.input_schema,
+            output_schema: self.output_schema,
+            annotations: self.annotations,
+            input_validator,
+            output_validator,
+            handler: Rc::new(move |call| Box::pin(handler(call))),
+        })
+    }
+}

@@ -1,0 +1,472 @@
+//! The MCP session through an in-memory transport: frames in, frames out, no
+//! sockets. Grid: lifecycle phase × method × good or bad input.
+
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::server::{demo, Server, Tool, ToolResult};
+
+fn run<F: Future<Output = ()> + 'static>(f: F) {
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(1 << 16)
+        .make()
+        .expect("executor")
+        .run(f);
+}
+
+fn session() -> Rc<McpSession> {
+    McpSession::new(Rc::new(demo::build().unwrap()), SessionLimits::default())
+}
+
+async fn send(session: &Rc<McpSession>, frame: Value) -> Option<Value> {
+    send_raw(session, &frame.to_string()).await
+}
+
+async fn send_raw(session: &Rc<McpSession>, frame: &str) -> Option<Value> {
+    session
+        .handle_frame(frame.as_bytes())
+        .await
+        .map(|bytes| serde_json::from_slice(&bytes).expect("valid JSON out"))
+}
+
+fn request(id: i64, method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+fn init_params(version: &str) -> Value {
+    json!({"protocolVersion": version, "capabilities": {"sampling": {}}, "clientInfo": {"name": "t", "version": "1"}})
+}
+
+async fn initialized(version: &str) -> Rc<McpSession> {
+    let session = session();
+    let reply = send(&session, request(0, "initialize", init_params(version)))
+        .await
+        .unwrap();
+    assert!(reply.get("result").is_some(), "{reply}");
+    assert!(send(
+        &session,
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    )
+    .await
+    .is_none());
+    session
+}
+
+fn error_code(reply: &Value) -> i64 {
+    reply["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("not an error: {reply}"))
+}
+
+#[test]
+fn initialize_negotiates_and_reports_derived_capabilities() {
+    run(async {
+        for (asked, agreed) in [
+            ("2025-11-25", "2025-11-25"),
+            ("2025-06-18", "2025-06-18"),
+            ("2025-03-26", "2025-03-26"),
+            ("2024-11-05", "2024-11-05"),
+            ("1999-01-01", "2025-11-25"),
+        ] {
+            let session = session();
+            let reply = send(&session, request(1, "initialize", init_params(asked)))
+                .await
+                .unwrap();
+            let result = &reply["result"];
+            assert_eq!(result["protocolVersion"], agreed, "asked {asked}");
+            assert_eq!(
+                result["capabilities"],
+                json!({"tools": {"listChanged": false}})
+            );
+            assert_eq!(result["serverInfo"]["name"], "shardmcp");
+            assert!(result["instructions"].as_str().is_some());
+            assert_eq!(session.protocol_version(), Some(agreed));
+            assert_eq!(session.client_capabilities(), Some(json!({"sampling": {}})));
+            assert!(!session.is_ready());
+            send(
+                &session,
+                json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            )
+            .await;
+            assert!(session.is_ready());
+        }
+    });
+}
+
+#[test]
+fn a_server_without_tools_advertises_no_tools_capability() {
+    run(async {
+        let bare = Rc::new(Server::builder("bare", "0").build().unwrap());
+        let session = McpSession::new(bare, SessionLimits::default());
+        let reply = send(
+            &session,
+            request(1, "initialize", init_params("2025-11-25")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply["result"]["capabilities"], json!({}));
+        assert!(reply["result"].get("instructions").is_none());
+    });
+}
+
+#[test]
+fn before_initialize_only_ping_and_initialize_are_served() {
+    run(async {
+        let session = session();
+        let pong = send(&session, request(1, "ping", json!({}))).await.unwrap();
+        assert_eq!(pong, json!({"jsonrpc": "2.0", "id": 1, "result": {}}));
+        for method in ["tools/list", "tools/call", "nope"] {
+            let reply = send(&session, request(2, method, json!({}))).await.unwrap();
+            assert_eq!(error_code(&reply), -32600, "{method}");
+            assert!(reply["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not initialized"));
+        }
+    });
+}
+
+#[test]
+fn a_second_initialize_and_bad_initialize_params_are_refused() {
+    run(async {
+        let session = session();
+        for bad in [
+            json!({}),
+            json!({"protocolVersion": 5}),
+            json!({"protocolVersion": "2025-11-25"}),
+            json!({"protocolVersion": "2025-11-25", "clientInfo": {}, "capabilities": 3}),
+        ] {
+            let reply = send(&session, request(1, "initialize", bad.clone()))
+                .await
+                .unwrap();
+            assert_eq!(error_code(&reply), -32602, "{bad}");
+        }
+        let session = initialized("2025-11-25").await;
+        let reply = send(
+            &session,
+            request(2, "initialize", init_params("2025-11-25")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(error_code(&reply), -32600);
+        assert!(reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already initialized"));
+        assert_eq!(
+            session.protocol_version(),
+            Some("2025-11-25"),
+            "first negotiation stands"
+        );
+    });
+}
+
+#[test]
+fn malformed_frames_get_errors_and_the_session_stays_usable() {
+    run(async {
+        let session = initialized("2025-11-25").await;
+        assert_eq!(
+            error_code(&send_raw(&session, "{not json").await.unwrap()),
+            -32700
+        );
+        assert_eq!(
+            error_code(
+                &send_raw(&session, r#"{"jsonrpc":"2.0","id":1,"method":7}"#)
+                    .await
+                    .unwrap()
+            ),
+            -32600
+        );
+        let unknown = send(&session, request(3, "resources/nope", json!({})))
+            .await
+            .unwrap();
+        assert_eq!(
+            (unknown["id"].clone(), error_code(&unknown)),
+            (json!(3), -32601)
+        );
+        let params = send_raw(
+            &session,
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":[1]}"#,
+        )
+        .await
+        .unwrap();
+        assert_eq!(error_code(&params), -32602);
+        // A response to a request never sent, and an unknown notification: ignored.
+        assert!(
+            send_raw(&session, r#"{"jsonrpc":"2.0","id":99,"result":{}}"#)
+                .await
+                .is_none()
+        );
+        assert!(send_raw(
+            &session,
+            r#"{"jsonrpc":"2.0","method":"notifications/whatever"}"#
+        )
+        .await
+        .is_none());
+        let pong = send(&session, request(5, "ping", json!({}))).await.unwrap();
+        assert_eq!(pong["result"], json!({}));
+    });
+}
+
+#[test]
+fn batches_only_on_a_2025_03_26_session() {
+    run(async {
+        let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/x"},{"jsonrpc":"2.0","id":2,"method":"tools/list"}]"#;
+        let session = initialized("2025-11-25").await;
+        let refused = send_raw(&session, batch).await.unwrap();
+        assert_eq!(error_code(&refused), -32600);
+        assert!(refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2025-03-26"));
+
+        let session = initialized("2025-03-26").await;
+        let replies = send_raw(&session, batch).await.unwrap();
+        let replies = replies.as_array().expect("a batch answer");
+        assert_eq!(replies.len(), 2, "the notification gets no entry");
+        assert_eq!(replies[0]["id"], 1);
+        assert_eq!(replies[1]["result"]["tools"].as_array().unwrap().len(), 3);
+    });
+}
+
+#[test]
+fn tools_list_pages_with_opaque_cursors_and_refuses_bad_ones() {
+    run(async {
+        let limits = SessionLimits {
+            page_size: 2,
+            ..SessionLimits::default()
+        };
+        let session = McpSession::new(Rc::new(demo::build().unwrap()), limits);
+        send(
+            &session,
+            request(0, "initialize", init_params("2025-11-25")),
+        )
+        .await;
+        let first = send(&session, request(1, "tools/list", json!({})))
+            .await
+            .unwrap();
+        let names: Vec<_> = first["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].clone())
+            .collect();
+        assert_eq!(names, [json!("echo"), json!("add")]);
+        let cursor = first["result"]["nextCursor"].as_str().unwrap().to_string();
+        let second = send(
+            &session,
+            request(2, "tools/list", json!({"cursor": cursor})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(second["result"]["tools"][0]["name"], "slow");
+        assert!(second["result"].get("nextCursor").is_none(), "last page");
+        let add = &first["result"]["tools"][1];
+        assert_eq!(add["inputSchema"]["required"], json!(["a", "b"]));
+        assert!(add["outputSchema"].is_object());
+        for bad in [json!("garbage"), json!("c1.zz"), json!("c1.ff"), json!(5)] {
+            let reply = send(&session, request(3, "tools/list", json!({"cursor": bad})))
+                .await
+                .unwrap();
+            assert_eq!(error_code(&reply), -32602, "{bad}");
+        }
+    });
+}
+
+#[test]
+fn tools_call_validates_arguments_against_the_schema() {
+    run(async {
+        let session = initialized("2025-11-25").await;
+        let echo = send(
+            &session,
+            request(
+                1,
+                "tools/call",
+                json!({"name": "echo", "arguments": {"text": "hi"}}),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            echo["result"],
+            json!({"content": [{"type": "text", "text": "hi"}], "isError": false})
+        );
+        let cases = [
+            (json!({"name": "echo", "arguments": {}}), "text"),
+            (json!({"name": "echo", "arguments": {"text": 5}}), "/text"),
+            (
+                json!({"name": "add", "arguments": {"a": "1", "b": 2}}),
+                "/a",
+            ),
+            (json!({"name": "nope"}), "unknown tool: nope"),
+            (json!({"arguments": {}}), "params.name"),
+            (
+                json!({"name": "echo", "arguments": [1]}),
+                "arguments must be an object",
+            ),
+        ];
+        for (params, fragment) in cases {
+            let reply = send(&session, request(2, "tools/call", params.clone()))
+                .await
+                .unwrap();
+            assert_eq!(error_code(&reply), -32602, "{params}");
+            let message = reply["error"]["message"].as_str().unwrap();
+            assert!(message.contains(fragment), "{params}: {message}");
+        }
+    });
+}
+
+fn custom_server() -> Rc<Server> {
+    Rc::new(
+        Server::builder("custom", "1")
+            .tool(
+                Tool::builder("boom", "Panics.")
+                    .handler(|_call| async { panic!("tool exploded") })
+                    .unwrap(),
+            )
+            .tool(
+                Tool::builder("fails", "Fails in its own domain.")
+                    .handler(|_call| async {
+                        Err(crate::server::ToolError::Failed("disk full".into()))
+                    })
+                    .unwrap(),
+            )
+            .tool(
+                Tool::builder("liar", "Declares an output schema and ignores it.")
+                    .output_schema(json!({"type": "object", "required": ["n"]}))
+                    .handler(|_call| async { Ok(ToolResult::text("no structure")) })
+                    .unwrap(),
+            )
+            .build()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn a_panicking_handler_fails_its_request_with_32603_and_the_session_lives_on() {
+    run(async {
+        let session = McpSession::new(custom_server(), SessionLimits::default());
+        send(
+            &session,
+            request(0, "initialize", init_params("2025-11-25")),
+        )
+        .await;
+        let reply = send(&session, request(1, "tools/call", json!({"name": "boom"})))
+            .await
+            .unwrap();
+        assert_eq!(error_code(&reply), -32603);
+        assert!(
+            !reply["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("exploded"),
+            "no internals leak"
+        );
+        let failed = send(&session, request(2, "tools/call", json!({"name": "fails"})))
+            .await
+            .unwrap();
+        assert_eq!(failed["result"]["isError"], true);
+        assert_eq!(failed["result"]["content"][0]["text"], "disk full");
+        let liar = send(&session, request(3, "tools/call", json!({"name": "liar"})))
+            .await
+            .unwrap();
+        assert_eq!(error_code(&liar), -32603);
+        assert_eq!(session.in_flight(), 0);
+        assert_eq!(
+            send(&session, request(4, "ping", json!({}))).await.unwrap()["result"],
+            json!({})
+        );
+    });
+}
+
+#[test]
+fn requests_run_concurrently_and_cancellation_stops_one_without_a_reply() {
+    run(async {
+        let session = initialized("2025-11-25").await;
+        let slow_session = session.clone();
+        let slow = glommio::spawn_local(async move {
+            send(
+                &slow_session,
+                request(
+                    10,
+                    "tools/call",
+                    json!({"name": "slow", "arguments": {"ms": 60000}}),
+                ),
+            )
+            .await
+        });
+        crate::sync::settle(4).await;
+        assert_eq!(session.in_flight(), 1);
+        // The session answers others while the slow call runs.
+        let echo = send(
+            &session,
+            request(
+                11,
+                "tools/call",
+                json!({"name": "echo", "arguments": {"text": "meanwhile"}}),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(echo["result"]["content"][0]["text"], "meanwhile");
+        // A duplicate id of a running request is refused.
+        let dup = send(&session, request(10, "ping", json!({})))
+            .await
+            .unwrap();
+        assert_eq!(error_code(&dup), -32600);
+        // Cancelling an unknown id is ignored; cancelling the slow one ends it.
+        assert!(send(
+            &session,
+            json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId": 999}})
+        )
+        .await
+        .is_none());
+        send(&session, json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId": 10, "reason": "user"}})).await;
+        assert_eq!(slow.await, None, "a cancelled request gets no response");
+        assert_eq!(session.in_flight(), 0);
+    });
+}
+
+#[test]
+fn the_in_flight_bound_refuses_extra_requests_and_close_cancels_all() {
+    run(async {
+        let limits = SessionLimits {
+            in_flight_max: 2,
+            ..SessionLimits::default()
+        };
+        let session = McpSession::new(Rc::new(demo::build().unwrap()), limits);
+        send(
+            &session,
+            request(0, "initialize", init_params("2025-11-25")),
+        )
+        .await;
+        let mut running = Vec::new();
+        for id in 1..=2 {
+            let s = session.clone();
+            running.push(glommio::spawn_local(async move {
+                send(
+                    &s,
+                    request(
+                        id,
+                        "tools/call",
+                        json!({"name": "slow", "arguments": {"ms": 60000}}),
+                    ),
+                )
+                .await
+            }));
+        }
+        crate::sync::settle(4).await;
+        let third = send(&session, request(3, "ping", json!({}))).await.unwrap();
+        assert_eq!(error_code(&third), -32000);
+        session.close();
+        for task in running {
+            assert_eq!(task.await, None);
+        }
+        assert_eq!(session.in_flight(), 0);
+        let _ = Duration::ZERO;
+    });
+}
