@@ -112,6 +112,8 @@ pub struct LimitsConfig {
     pub page_size: usize,
     /// Requests one session may have running at once; more get -32000.
     pub requests_in_flight_per_session_max: usize,
+    /// Resource URIs one session may subscribe to; more get -32000.
+    pub subscriptions_per_session_max: usize,
     /// How long one request may run before the caller gets a timeout error.
     pub request_timeout_ms: u64,
     /// Connections one shard serves at once; more wait in the kernel backlog.
@@ -126,6 +128,7 @@ impl Default for LimitsConfig {
             message_bytes_max: 4 << 20,
             page_size: 100,
             requests_in_flight_per_session_max: 64,
+            subscriptions_per_session_max: 1_024,
             request_timeout_ms: 30_000,
             connections_per_shard_max: 65_536,
         }
@@ -308,6 +311,15 @@ impl Config {
                 "limits.connections_per_shard_max",
                 l.connections_per_shard_max,
             ),
+            ("limits.page_size", l.page_size),
+            (
+                "limits.requests_in_flight_per_session_max",
+                l.requests_in_flight_per_session_max,
+            ),
+            (
+                "limits.subscriptions_per_session_max",
+                l.subscriptions_per_session_max,
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
@@ -404,6 +416,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.starts_with("config key `listen.tcp`"), "{error}");
+    }
+
+    #[test]
+    fn zero_bounds_are_refused_by_name() {
+        for key in [
+            "page_size",
+            "requests_in_flight_per_session_max",
+            "subscriptions_per_session_max",
+        ] {
+            let error = Config::parse(&format!("[limits]\n{key} = 0\n"))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                error,
+                format!("config key `limits.{key}`: must be at least 1")
+            );
+        }
     }
 
     #[test]

@@ -210,6 +210,7 @@ async fn run_tree(start: ShardStart) -> ShardExit {
             message_bytes_max: config.limits.message_bytes_max,
             page_size: config.limits.page_size,
             in_flight_max: config.limits.requests_in_flight_per_session_max,
+            subscriptions_max: config.limits.subscriptions_per_session_max,
         },
         mailbox_capacity: config.limits.session_mailbox_capacity,
     });

@@ -2,6 +2,62 @@
 
 use serde_json::{json, Map, Value};
 
+/// The contents of a resource, as `resources/read` returns them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResourceContents {
+    Text {
+        uri: String,
+        mime_type: Option<String>,
+        text: String,
+    },
+    /// Base64-encoded bytes.
+    Blob {
+        uri: String,
+        mime_type: Option<String>,
+        blob: String,
+    },
+}
+
+impl ResourceContents {
+    pub fn text(uri: &str, mime_type: &str, text: impl Into<String>) -> Self {
+        ResourceContents::Text {
+            uri: uri.to_string(),
+            mime_type: Some(mime_type.to_string()),
+            text: text.into(),
+        }
+    }
+
+    pub fn blob(uri: &str, mime_type: &str, base64: impl Into<String>) -> Self {
+        ResourceContents::Blob {
+            uri: uri.to_string(),
+            mime_type: Some(mime_type.to_string()),
+            blob: base64.into(),
+        }
+    }
+
+    pub fn to_value(&self) -> Value {
+        let (uri, mime_type, key, body) = match self {
+            ResourceContents::Text {
+                uri,
+                mime_type,
+                text,
+            } => (uri, mime_type, "text", text),
+            ResourceContents::Blob {
+                uri,
+                mime_type,
+                blob,
+            } => (uri, mime_type, "blob", blob),
+        };
+        let mut out = Map::new();
+        out.insert("uri".into(), Value::String(uri.clone()));
+        if let Some(mime_type) = mime_type {
+            out.insert("mimeType".into(), Value::String(mime_type.clone()));
+        }
+        out.insert(key.into(), Value::String(body.clone()));
+        Value::Object(out)
+    }
+}
+
 /// One content block of a tool result or a prompt message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Content {
@@ -14,6 +70,14 @@ pub enum Content {
     Audio {
         data: String,
         mime_type: String,
+    },
+    /// A resource embedded with its contents.
+    Resource(ResourceContents),
+    /// A link to a resource the client may read.
+    ResourceLink {
+        uri: String,
+        name: String,
+        mime_type: Option<String>,
     },
 }
 
@@ -30,6 +94,20 @@ impl Content {
             }
             Content::Audio { data, mime_type } => {
                 json!({"type": "audio", "data": data, "mimeType": mime_type})
+            }
+            Content::Resource(contents) => {
+                json!({"type": "resource", "resource": contents.to_value()})
+            }
+            Content::ResourceLink {
+                uri,
+                name,
+                mime_type,
+            } => {
+                let mut link = json!({"type": "resource_link", "uri": uri, "name": name});
+                if let Some(mime_type) = mime_type {
+                    link["mimeType"] = Value::String(mime_type.clone());
+                }
+                link
             }
         }
     }

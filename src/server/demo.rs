@@ -5,7 +5,17 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Server, ServerError, ServerFactory, Tool, ToolError, ToolResult};
+use super::{
+    Content, Prompt, PromptMessage, PromptResult, Resource, ResourceContents, ResourceTemplate,
+    Server, ServerError, ServerFactory, Tool, ToolError, ToolResult,
+};
+
+/// A 1x1 transparent PNG.
+const PIXEL_PNG_BASE64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+const README: &str =
+    "shardmcp demo server: try the echo, add and slow tools, read demo://notes/{name}, \
+or get the greeting and review prompts.";
 
 pub fn factory() -> ServerFactory {
     Arc::new(build)
@@ -14,7 +24,60 @@ pub fn factory() -> ServerFactory {
 pub fn build() -> Result<Server, ServerError> {
     Server::builder("shardmcp", env!("CARGO_PKG_VERSION"))
         .title("shardmcp demo server")
-        .instructions("A demo server: echo text, add numbers, or wait a while with `slow`.")
+        .instructions("A demo server: echo text, add numbers, or wait a while with `slow`; read demo://readme and demo://notes/{name}; get the greeting and review prompts.")
+        .resource(
+            Resource::text("demo://readme", "readme", "text/plain", README)
+                .title("About this server")
+                .size(README.len() as u64),
+        )
+        .resource(
+            Resource::new("demo://pixel.png", "pixel", |uri| async move {
+                Ok(vec![ResourceContents::blob(&uri, "image/png", PIXEL_PNG_BASE64)])
+            })
+            .mime_type("image/png")
+            .description("A 1x1 PNG, as a blob"),
+        )
+        .template(
+            ResourceTemplate::new("demo://notes/{name}", "note", |uri, vars| async move {
+                let name = vars.get("name").cloned().unwrap_or_default();
+                Ok(vec![ResourceContents::text(&uri, "text/plain", format!("note {name}"))])
+            })?
+            .description("A note per name")
+            .mime_type("text/plain")
+            .complete_with(|variable, partial| {
+                complete_from(variable == "name", &["alpha", "beta", "gamma"], partial)
+            }),
+        )
+        .prompt(
+            Prompt::new("greeting", "Greets someone by name.", |args| async move {
+                let name = args.get("name").cloned().unwrap_or_default();
+                Ok(PromptResult {
+                    description: Some("A greeting".into()),
+                    messages: vec![PromptMessage::user(Content::text(format!("Say hello to {name}.")))],
+                })
+            })
+            .argument("name", "Who to greet", true)
+            .complete_with(|argument, partial| {
+                complete_from(argument == "name", &["Ada", "Alan", "Grace"], partial)
+            }),
+        )
+        .prompt(
+            Prompt::new("review", "Asks for a review of the readme, embedding it.", |args| async move {
+                let focus = args.get("focus").cloned().unwrap_or_else(|| "clarity".into());
+                Ok(PromptResult {
+                    description: None,
+                    messages: vec![
+                        PromptMessage::user(Content::Resource(ResourceContents::text(
+                            "demo://readme",
+                            "text/plain",
+                            README,
+                        ))),
+                        PromptMessage::user(Content::text(format!("Review it for {focus}."))),
+                    ],
+                })
+            })
+            .argument("focus", "What to look at", false),
+        )
         .tool(
             Tool::builder("echo", "Echoes the given text back.")
                 .input_schema(json!({
@@ -75,4 +138,15 @@ pub fn build() -> Result<Server, ServerError> {
                 })?,
         )
         .build()
+}
+
+fn complete_from(applies: bool, candidates: &[&str], partial: &str) -> Vec<String> {
+    if !applies {
+        return Vec::new();
+    }
+    candidates
+        .iter()
+        .filter(|candidate| candidate.starts_with(partial))
+        .map(|candidate| candidate.to_string())
+        .collect()
 }

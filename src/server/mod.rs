@@ -5,6 +5,8 @@
 
 mod content;
 pub mod demo;
+mod prompt;
+mod resource;
 mod tool;
 
 use std::collections::HashMap;
@@ -13,7 +15,12 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-pub use content::{Content, ToolResult};
+pub use content::{Content, ResourceContents, ToolResult};
+pub use prompt::{Prompt, PromptArgument, PromptFuture, PromptMessage, PromptResult, Role};
+pub use resource::{ReadFuture, Resource, ResourceError, ResourceTemplate};
+
+/// Completes an argument: (argument or variable name, partial value) → candidates.
+pub type Completer = Rc<dyn Fn(&str, &str) -> Vec<String>>;
 pub use tool::{Tool, ToolBuilder, ToolCall, ToolError, ToolFuture, ToolHandler};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +31,10 @@ pub enum ServerError {
     DuplicateTool(String),
     #[error("tool `{tool}`: {reason}")]
     InvalidSchema { tool: String, reason: String },
+    #[error("resource template `{template}`: {reason}")]
+    InvalidTemplate { template: String, reason: String },
+    #[error("{kind} `{name}` is declared twice")]
+    Duplicate { kind: &'static str, name: String },
 }
 
 /// Who the server says it is (`serverInfo`).
@@ -80,6 +91,11 @@ pub struct Server {
     instructions: Option<String>,
     tools: Vec<Rc<Tool>>,
     tool_index: HashMap<String, usize>,
+    resources: Vec<Rc<Resource>>,
+    resource_index: HashMap<String, usize>,
+    templates: Vec<Rc<ResourceTemplate>>,
+    prompts: Vec<Rc<Prompt>>,
+    prompt_index: HashMap<String, usize>,
 }
 
 /// Builds a server on each shard; shared by every core.
@@ -89,6 +105,9 @@ pub struct ServerBuilder {
     info: Implementation,
     instructions: Option<String>,
     tools: Vec<Tool>,
+    resources: Vec<Resource>,
+    templates: Vec<ResourceTemplate>,
+    prompts: Vec<Prompt>,
 }
 
 impl Server {
@@ -101,6 +120,9 @@ impl Server {
             },
             instructions: None,
             tools: Vec::new(),
+            resources: Vec::new(),
+            templates: Vec::new(),
+            prompts: Vec::new(),
         }
     }
 
@@ -121,12 +143,50 @@ impl Server {
         self.tool_index.get(name).map(|&index| &self.tools[index])
     }
 
+    pub fn resources(&self) -> &[Rc<Resource>] {
+        &self.resources
+    }
+
+    pub fn resource(&self, uri: &str) -> Option<&Rc<Resource>> {
+        self.resource_index
+            .get(uri)
+            .map(|&index| &self.resources[index])
+    }
+
+    pub fn templates(&self) -> &[Rc<ResourceTemplate>] {
+        &self.templates
+    }
+
+    pub fn prompts(&self) -> &[Rc<Prompt>] {
+        &self.prompts
+    }
+
+    pub fn prompt(&self, name: &str) -> Option<&Rc<Prompt>> {
+        self.prompt_index
+            .get(name)
+            .map(|&index| &self.prompts[index])
+    }
+
     /// Capabilities derived from what the server holds: a capability is
     /// advertised only when there is something behind it.
     pub fn capabilities(&self) -> Value {
         let mut capabilities = Map::new();
         if !self.tools.is_empty() {
             capabilities.insert("tools".into(), json!({"listChanged": false}));
+        }
+        if !self.resources.is_empty() || !self.templates.is_empty() {
+            capabilities.insert(
+                "resources".into(),
+                json!({"subscribe": true, "listChanged": false}),
+            );
+        }
+        if !self.prompts.is_empty() {
+            capabilities.insert("prompts".into(), json!({"listChanged": false}));
+        }
+        let completes = self.prompts.iter().any(|p| p.completer.is_some())
+            || self.templates.iter().any(|t| t.completer.is_some());
+        if completes {
+            capabilities.insert("completions".into(), json!({}));
         }
         Value::Object(capabilities)
     }
@@ -148,6 +208,21 @@ impl ServerBuilder {
         self
     }
 
+    pub fn resource(mut self, resource: Resource) -> Self {
+        self.resources.push(resource);
+        self
+    }
+
+    pub fn template(mut self, template: ResourceTemplate) -> Self {
+        self.templates.push(template);
+        self
+    }
+
+    pub fn prompt(mut self, prompt: Prompt) -> Self {
+        self.prompts.push(prompt);
+        self
+    }
+
     pub fn build(self) -> Result<Server, ServerError> {
         let mut tool_index = HashMap::with_capacity(self.tools.len());
         for (index, tool) in self.tools.iter().enumerate() {
@@ -155,11 +230,36 @@ impl ServerBuilder {
                 return Err(ServerError::DuplicateTool(tool.name.clone()));
             }
         }
+        let resource_index = index_by(&self.resources, "resource", |r| &r.uri)?;
+        let prompt_index = index_by(&self.prompts, "prompt", |p| &p.name)?;
+        index_by(&self.templates, "resource template", |t| &t.uri_template)?;
         Ok(Server {
             info: self.info,
             instructions: self.instructions,
             tools: self.tools.into_iter().map(Rc::new).collect(),
             tool_index,
+            resources: self.resources.into_iter().map(Rc::new).collect(),
+            resource_index,
+            templates: self.templates.into_iter().map(Rc::new).collect(),
+            prompts: self.prompts.into_iter().map(Rc::new).collect(),
+            prompt_index,
         })
     }
+}
+
+fn index_by<T>(
+    items: &[T],
+    kind: &'static str,
+    key: impl Fn(&T) -> &String,
+) -> Result<HashMap<String, usize>, ServerError> {
+    let mut index = HashMap::with_capacity(items.len());
+    for (position, item) in items.iter().enumerate() {
+        if index.insert(key(item).clone(), position).is_some() {
+            return Err(ServerError::Duplicate {
+                kind,
+                name: key(item).clone(),
+            });
+        }
+    }
+    Ok(index)
 }

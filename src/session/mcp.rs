@@ -3,7 +3,7 @@
 //! the in-flight table. No I/O: frames in, frames out.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -12,10 +12,10 @@ use serde_json::{json, Map, Value};
 
 use crate::protocol::jsonrpc::{
     decode, encode_batch, encode_error, encode_result, params_object, Id, Incoming, Message,
-    RpcError, SERVER_ERROR,
+    RpcError, RESOURCE_NOT_FOUND, SERVER_ERROR,
 };
 use crate::protocol::version::{allows_batches, negotiate};
-use crate::server::{Server, ToolCall, ToolError};
+use crate::server::{ResourceError, Server, ToolCall, ToolError};
 use crate::sync::{catch_panic, Event};
 
 /// A session's own bounds.
@@ -27,6 +27,8 @@ pub struct SessionLimits {
     pub page_size: usize,
     /// Requests of this session running at once; more are refused.
     pub in_flight_max: usize,
+    /// Resource URIs one session may subscribe to.
+    pub subscriptions_max: usize,
 }
 
 impl Default for SessionLimits {
@@ -35,6 +37,7 @@ impl Default for SessionLimits {
             message_bytes_max: 4 << 20,
             page_size: 100,
             in_flight_max: 64,
+            subscriptions_max: 1_024,
         }
     }
 }
@@ -64,6 +67,8 @@ pub struct McpSession {
     in_flight: RefCell<HashMap<Id, Event>>,
     /// Set when the session ends: every running request stops.
     closed: Event,
+    /// Resource URIs this session subscribed to.
+    subscriptions: RefCell<HashSet<String>>,
 }
 
 impl McpSession {
@@ -75,6 +80,7 @@ impl McpSession {
             negotiated: RefCell::new(None),
             in_flight: RefCell::new(HashMap::new()),
             closed: Event::new(),
+            subscriptions: RefCell::new(HashSet::new()),
         })
     }
 
@@ -274,9 +280,22 @@ impl McpSession {
                 "the session is not initialized: send initialize before {method}"
             )));
         }
+        let server = &self.server;
+        let has_tools = !server.tools().is_empty();
+        let has_resources = !server.resources().is_empty() || !server.templates().is_empty();
+        let has_prompts = !server.prompts().is_empty();
         match method {
-            "tools/list" => self.tools_list(params.as_ref()),
-            "tools/call" => self.tools_call(params, cancel).await,
+            "tools/list" if has_tools => self.tools_list(params.as_ref()),
+            "tools/call" if has_tools => self.tools_call(params, cancel).await,
+            "resources/list" if has_resources => self.resources_list(params.as_ref()),
+            "resources/templates/list" if has_resources => self.templates_list(params.as_ref()),
+            "resources/read" if has_resources => self.resources_read(params.as_ref()).await,
+            "resources/subscribe" if has_resources => self.subscribe(params.as_ref(), true),
+            "resources/unsubscribe" if has_resources => self.subscribe(params.as_ref(), false),
+            "prompts/list" if has_prompts => self.prompts_list(params.as_ref()),
+            "prompts/get" if has_prompts => self.prompts_get(params.as_ref()).await,
+            "completion/complete" => self.complete(params.as_ref()),
+            // Unknown, or a feature this server does not offer.
             other => Err(RpcError::method_not_found(other)),
         }
     }
@@ -333,21 +352,206 @@ impl McpSession {
 
     fn tools_list(&self, params: Option<&Value>) -> Result<Value, RpcError> {
         let tools = self.server.tools();
-        let (start, end, next) = page(params, tools.len(), self.limits.page_size)?;
-        let mut result = Map::new();
-        result.insert(
-            "tools".into(),
-            Value::Array(
-                tools[start..end]
-                    .iter()
-                    .map(|tool| tool.descriptor())
-                    .collect(),
-            ),
-        );
-        if let Some(next) = next {
-            result.insert("nextCursor".into(), Value::String(next));
+        listing(
+            "tools",
+            params,
+            tools.len(),
+            self.limits.page_size,
+            |range| tools[range].iter().map(|tool| tool.descriptor()).collect(),
+        )
+    }
+
+    fn resources_list(&self, params: Option<&Value>) -> Result<Value, RpcError> {
+        let resources = self.server.resources();
+        listing(
+            "resources",
+            params,
+            resources.len(),
+            self.limits.page_size,
+            |range| resources[range].iter().map(|r| r.descriptor()).collect(),
+        )
+    }
+
+    fn templates_list(&self, params: Option<&Value>) -> Result<Value, RpcError> {
+        let templates = self.server.templates();
+        listing(
+            "resourceTemplates",
+            params,
+            templates.len(),
+            self.limits.page_size,
+            |range| templates[range].iter().map(|t| t.descriptor()).collect(),
+        )
+    }
+
+    fn prompts_list(&self, params: Option<&Value>) -> Result<Value, RpcError> {
+        let prompts = self.server.prompts();
+        listing(
+            "prompts",
+            params,
+            prompts.len(),
+            self.limits.page_size,
+            |range| prompts[range].iter().map(|p| p.descriptor()).collect(),
+        )
+    }
+
+    async fn resources_read(&self, params: Option<&Value>) -> Result<Value, RpcError> {
+        let uri = required_str(params, "uri", "resources/read")?;
+        let read = if let Some(resource) = self.server.resource(uri) {
+            resource.read()
+        } else {
+            let matched =
+                self.server.templates().iter().find_map(|template| {
+                    template.matches(uri).map(|vars| (template.clone(), vars))
+                });
+            match matched {
+                Some((template, variables)) => template.read(uri, variables),
+                None => return Err(resource_not_found(uri)),
+            }
+        };
+        match read.await {
+            Ok(contents) => {
+                Ok(json!({"contents": contents.iter().map(|c| c.to_value()).collect::<Vec<_>>()}))
+            }
+            Err(ResourceError::NotFound(_)) => Err(resource_not_found(uri)),
+            Err(ResourceError::Failed(message)) => Err(RpcError::internal(format!(
+                "reading {uri} failed: {message}"
+            ))),
         }
-        Ok(Value::Object(result))
+    }
+
+    fn knows_resource(&self, uri: &str) -> bool {
+        self.server.resource(uri).is_some()
+            || self
+                .server
+                .templates()
+                .iter()
+                .any(|template| template.matches(uri).is_some())
+    }
+
+    fn subscribe(&self, params: Option<&Value>, on: bool) -> Result<Value, RpcError> {
+        let method = if on {
+            "resources/subscribe"
+        } else {
+            "resources/unsubscribe"
+        };
+        let uri = required_str(params, "uri", method)?;
+        let mut subscriptions = self.subscriptions.borrow_mut();
+        if !on {
+            subscriptions.remove(uri);
+            return Ok(json!({}));
+        }
+        if !self.knows_resource(uri) {
+            return Err(resource_not_found(uri));
+        }
+        if !subscriptions.contains(uri) && subscriptions.len() >= self.limits.subscriptions_max {
+            return Err(RpcError::new(
+                SERVER_ERROR,
+                format!(
+                    "too many subscriptions on this session (at most {})",
+                    self.limits.subscriptions_max
+                ),
+            ));
+        }
+        subscriptions.insert(uri.to_string());
+        Ok(json!({}))
+    }
+
+    /// Whether this session subscribed to `uri` (for `notifications/resources/updated`).
+    pub fn is_subscribed(&self, uri: &str) -> bool {
+        self.subscriptions.borrow().contains(uri)
+    }
+
+    async fn prompts_get(&self, params: Option<&Value>) -> Result<Value, RpcError> {
+        let name = required_str(params, "name", "prompts/get")?;
+        let prompt = self
+            .server
+            .prompt(name)
+            .cloned()
+            .ok_or_else(|| RpcError::invalid_params(format!("unknown prompt: {name}")))?;
+        let mut arguments = HashMap::new();
+        match params.and_then(|p| p.get("arguments")) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(given)) => {
+                for (key, value) in given {
+                    let Value::String(value) = value else {
+                        return Err(RpcError::invalid_params(format!(
+                            "prompt argument `{key}` must be a string"
+                        )));
+                    };
+                    arguments.insert(key.clone(), value.clone());
+                }
+            }
+            Some(_) => {
+                return Err(RpcError::invalid_params(
+                    "params.arguments must be an object",
+                ))
+            }
+        }
+        let run = prompt.get(arguments).map_err(RpcError::invalid_params)?;
+        let result = run
+            .await
+            .map_err(|message| RpcError::internal(format!("prompt {name} failed: {message}")))?;
+        Ok(result.to_value())
+    }
+
+    fn complete(&self, params: Option<&Value>) -> Result<Value, RpcError> {
+        const VALUES_MAX: usize = 100;
+        let params = params_object(params)?;
+        let reference = params
+            .get("ref")
+            .ok_or_else(|| RpcError::invalid_params("completion/complete needs params.ref"))?;
+        let argument = params
+            .get("argument")
+            .ok_or_else(|| RpcError::invalid_params("completion/complete needs params.argument"))?;
+        let (name, value) = match (
+            argument.get("name").and_then(Value::as_str),
+            argument.get("value").and_then(Value::as_str),
+        ) {
+            (Some(name), Some(value)) => (name, value),
+            _ => {
+                return Err(RpcError::invalid_params(
+                    "params.argument needs name and value (strings)",
+                ))
+            }
+        };
+        let completer = match reference.get("type").and_then(Value::as_str) {
+            Some("ref/prompt") => {
+                let prompt_name = reference
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let prompt = self.server.prompt(prompt_name).ok_or_else(|| {
+                    RpcError::invalid_params(format!("unknown prompt: {prompt_name}"))
+                })?;
+                prompt.completer.clone()
+            }
+            Some("ref/resource") => {
+                let uri = reference
+                    .get("uri")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let template = self
+                    .server
+                    .templates()
+                    .iter()
+                    .find(|t| t.uri_template == uri)
+                    .ok_or_else(|| {
+                        RpcError::invalid_params(format!("unknown resource template: {uri}"))
+                    })?;
+                template.completer.clone()
+            }
+            _ => {
+                return Err(RpcError::invalid_params(
+                    "params.ref.type must be ref/prompt or ref/resource",
+                ))
+            }
+        };
+        let mut values = completer
+            .map(|complete| complete(name, value))
+            .unwrap_or_default();
+        let total = values.len();
+        values.truncate(VALUES_MAX);
+        Ok(json!({"completion": {"values": values, "total": total, "hasMore": total > VALUES_MAX}}))
     }
 
     async fn tools_call(&self, params: Option<Value>, cancel: Event) -> Result<Value, RpcError> {
@@ -387,6 +591,40 @@ impl McpSession {
             Err(ToolError::Protocol(error)) => Err(error),
         }
     }
+}
+
+fn required_str<'a>(
+    params: Option<&'a Value>,
+    key: &str,
+    method: &str,
+) -> Result<&'a str, RpcError> {
+    params_object(params)?
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| RpcError::invalid_params(format!("{method} needs params.{key} (a string)")))
+}
+
+/// Handshake-era "resource not found" (-32002, with the URI in `data`).
+fn resource_not_found(uri: &str) -> RpcError {
+    RpcError::new(RESOURCE_NOT_FOUND, format!("resource not found: {uri}"))
+        .with_data(json!({"uri": uri}))
+}
+
+/// One page of a list result under `key`, with `nextCursor` when more follow.
+fn listing(
+    key: &str,
+    params: Option<&Value>,
+    total: usize,
+    page_size: usize,
+    entries: impl FnOnce(std::ops::Range<usize>) -> Vec<Value>,
+) -> Result<Value, RpcError> {
+    let (start, end, next) = page(params, total, page_size)?;
+    let mut result = Map::new();
+    result.insert(key.into(), Value::Array(entries(start..end)));
+    if let Some(next) = next {
+        result.insert("nextCursor".into(), Value::String(next));
+    }
+    Ok(Value::Object(result))
 }
 
 const CURSOR_PREFIX: &str = "c1.";

@@ -80,7 +80,12 @@ fn initialize_negotiates_and_reports_derived_capabilities() {
             assert_eq!(result["protocolVersion"], agreed, "asked {asked}");
             assert_eq!(
                 result["capabilities"],
-                json!({"tools": {"listChanged": false}})
+                json!({
+                    "tools": {"listChanged": false},
+                    "resources": {"subscribe": true, "listChanged": false},
+                    "prompts": {"listChanged": false},
+                    "completions": {}
+                })
             );
             assert_eq!(result["serverInfo"]["name"], "shardmcp");
             assert!(result["instructions"].as_str().is_some());
@@ -468,5 +473,267 @@ fn the_in_flight_bound_refuses_extra_requests_and_close_cancels_all() {
         }
         assert_eq!(session.in_flight(), 0);
         let _ = Duration::ZERO;
+    });
+}
+
+#[test]
+fn resources_list_read_text_blob_and_templates() {
+    run(async {
+        let session = initialized("2025-11-25").await;
+        let list = send(&session, request(1, "resources/list", json!({})))
+            .await
+            .unwrap();
+        let uris: Vec<_> = list["result"]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["uri"].clone())
+            .collect();
+        assert_eq!(uris, [json!("demo://readme"), json!("demo://pixel.png")]);
+        assert_eq!(list["result"]["resources"][0]["mimeType"], "text/plain");
+        let templates = send(&session, request(2, "resources/templates/list", json!({})))
+            .await
+            .unwrap();
+        assert_eq!(
+            templates["result"]["resourceTemplates"][0]["uriTemplate"],
+            "demo://notes/{name}"
+        );
+
+        let text = send(
+            &session,
+            request(3, "resources/read", json!({"uri": "demo://readme"})),
+        )
+        .await
+        .unwrap();
+        let contents = &text["result"]["contents"][0];
+        assert_eq!(
+            (contents["uri"].clone(), contents["mimeType"].clone()),
+            (json!("demo://readme"), json!("text/plain"))
+        );
+        assert!(contents["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("shardmcp demo server"));
+        let blob = send(
+            &session,
+            request(4, "resources/read", json!({"uri": "demo://pixel.png"})),
+        )
+        .await
+        .unwrap();
+        assert!(blob["result"]["contents"][0]["blob"]
+            .as_str()
+            .unwrap()
+            .starts_with("iVBOR"));
+        let note = send(
+            &session,
+            request(5, "resources/read", json!({"uri": "demo://notes/123"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(note["result"]["contents"][0]["text"], "note 123");
+        assert_eq!(note["result"]["contents"][0]["uri"], "demo://notes/123");
+
+        let missing = send(
+            &session,
+            request(6, "resources/read", json!({"uri": "demo://nope"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(error_code(&missing), -32002);
+        assert_eq!(missing["error"]["data"]["uri"], "demo://nope");
+        let no_uri = send(&session, request(7, "resources/read", json!({})))
+            .await
+            .unwrap();
+        assert_eq!(error_code(&no_uri), -32602);
+    });
+}
+
+#[test]
+fn subscriptions_are_recorded_bounded_and_refused_for_unknown_uris() {
+    run(async {
+        let limits = SessionLimits {
+            subscriptions_max: 1,
+            ..SessionLimits::default()
+        };
+        let session = McpSession::new(Rc::new(demo::build().unwrap()), limits);
+        send(
+            &session,
+            request(0, "initialize", init_params("2025-11-25")),
+        )
+        .await;
+        let ok = send(
+            &session,
+            request(1, "resources/subscribe", json!({"uri": "demo://readme"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok["result"], json!({}));
+        assert!(session.is_subscribed("demo://readme"));
+        let full = send(
+            &session,
+            request(2, "resources/subscribe", json!({"uri": "demo://notes/x"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(error_code(&full), -32000);
+        let unknown = send(
+            &session,
+            request(3, "resources/subscribe", json!({"uri": "demo://nope"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(error_code(&unknown), -32002);
+        let off = send(
+            &session,
+            request(4, "resources/unsubscribe", json!({"uri": "demo://readme"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(off["result"], json!({}));
+        assert!(!session.is_subscribed("demo://readme"));
+    });
+}
+
+#[test]
+fn prompts_list_and_get_with_arguments_and_embedded_resources() {
+    run(async {
+        let session = initialized("2025-11-25").await;
+        let list = send(&session, request(1, "prompts/list", json!({})))
+            .await
+            .unwrap();
+        let greeting = &list["result"]["prompts"][0];
+        assert_eq!(greeting["name"], "greeting");
+        assert_eq!(
+            greeting["arguments"][0],
+            json!({"name": "name", "required": true, "description": "Who to greet"})
+        );
+        let got = send(
+            &session,
+            request(
+                2,
+                "prompts/get",
+                json!({"name": "greeting", "arguments": {"name": "Ada"}}),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            got["result"]["messages"][0],
+            json!({"role": "user", "content": {"type": "text", "text": "Say hello to Ada."}})
+        );
+        let review = send(
+            &session,
+            request(3, "prompts/get", json!({"name": "review"})),
+        )
+        .await
+        .unwrap();
+        let embedded = &review["result"]["messages"][0]["content"];
+        assert_eq!(embedded["type"], "resource");
+        assert_eq!(embedded["resource"]["uri"], "demo://readme");
+        for (params, fragment) in [
+            (json!({"name": "greeting"}), "needs argument `name`"),
+            (
+                json!({"name": "greeting", "arguments": {"name": 5}}),
+                "must be a string",
+            ),
+            (json!({"name": "nope"}), "unknown prompt"),
+            (json!({}), "params.name"),
+        ] {
+            let reply = send(&session, request(4, "prompts/get", params.clone()))
+                .await
+                .unwrap();
+            assert_eq!(error_code(&reply), -32602, "{params}");
+            assert!(
+                reply["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(fragment),
+                "{params}"
+            );
+        }
+    });
+}
+
+#[test]
+fn completion_offers_values_for_prompt_arguments_and_template_variables() {
+    run(async {
+        let session = initialized("2025-11-25").await;
+        let prompt = send(
+            &session,
+            request(
+                1,
+                "completion/complete",
+                json!({
+                    "ref": {"type": "ref/prompt", "name": "greeting"},
+                    "argument": {"name": "name", "value": "A"}
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            prompt["result"],
+            json!({"completion": {"values": ["Ada", "Alan"], "total": 2, "hasMore": false}})
+        );
+        let template = send(
+            &session,
+            request(
+                2,
+                "completion/complete",
+                json!({
+                    "ref": {"type": "ref/resource", "uri": "demo://notes/{name}"},
+                    "argument": {"name": "name", "value": "g"}
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(template["result"]["completion"]["values"], json!(["gamma"]));
+        let none = send(
+            &session,
+            request(
+                3,
+                "completion/complete",
+                json!({
+                    "ref": {"type": "ref/prompt", "name": "review"},
+                    "argument": {"name": "focus", "value": ""}
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(none["result"]["completion"]["values"], json!([]));
+        for params in [
+            json!({"ref": {"type": "ref/prompt", "name": "nope"}, "argument": {"name": "x", "value": ""}}),
+            json!({"ref": {"type": "ref/other"}, "argument": {"name": "x", "value": ""}}),
+            json!({"ref": {"type": "ref/prompt", "name": "greeting"}}),
+        ] {
+            let reply = send(&session, request(4, "completion/complete", params.clone()))
+                .await
+                .unwrap();
+            assert_eq!(error_code(&reply), -32602, "{params}");
+        }
+    });
+}
+
+#[test]
+fn methods_for_features_the_server_lacks_are_not_found() {
+    run(async {
+        let bare = Rc::new(Server::builder("bare", "0").build().unwrap());
+        let session = McpSession::new(bare, SessionLimits::default());
+        send(
+            &session,
+            request(0, "initialize", init_params("2025-11-25")),
+        )
+        .await;
+        for method in [
+            "tools/list",
+            "resources/list",
+            "resources/read",
+            "prompts/get",
+        ] {
+            let reply = send(&session, request(1, method, json!({}))).await.unwrap();
+            assert_eq!(error_code(&reply), -32601, "{method}");
+        }
     });
 }
