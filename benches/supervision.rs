@@ -60,6 +60,7 @@ fn session_env() -> Rc<SessionEnv> {
     Rc::new(SessionEnv {
         server: Rc::new(demo::build().expect("demo server")),
         limits: SessionLimits::default(),
+        clock: shardmcp::time::SystemClock::shared(),
         mailbox_capacity: 64,
     })
 }

@@ -114,6 +114,9 @@ pub struct LimitsConfig {
     pub requests_in_flight_per_session_max: usize,
     /// Resource URIs one session may subscribe to; more get -32000.
     pub subscriptions_per_session_max: usize,
+    /// Frames queued for one session's client (notifications and replies);
+    /// handlers that notify wait when it is full.
+    pub session_outbox_capacity: usize,
     /// How long one request may run before the caller gets a timeout error.
     pub request_timeout_ms: u64,
     /// Connections one shard serves at once; more wait in the kernel backlog.
@@ -129,6 +132,7 @@ impl Default for LimitsConfig {
             page_size: 100,
             requests_in_flight_per_session_max: 64,
             subscriptions_per_session_max: 1_024,
+            session_outbox_capacity: 256,
             request_timeout_ms: 30_000,
             connections_per_shard_max: 65_536,
         }
@@ -320,6 +324,7 @@ impl Config {
                 "limits.subscriptions_per_session_max",
                 l.subscriptions_per_session_max,
             ),
+            ("limits.session_outbox_capacity", l.session_outbox_capacity),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));

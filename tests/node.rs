@@ -199,6 +199,40 @@ fn a_tcp_client_initializes_lists_and_calls_tools() {
 }
 
 #[test]
+fn over_tcp_progress_precedes_the_result_and_cancellation_is_read_mid_call() {
+    let node = runtime::start(test_config(1, 2), demo::factory()).unwrap();
+    let mut client = Client::connect(node.tcp_addr().unwrap()).unwrap();
+    client.initialize();
+    client.send(r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"slow","arguments":{"ms":40},"_meta":{"progressToken":"tok"}}}"#);
+    let mut progress = Vec::new();
+    let result = loop {
+        let frame = client.read_frame().expect("a frame");
+        match frame["method"].as_str() {
+            Some("notifications/progress") => {
+                progress.push(frame["params"]["progress"].as_f64().unwrap())
+            }
+            Some("notifications/message") => assert_eq!(frame["params"]["logger"], "slow"),
+            Some(other) => panic!("unexpected {other}"),
+            None => break frame,
+        }
+    };
+    assert_eq!(progress, [1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(result["id"], 5);
+    assert_eq!(result["result"]["content"][0]["text"], "waited 40 ms");
+
+    // A long call, then its cancellation on the same connection: no answer
+    // for it, and the session keeps answering.
+    client.send(r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"slow","arguments":{"ms":60000}}}"#);
+    client.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":6}}"#);
+    let pong = client
+        .exchange(r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#)
+        .unwrap();
+    assert_eq!(pong["id"], 7, "the cancelled call sent nothing before this");
+    node.drain();
+    node.join().unwrap();
+}
+
+#[test]
 fn drain_closes_idle_connections_stops_accepting_and_exits_cleanly() {
     let node = runtime::start(test_config(2, 2), demo::factory()).unwrap();
     let addr = node.tcp_addr().unwrap();

@@ -3,4 +3,5 @@
 //! bytes in, sessions act on decoded messages.
 
 pub mod jsonrpc;
+pub mod logging;
 pub mod version;

@@ -211,7 +211,10 @@ async fn run_tree(start: ShardStart) -> ShardExit {
             page_size: config.limits.page_size,
             in_flight_max: config.limits.requests_in_flight_per_session_max,
             subscriptions_max: config.limits.subscriptions_per_session_max,
+            outbox_capacity: config.limits.session_outbox_capacity,
+            request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
         },
+        clock: clock.clone(),
         mailbox_capacity: config.limits.session_mailbox_capacity,
     });
     let root = match build_tree(&ctx, &sessions, start.tcp, start.control, start.events) {

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::protocol::logging::LogLevel;
+
 use super::{
     Content, Prompt, PromptMessage, PromptResult, Resource, ResourceContents, ResourceTemplate,
     Server, ServerError, ServerFactory, Tool, ToolError, ToolResult,
@@ -111,17 +113,23 @@ pub fn build() -> Result<Server, ServerError> {
                 })?,
         )
         .tool(
-            Tool::builder("slow", "Waits for the given number of milliseconds (at most 60000), then answers; cancellable.")
-                .input_schema(json!({
-                    "type": "object",
-                    "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": 60000}},
-                    "required": ["ms"]
-                }))
-                .handler(|call| async move {
-                    let ms = call.arguments.get("ms").and_then(|v| v.as_u64()).unwrap_or(0);
+            Tool::builder(
+                "slow",
+                "Waits for the given number of milliseconds (at most 60000) in four steps, \
+                 reporting progress and logging each step; cancellable.",
+            )
+            .input_schema(json!({
+                "type": "object",
+                "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": 60000}},
+                "required": ["ms"]
+            }))
+            .handler(|call| async move {
+                const STEPS: u64 = 4;
+                let ms = call.arguments.get("ms").and_then(|v| v.as_u64()).unwrap_or(0);
+                for step in 1..=STEPS {
                     let waited = futures_lite::future::or(
                         async {
-                            glommio::timer::sleep(Duration::from_millis(ms)).await;
+                            glommio::timer::sleep(Duration::from_millis(ms / STEPS)).await;
                             true
                         },
                         async {
@@ -130,12 +138,14 @@ pub fn build() -> Result<Server, ServerError> {
                         },
                     )
                     .await;
-                    if waited {
-                        Ok(ToolResult::text(format!("waited {ms} ms")))
-                    } else {
-                        Err(ToolError::Failed("cancelled".into()))
+                    if !waited {
+                        return Err(ToolError::Failed("cancelled".into()));
                     }
-                })?,
+                    call.log(LogLevel::Info, Some("slow"), json!({"step": step, "of": STEPS})).await;
+                    call.progress(step as f64, Some(STEPS as f64), None).await;
+                }
+                Ok(ToolResult::text(format!("waited {ms} ms")))
+            })?,
         )
         .build()
 }

@@ -21,7 +21,7 @@ pub use resource::{ReadFuture, Resource, ResourceError, ResourceTemplate};
 
 /// Completes an argument: (argument or variable name, partial value) → candidates.
 pub type Completer = Rc<dyn Fn(&str, &str) -> Vec<String>>;
-pub use tool::{Tool, ToolBuilder, ToolCall, ToolError, ToolFuture, ToolHandler};
+pub use tool::{Peer, Tool, ToolBuilder, ToolCall, ToolError, ToolFuture, ToolHandler};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServerError {
@@ -82,7 +82,10 @@ impl Implementation {
 ///         .build()
 /// });
 /// let server = factory().unwrap();
-/// assert_eq!(server.capabilities(), json!({"tools": {"listChanged": false}}));
+/// assert_eq!(
+///     server.capabilities(),
+///     json!({"tools": {"listChanged": false}, "logging": {}})
+/// );
 /// let greet = server.tool("greet").unwrap();
 /// assert!(greet.check_arguments(&json!({"name": 5})).is_err());
 /// ```
@@ -173,6 +176,8 @@ impl Server {
         let mut capabilities = Map::new();
         if !self.tools.is_empty() {
             capabilities.insert("tools".into(), json!({"listChanged": false}));
+            // Tools can log to the client through their call context.
+            capabilities.insert("logging".into(), json!({}));
         }
         if !self.resources.is_empty() || !self.templates.is_empty() {
             capabilities.insert(

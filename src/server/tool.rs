@@ -1,6 +1,7 @@
 //! Tools: declared once with their JSON Schemas, validated before the handler
 //! runs, handled by a local future.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -8,6 +9,7 @@ use std::rc::Rc;
 use serde_json::{json, Map, Value};
 
 use crate::protocol::jsonrpc::RpcError;
+use crate::protocol::logging::LogLevel;
 use crate::sync::Event;
 
 use super::content::ToolResult;
@@ -25,15 +27,80 @@ pub enum ToolError {
     Protocol(#[from] RpcError),
 }
 
+/// How a handler reaches the client during a call: the session implements
+/// it, routing what is sent to the request's stream.
+pub trait Peer {
+    /// Sends a notification related to this call; waits while the client's
+    /// outbox is full (backpressure), and drops it if the client is gone.
+    fn notify(&self, method: &'static str, params: Value) -> Pin<Box<dyn Future<Output = ()>>>;
+    /// Whether the client wants log messages of this level.
+    fn log_enabled(&self, level: LogLevel) -> bool;
+}
+
 /// What a handler gets for one call.
 pub struct ToolCall {
     pub arguments: Map<String, Value>,
     cancel: Event,
+    peer: Rc<dyn Peer>,
+    progress_token: Option<Value>,
+    last_progress: Cell<Option<f64>>,
 }
 
 impl ToolCall {
-    pub(crate) fn new(arguments: Map<String, Value>, cancel: Event) -> Self {
-        ToolCall { arguments, cancel }
+    pub fn new(
+        arguments: Map<String, Value>,
+        cancel: Event,
+        peer: Rc<dyn Peer>,
+        progress_token: Option<Value>,
+    ) -> Self {
+        ToolCall {
+            arguments,
+            cancel,
+            peer,
+            progress_token,
+            last_progress: Cell::new(None),
+        }
+    }
+
+    /// Sends `notifications/message` if the client's log level lets it through.
+    pub async fn log(&self, level: LogLevel, logger: Option<&str>, data: Value) {
+        if !self.peer.log_enabled(level) {
+            return;
+        }
+        let mut params = json!({"level": level.as_str(), "data": data});
+        if let Some(logger) = logger {
+            params["logger"] = Value::String(logger.to_string());
+        }
+        self.peer.notify("notifications/message", params).await;
+    }
+
+    /// Whether the client asked for progress (sent a progress token).
+    pub fn wants_progress(&self) -> bool {
+        self.progress_token.is_some()
+    }
+
+    /// Sends `notifications/progress` when the client asked for progress.
+    /// Progress must grow: a value not above the last one is not sent.
+    pub async fn progress(&self, progress: f64, total: Option<f64>, message: Option<&str>) {
+        let Some(token) = &self.progress_token else {
+            return;
+        };
+        if self
+            .last_progress
+            .get()
+            .is_some_and(|last| progress <= last)
+        {
+            return;
+        }
+        self.last_progress.set(Some(progress));
+        let mut params = json!({"progressToken": token, "progress": progress});
+        if let Some(total) = total {
+            params["total"] = json!(total);
+        }
+        if let Some(message) = message {
+            params["message"] = Value::String(message.to_string());
+        }
+        self.peer.notify("notifications/progress", params).await;
     }
 
     /// Completes when the client cancels this call; a long handler selects on it.

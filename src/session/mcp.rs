@@ -4,19 +4,25 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::rc::Rc;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::future;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use serde_json::{json, Map, Value};
 
 use crate::protocol::jsonrpc::{
-    decode, encode_batch, encode_error, encode_result, params_object, Id, Incoming, Message,
-    RpcError, RESOURCE_NOT_FOUND, SERVER_ERROR,
+    decode, encode_batch, encode_error, encode_request, encode_result, params_object, Id, Incoming,
+    Message, RpcError, RESOURCE_NOT_FOUND, SERVER_ERROR,
 };
+use crate::protocol::logging::LogLevel;
 use crate::protocol::version::{allows_batches, negotiate};
-use crate::server::{ResourceError, Server, ToolCall, ToolError};
+use crate::server::{Peer, ResourceError, Server, ToolCall, ToolError};
 use crate::sync::{catch_panic, Event};
+use crate::time::SharedClock;
 
 /// A session's own bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +35,12 @@ pub struct SessionLimits {
     pub in_flight_max: usize,
     /// Resource URIs one session may subscribe to.
     pub subscriptions_max: usize,
+    /// Frames (notifications, and replies sent through the outbox) waiting for
+    /// the transport; handlers that notify wait when it is full.
+    pub outbox_capacity: usize,
+    /// How long one request may run before it is cancelled and answered
+    /// with an error.
+    pub request_timeout: Duration,
 }
 
 impl Default for SessionLimits {
@@ -38,6 +50,8 @@ impl Default for SessionLimits {
             page_size: 100,
             in_flight_max: 64,
             subscriptions_max: 1_024,
+            outbox_capacity: 256,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -69,10 +83,54 @@ pub struct McpSession {
     closed: Event,
     /// Resource URIs this session subscribed to.
     subscriptions: RefCell<HashSet<String>>,
+    /// Least severe log level the client wants (`logging/setLevel`).
+    log_level: Cell<LogLevel>,
+    clock: SharedClock,
+    outbox: LocalSender<OutFrame>,
+    outbox_receiver: RefCell<Option<LocalReceiver<OutFrame>>>,
+}
+
+/// A frame for the client, tagged with the request it belongs to (if any),
+/// so a transport with one stream per request can route it.
+#[derive(Debug, Clone)]
+pub struct OutFrame {
+    pub related: Option<Id>,
+    pub frame: Bytes,
+}
+
+/// The session as a handler sees it during one request.
+struct RequestPeer {
+    session: Weak<McpSession>,
+    related: Id,
+}
+
+impl Peer for RequestPeer {
+    fn notify(&self, method: &'static str, params: Value) -> Pin<Box<dyn Future<Output = ()>>> {
+        let session = self.session.clone();
+        let related = self.related.clone();
+        Box::pin(async move {
+            if let Some(session) = session.upgrade() {
+                let frame = encode_request(None, method, Some(&params));
+                session
+                    .push(OutFrame {
+                        related: Some(related),
+                        frame,
+                    })
+                    .await;
+            }
+        })
+    }
+
+    fn log_enabled(&self, level: LogLevel) -> bool {
+        self.session
+            .upgrade()
+            .is_some_and(|session| level >= session.log_level.get())
+    }
 }
 
 impl McpSession {
-    pub fn new(server: Rc<Server>, limits: SessionLimits) -> Rc<Self> {
+    pub fn new(server: Rc<Server>, limits: SessionLimits, clock: SharedClock) -> Rc<Self> {
+        let (outbox, outbox_receiver) = local_channel::new_bounded(limits.outbox_capacity.max(1));
         Rc::new(McpSession {
             server,
             limits,
@@ -81,6 +139,10 @@ impl McpSession {
             in_flight: RefCell::new(HashMap::new()),
             closed: Event::new(),
             subscriptions: RefCell::new(HashSet::new()),
+            log_level: Cell::new(LogLevel::Info),
+            clock,
+            outbox,
+            outbox_receiver: RefCell::new(Some(outbox_receiver)),
         })
     }
 
@@ -116,6 +178,40 @@ impl McpSession {
         self.closed.set();
         for (_, cancel) in self.in_flight.borrow_mut().drain() {
             cancel.set();
+        }
+    }
+
+    /// The stream of frames for the client; the transport takes it once.
+    pub fn take_outbox(&self) -> Option<LocalReceiver<OutFrame>> {
+        self.outbox_receiver.borrow_mut().take()
+    }
+
+    /// Completes when the session has ended (its actor stopped or died).
+    pub fn ended(&self) -> crate::sync::EventWait {
+        self.closed.wait()
+    }
+
+    /// Frames queued for the client and not yet taken by the transport.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Queues a frame for the client, waiting while the outbox is full. A
+    /// frame for a transport that has gone is dropped.
+    pub async fn push(&self, frame: OutFrame) {
+        let _ = self.outbox.send(frame).await;
+    }
+
+    /// Handles one frame and queues its reply in the outbox, behind the
+    /// notifications the request sent, so a single-stream transport keeps
+    /// the order the protocol needs.
+    pub async fn handle_frame_into_outbox(self: &Rc<Self>, frame: &[u8]) {
+        if let Some(reply) = self.handle_frame(frame).await {
+            self.push(OutFrame {
+                related: None,
+                frame: reply,
+            })
+            .await;
         }
     }
 
@@ -200,7 +296,8 @@ impl McpSession {
             }
             in_flight.insert(id.clone(), cancel.clone());
         }
-        let work = catch_panic(self.dispatch(method, params, cancel.clone()));
+        let work = catch_panic(self.dispatch(&id, method, params, cancel.clone()));
+        let timer = self.clock.sleep(self.limits.request_timeout);
         // Cancellation is polled first: when it and the work become ready
         // together (a handler that stops because it was cancelled), it wins.
         let outcome = future::or(
@@ -208,14 +305,23 @@ impl McpSession {
                 cancel.wait().await;
                 None
             },
-            async { Some(work.await) },
+            future::or(async { Some(work.await) }, async {
+                timer.await;
+                Some(Ok(Err(RpcError::internal(format!(
+                    "{method} did not finish within {} ms",
+                    self.limits.request_timeout.as_millis()
+                )))))
+            }),
         )
         .await;
         self.in_flight.borrow_mut().remove(&id);
+        let cancelled = cancel.is_set();
+        // A handler still running after its timeout is told to stop.
+        cancel.set();
         match outcome {
             // Cancelled: the spec says the receiver sends no response.
             None => None,
-            Some(_) if cancel.is_set() => None,
+            Some(_) if cancelled => None,
             Some(Ok(Ok(result))) => Some(encode_result(&id, &result)),
             Some(Ok(Err(error))) => Some(encode_error(Some(&id), &error)),
             Some(Err(panic)) => {
@@ -266,6 +372,7 @@ impl McpSession {
 
     async fn dispatch(
         self: &Rc<Self>,
+        id: &Id,
         method: &str,
         params: Option<Value>,
         cancel: Event,
@@ -286,7 +393,8 @@ impl McpSession {
         let has_prompts = !server.prompts().is_empty();
         match method {
             "tools/list" if has_tools => self.tools_list(params.as_ref()),
-            "tools/call" if has_tools => self.tools_call(params, cancel).await,
+            "tools/call" if has_tools => self.tools_call(id, params, cancel).await,
+            "logging/setLevel" if has_tools => self.set_level(params.as_ref()),
             "resources/list" if has_resources => self.resources_list(params.as_ref()),
             "resources/templates/list" if has_resources => self.templates_list(params.as_ref()),
             "resources/read" if has_resources => self.resources_read(params.as_ref()).await,
@@ -554,7 +662,20 @@ impl McpSession {
         Ok(json!({"completion": {"values": values, "total": total, "hasMore": total > VALUES_MAX}}))
     }
 
-    async fn tools_call(&self, params: Option<Value>, cancel: Event) -> Result<Value, RpcError> {
+    fn set_level(&self, params: Option<&Value>) -> Result<Value, RpcError> {
+        let level = required_str(params, "level", "logging/setLevel")?;
+        let level = LogLevel::parse(level)
+            .ok_or_else(|| RpcError::invalid_params(format!("unknown log level: {level}")))?;
+        self.log_level.set(level);
+        Ok(json!({}))
+    }
+
+    async fn tools_call(
+        self: &Rc<Self>,
+        id: &Id,
+        params: Option<Value>,
+        cancel: Event,
+    ) -> Result<Value, RpcError> {
         let params = params_object(params.as_ref())?;
         let name = params
             .get("name")
@@ -580,7 +701,19 @@ impl McpSession {
                 "params.arguments must be an object",
             ));
         };
-        match tool.call(ToolCall::new(arguments, cancel)).await {
+        let progress_token = params
+            .get("_meta")
+            .and_then(|meta| meta.get("progressToken"))
+            .filter(|token| token.is_string() || token.is_i64() || token.is_u64())
+            .cloned();
+        let peer = Rc::new(RequestPeer {
+            session: Rc::downgrade(self),
+            related: id.clone(),
+        });
+        match tool
+            .call(ToolCall::new(arguments, cancel, peer, progress_token))
+            .await
+        {
             Ok(result) => {
                 tool.check_result(&result)?;
                 Ok(result.to_value())

@@ -9,20 +9,22 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use futures_lite::future;
-use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use crate::pool::{PoolError, PoolSet};
 use crate::registry::{Registry, RegistryError, SessionId};
 use crate::server::Server;
 use crate::supervision::{ChildContext, ChildFuture, ExitReason, StartFn};
 use crate::sync::{oneshot, OneshotSender};
+use crate::time::SharedClock;
 
-pub use mcp::{McpSession, SessionLimits};
+pub use mcp::{McpSession, OutFrame, SessionLimits};
 
-/// One request for a session actor; the reply is `None` for a notification.
+/// One frame for a session actor. The reply (`None` for a notification)
+/// goes back through `reply`, or into the session's outbox when there is none.
 pub struct SessionRequest {
     pub message: Bytes,
-    pub reply: OneshotSender<Option<Bytes>>,
+    pub reply: Option<OneshotSender<Option<Bytes>>>,
 }
 
 /// The address of a live session actor.
@@ -30,6 +32,7 @@ pub struct SessionRequest {
 pub struct SessionHandle {
     id: SessionId,
     mailbox: Rc<LocalSender<SessionRequest>>,
+    session: Rc<McpSession>,
 }
 
 pub type SessionRegistry = Registry<SessionHandle>;
@@ -54,10 +57,46 @@ impl SessionHandle {
     pub async fn request(&self, message: Bytes) -> Result<Option<Bytes>, SessionError> {
         let (reply, answer) = oneshot();
         self.mailbox
-            .send(SessionRequest { message, reply })
+            .send(SessionRequest {
+                message,
+                reply: Some(reply),
+            })
             .await
             .map_err(|_| SessionError::Gone(self.id))?;
         answer.await.map_err(|_| SessionError::Gone(self.id))
+    }
+
+    /// Hands one message to the actor without waiting for its answer, which
+    /// arrives in the outbox (after the request's own notifications).
+    pub async fn send(&self, message: Bytes) -> Result<(), SessionError> {
+        self.mailbox
+            .send(SessionRequest {
+                message,
+                reply: None,
+            })
+            .await
+            .map_err(|_| SessionError::Gone(self.id))
+    }
+
+    /// The frames for the client (notifications, and the answers to `send`);
+    /// one transport connection takes it.
+    pub fn take_outbox(&self) -> Option<LocalReceiver<OutFrame>> {
+        self.session.take_outbox()
+    }
+
+    /// Requests of this session running now.
+    pub fn in_flight(&self) -> usize {
+        self.session.in_flight()
+    }
+
+    /// Completes when the session has ended (its actor stopped or died).
+    pub fn ended(&self) -> crate::sync::EventWait {
+        self.session.ended()
+    }
+
+    /// Frames waiting in the outbox.
+    pub fn outbox_len(&self) -> usize {
+        self.session.outbox_len()
     }
 }
 
@@ -65,6 +104,7 @@ impl SessionHandle {
 pub struct SessionEnv {
     pub server: Rc<Server>,
     pub limits: SessionLimits,
+    pub clock: SharedClock,
     /// Frames waiting in one session's mailbox; senders wait when it is full.
     pub mailbox_capacity: usize,
 }
@@ -92,14 +132,15 @@ pub fn close(registry: &SessionRegistry, id: &SessionId) {
 pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, env: Rc<SessionEnv>) -> StartFn {
     Rc::new(move |ctx: ChildContext| -> ChildFuture {
         let (sender, receiver) = local_channel::new_bounded(env.mailbox_capacity);
+        let session = McpSession::new(env.server.clone(), env.limits, env.clock.clone());
         let handle = SessionHandle {
             id,
             mailbox: Rc::new(sender),
+            session: session.clone(),
         };
         if let Err(error) = registry.insert(id, handle) {
             return Box::pin(async move { ExitReason::Error(error.to_string()) });
         }
-        let session = McpSession::new(env.server.clone(), env.limits);
         let cleanup = Cleanup {
             registry: registry.clone(),
             id,
@@ -121,8 +162,13 @@ pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, env: Rc<SessionEnv>) 
                         // glommio runs the task at once up to its first await:
                         // quick requests answer without a queue hop.
                         glommio::spawn_local(async move {
-                            let reply = session.handle_frame(&request.message).await;
-                            let _ = request.reply.send(reply);
+                            match request.reply {
+                                Some(reply) => {
+                                    let answer = session.handle_frame(&request.message).await;
+                                    let _ = reply.send(answer);
+                                }
+                                None => session.handle_frame_into_outbox(&request.message).await,
+                            }
                         })
                         .detach();
                     }

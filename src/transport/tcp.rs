@@ -23,7 +23,9 @@ use super::sockets;
 /// and lets its supervisor restart it.
 const ACCEPT_ERRORS_MAX: u32 = 64;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
-const READ_CHUNK_BYTES: usize = 16 << 10;
+/// Room offered to each read. An idle connection holds this much while it
+/// waits, so it is kept small.
+const READ_CHUNK_BYTES: usize = 4 << 10;
 
 /// What the TCP listener needs from its shard.
 pub struct TcpService {
@@ -112,8 +114,17 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
 
 async fn serve_connection(mut stream: TcpStream, service: Rc<TcpService>) {
     let tracked = sockets::track(stream.as_raw_fd());
-    let session = match session::open(&service.registry, &service.pools, &service.sessions) {
-        Ok(session) => session,
+    let opened = session::open(&service.registry, &service.pools, &service.sessions);
+    let (session, outbox) = match opened.map(|s| {
+        let outbox = s.take_outbox();
+        (s, outbox)
+    }) {
+        Ok((session, Some(outbox))) => (session, outbox),
+        Ok((session, None)) => {
+            session::close(&service.registry, &session.id());
+            drop(tracked);
+            return;
+        }
         Err(error) => {
             let reply = error_line(-32000, &format!("cannot open a session: {error}"));
             let _ = stream.write_all(&reply).await;
@@ -123,55 +134,78 @@ async fn serve_connection(mut stream: TcpStream, service: Rc<TcpService>) {
     };
     let id = session.id();
     let mut lines = Lines::new(service.limits.message_bytes_max);
-    let request_timeout = Duration::from_millis(service.limits.request_timeout_ms);
-    'connection: loop {
-        let line = match lines.next_line() {
-            NextLine::Line(line) => line,
-            NextLine::TooLong => {
-                let message = format!(
-                    "message exceeds limits.message_bytes_max ({} bytes)",
-                    service.limits.message_bytes_max
-                );
-                let _ = stream.write_all(&error_line(-32600, &message)).await;
-                break;
-            }
-            NextLine::NeedMore => {
-                if service.drain.is_set() {
+    let mut reading = true;
+    loop {
+        if reading {
+            match lines.next_line() {
+                NextLine::Line(line) => {
+                    // Requests run concurrently in the session; answers come
+                    // back through the outbox, after their notifications.
+                    if session.send(line).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                NextLine::TooLong => {
+                    let message = format!(
+                        "message exceeds limits.message_bytes_max ({} bytes)",
+                        service.limits.message_bytes_max
+                    );
+                    let _ = stream.write_all(&error_line(-32600, &message)).await;
                     break;
                 }
-                let space = lines.read_space();
-                let read = future::or(async { Some(stream.read(space).await) }, async {
+                NextLine::NeedMore => {}
+            }
+        }
+        if service.drain.is_set() {
+            // Draining: read nothing more; finish what is in flight.
+            reading = false;
+            if session.in_flight() == 0 && session.outbox_len() == 0 {
+                break;
+            }
+        }
+        let event = {
+            let read = async {
+                if reading {
+                    Wake::Read(stream.read(lines.read_space()).await)
+                } else {
+                    futures_lite::future::pending().await
+                }
+            };
+            let out = async {
+                match outbox.recv().await {
+                    Some(frame) => Wake::Out(frame.frame),
+                    None => Wake::SessionEnded,
+                }
+            };
+            let ended = async {
+                session.ended().await;
+                Wake::SessionEnded
+            };
+            let drain = async {
+                if reading {
                     service.drain.wait().await;
-                    None
-                })
-                .await;
-                match read {
-                    Some(Ok(read)) if read > 0 => {
-                        lines.filled(read);
-                        continue;
-                    }
-                    _ => break, // EOF, error, or drain
+                    Wake::Drain
+                } else {
+                    futures_lite::future::pending().await
+                }
+            };
+            // Writes first: a client that keeps sending must still be answered.
+            future::or(out, future::or(read, future::or(drain, ended))).await
+        };
+        if !matches!(event, Wake::Read(_)) {
+            lines.abandon_read();
+        }
+        match event {
+            Wake::Read(Ok(read)) if read > 0 => lines.filled(read),
+            Wake::Read(_) => break, // EOF or error
+            Wake::Out(frame) => {
+                if write_line(&mut stream, &frame).await.is_err() {
+                    break;
                 }
             }
-        };
-        let timer = service.clock.sleep(request_timeout);
-        let answer = future::or(async { Some(session.request(line).await) }, async {
-            timer.await;
-            None
-        })
-        .await;
-        let reply = match answer {
-            Some(Ok(Some(reply))) => reply,
-            Some(Ok(None)) => continue,        // a notification
-            Some(Err(_)) => break 'connection, // the session ended (its pool died)
-            None => {
-                let timeout = error_line(-32603, "request timed out");
-                let _ = stream.write_all(&timeout).await;
-                break 'connection;
-            }
-        };
-        if write_line(&mut stream, &reply).await.is_err() || service.drain.is_set() {
-            break 'connection;
+            Wake::Drain => {}
+            Wake::SessionEnded => break,
         }
     }
     session::close(&service.registry, &id);
@@ -180,12 +214,22 @@ async fn serve_connection(mut stream: TcpStream, service: Rc<TcpService>) {
     let _ = stream.close().await;
 }
 
+/// What woke a connection.
+enum Wake {
+    Read(std::io::Result<usize>),
+    Out(Bytes),
+    Drain,
+    SessionEnded,
+}
+
 /// Splits newline-delimited messages out of what a connection has read,
 /// looking at each byte once however the line arrives.
 struct Lines {
     buffer: BytesMut,
     /// Bytes at the front of `buffer` already known to hold no newline.
     scanned: usize,
+    /// Bytes of `buffer` that were really read (the rest is room for a read).
+    committed: usize,
     line_bytes_max: usize,
 }
 
@@ -201,6 +245,7 @@ impl Lines {
         Lines {
             buffer: BytesMut::with_capacity(READ_CHUNK_BYTES),
             scanned: 0,
+            committed: 0,
             line_bytes_max,
         }
     }
@@ -222,6 +267,7 @@ impl Lines {
                 return NextLine::TooLong;
             }
             let mut line = self.buffer.split_to(end + 1).freeze();
+            self.committed -= end + 1;
             line.truncate(trim_line_end(&line));
             if !line.is_empty() {
                 return NextLine::Line(line);
@@ -229,16 +275,22 @@ impl Lines {
         }
     }
 
-    /// Room for the next read; call `filled` with what the read returned.
+    /// Room for the next read; follow with `filled` (what the read returned)
+    /// or `abandon_read` (the read was dropped before it finished).
     fn read_space(&mut self) -> &mut [u8] {
-        let start = self.buffer.len();
-        self.buffer.resize(start + READ_CHUNK_BYTES, 0);
-        &mut self.buffer[start..]
+        self.buffer.truncate(self.committed);
+        self.buffer.resize(self.committed + READ_CHUNK_BYTES, 0);
+        &mut self.buffer[self.committed..]
     }
 
     fn filled(&mut self, read: usize) {
-        let unused = READ_CHUNK_BYTES - read.min(READ_CHUNK_BYTES);
-        self.buffer.truncate(self.buffer.len() - unused);
+        self.committed += read.min(READ_CHUNK_BYTES);
+        self.buffer.truncate(self.committed);
+    }
+
+    /// Forgets the room offered to a read that never completed.
+    fn abandon_read(&mut self) {
+        self.buffer.truncate(self.committed);
     }
 }
 
@@ -293,6 +345,20 @@ mod tests {
             NextLine::Line(Bytes::from_static(b"{\"b\":2}"))
         );
         assert_eq!(lines.next_line(), NextLine::NeedMore);
+    }
+
+    #[test]
+    fn an_abandoned_read_leaves_no_trace() {
+        let mut lines = Lines::new(1_024);
+        feed(&mut lines, b"{\"a\"");
+        assert_eq!(lines.next_line(), NextLine::NeedMore);
+        let _ = lines.read_space(); // offered to a read that is then dropped
+        lines.abandon_read();
+        feed(&mut lines, b":1}\n");
+        assert_eq!(
+            lines.next_line(),
+            NextLine::Line(Bytes::from_static(b"{\"a\":1}"))
+        );
     }
 
     #[test]

@@ -42,6 +42,24 @@ impl Client {
         })
     }
 
+    /// Sends one line without waiting for anything.
+    pub fn send(&mut self, line: &str) {
+        self.writer.write_all(line.as_bytes()).expect("sent");
+        self.writer.write_all(b"\n").expect("sent");
+    }
+
+    /// Reads the next frame the server sends.
+    pub fn read_frame(&mut self) -> std::io::Result<serde_json::Value> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        serde_json::from_str(&line).map_err(std::io::Error::other)
+    }
+
     /// Sends one line and reads one line back.
     pub fn exchange(&mut self, line: &str) -> std::io::Result<serde_json::Value> {
         self.writer.write_all(line.as_bytes())?;

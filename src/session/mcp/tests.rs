@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::protocol::logging::LogLevel;
 use crate::server::{demo, Server, Tool, ToolResult};
+use crate::time::{ManualClock, SystemClock};
 
 fn run<F: Future<Output = ()> + 'static>(f: F) {
     glommio::LocalExecutorBuilder::default()
@@ -19,7 +21,11 @@ fn run<F: Future<Output = ()> + 'static>(f: F) {
 }
 
 fn session() -> Rc<McpSession> {
-    McpSession::new(Rc::new(demo::build().unwrap()), SessionLimits::default())
+    McpSession::new(
+        Rc::new(demo::build().unwrap()),
+        SessionLimits::default(),
+        SystemClock::shared(),
+    )
 }
 
 async fn send(session: &Rc<McpSession>, frame: Value) -> Option<Value> {
@@ -82,6 +88,7 @@ fn initialize_negotiates_and_reports_derived_capabilities() {
                 result["capabilities"],
                 json!({
                     "tools": {"listChanged": false},
+                    "logging": {},
                     "resources": {"subscribe": true, "listChanged": false},
                     "prompts": {"listChanged": false},
                     "completions": {}
@@ -106,7 +113,7 @@ fn initialize_negotiates_and_reports_derived_capabilities() {
 fn a_server_without_tools_advertises_no_tools_capability() {
     run(async {
         let bare = Rc::new(Server::builder("bare", "0").build().unwrap());
-        let session = McpSession::new(bare, SessionLimits::default());
+        let session = McpSession::new(bare, SessionLimits::default(), SystemClock::shared());
         let reply = send(
             &session,
             request(1, "initialize", init_params("2025-11-25")),
@@ -245,7 +252,11 @@ fn tools_list_pages_with_opaque_cursors_and_refuses_bad_ones() {
             page_size: 2,
             ..SessionLimits::default()
         };
-        let session = McpSession::new(Rc::new(demo::build().unwrap()), limits);
+        let session = McpSession::new(
+            Rc::new(demo::build().unwrap()),
+            limits,
+            SystemClock::shared(),
+        );
         send(
             &session,
             request(0, "initialize", init_params("2025-11-25")),
@@ -354,7 +365,11 @@ fn custom_server() -> Rc<Server> {
 #[test]
 fn a_panicking_handler_fails_its_request_with_32603_and_the_session_lives_on() {
     run(async {
-        let session = McpSession::new(custom_server(), SessionLimits::default());
+        let session = McpSession::new(
+            custom_server(),
+            SessionLimits::default(),
+            SystemClock::shared(),
+        );
         send(
             &session,
             request(0, "initialize", init_params("2025-11-25")),
@@ -443,7 +458,11 @@ fn the_in_flight_bound_refuses_extra_requests_and_close_cancels_all() {
             in_flight_max: 2,
             ..SessionLimits::default()
         };
-        let session = McpSession::new(Rc::new(demo::build().unwrap()), limits);
+        let session = McpSession::new(
+            Rc::new(demo::build().unwrap()),
+            limits,
+            SystemClock::shared(),
+        );
         send(
             &session,
             request(0, "initialize", init_params("2025-11-25")),
@@ -555,7 +574,11 @@ fn subscriptions_are_recorded_bounded_and_refused_for_unknown_uris() {
             subscriptions_max: 1,
             ..SessionLimits::default()
         };
-        let session = McpSession::new(Rc::new(demo::build().unwrap()), limits);
+        let session = McpSession::new(
+            Rc::new(demo::build().unwrap()),
+            limits,
+            SystemClock::shared(),
+        );
         send(
             &session,
             request(0, "initialize", init_params("2025-11-25")),
@@ -720,7 +743,7 @@ fn completion_offers_values_for_prompt_arguments_and_template_variables() {
 fn methods_for_features_the_server_lacks_are_not_found() {
     run(async {
         let bare = Rc::new(Server::builder("bare", "0").build().unwrap());
-        let session = McpSession::new(bare, SessionLimits::default());
+        let session = McpSession::new(bare, SessionLimits::default(), SystemClock::shared());
         send(
             &session,
             request(0, "initialize", init_params("2025-11-25")),
@@ -735,5 +758,194 @@ fn methods_for_features_the_server_lacks_are_not_found() {
             let reply = send(&session, request(1, method, json!({}))).await.unwrap();
             assert_eq!(error_code(&reply), -32601, "{method}");
         }
+    });
+}
+
+/// A tool that logs at three levels and reports three steps of progress,
+/// and one that waits until cancelled; no real time passes in either.
+fn chatty_server() -> Rc<Server> {
+    Rc::new(
+        Server::builder("chatty", "1")
+            .tool(
+                Tool::builder("chatty", "Logs and reports progress.")
+                    .handler(|call| async move {
+                        for (step, level) in [LogLevel::Debug, LogLevel::Info, LogLevel::Error]
+                            .into_iter()
+                            .enumerate()
+                        {
+                            call.log(level, Some("chatty"), json!({"step": step})).await;
+                            call.progress(step as f64 + 1.0, Some(3.0), Some("working"))
+                                .await;
+                        }
+                        call.progress(1.0, None, None).await; // not above the last: not sent
+                        Ok(ToolResult::text("done"))
+                    })
+                    .unwrap(),
+            )
+            .tool(
+                Tool::builder("stuck", "Waits until cancelled.")
+                    .handler(|call| async move {
+                        call.cancelled().await;
+                        Ok(ToolResult::text("cancelled"))
+                    })
+                    .unwrap(),
+            )
+            .build()
+            .unwrap(),
+    )
+}
+
+fn drain_outbox(
+    outbox: &glommio::channels::local_channel::LocalReceiver<OutFrame>,
+    session: &McpSession,
+) -> Vec<Value> {
+    let mut frames = Vec::new();
+    while session.outbox_len() > 0 {
+        let frame = futures_lite::future::block_on(outbox.recv()).unwrap();
+        frames.push(serde_json::from_slice(&frame.frame).unwrap());
+    }
+    frames
+}
+
+#[test]
+fn logs_honour_the_level_and_progress_echoes_its_token_before_the_result() {
+    run(async {
+        let session = McpSession::new(
+            chatty_server(),
+            SessionLimits::default(),
+            SystemClock::shared(),
+        );
+        let outbox = session.take_outbox().unwrap();
+        send(
+            &session,
+            request(0, "initialize", init_params("2025-11-25")),
+        )
+        .await;
+        let caps = send(&session, request(9, "ping", json!({}))).await.unwrap();
+        assert_eq!(caps["result"], json!({}));
+
+        // Default level info: debug is held back. Integer token echoed as an integer.
+        session
+            .handle_frame_into_outbox(
+                request(
+                    1,
+                    "tools/call",
+                    json!({"name": "chatty", "_meta": {"progressToken": 7}}),
+                )
+                .to_string()
+                .as_bytes(),
+            )
+            .await;
+        let frames = drain_outbox(&outbox, &session);
+        let methods: Vec<&str> = frames
+            .iter()
+            .map(|f| f["method"].as_str().unwrap_or("RESULT"))
+            .collect();
+        assert_eq!(
+            methods,
+            [
+                "notifications/progress",
+                "notifications/message",
+                "notifications/progress",
+                "notifications/message",
+                "notifications/progress",
+                "RESULT",
+            ]
+        );
+        assert_eq!(
+            frames[0]["params"],
+            json!({"progressToken": 7, "progress": 1.0, "total": 3.0, "message": "working"})
+        );
+        assert_eq!(
+            frames[1]["params"],
+            json!({"level": "info", "logger": "chatty", "data": {"step": 1}})
+        );
+        assert_eq!(frames[5]["id"], 1);
+
+        // setLevel error: only the error line; a string token stays a string.
+        let set = send(
+            &session,
+            request(2, "logging/setLevel", json!({"level": "error"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(set["result"], json!({}));
+        session
+            .handle_frame_into_outbox(
+                request(
+                    3,
+                    "tools/call",
+                    json!({"name": "chatty", "_meta": {"progressToken": "p-1"}}),
+                )
+                .to_string()
+                .as_bytes(),
+            )
+            .await;
+        let frames = drain_outbox(&outbox, &session);
+        let logs: Vec<_> = frames
+            .iter()
+            .filter(|f| f["method"] == "notifications/message")
+            .collect();
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0]["params"]["level"], "error");
+        assert!(frames
+            .iter()
+            .filter(|f| f["method"] == "notifications/progress")
+            .all(|f| f["params"]["progressToken"] == "p-1"));
+
+        // No token: no progress at all.
+        session
+            .handle_frame_into_outbox(
+                request(4, "tools/call", json!({"name": "chatty"}))
+                    .to_string()
+                    .as_bytes(),
+            )
+            .await;
+        let frames = drain_outbox(&outbox, &session);
+        assert!(frames
+            .iter()
+            .all(|f| f["method"] != "notifications/progress"));
+
+        let bad = send(
+            &session,
+            request(5, "logging/setLevel", json!({"level": "loud"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(error_code(&bad), -32602);
+    });
+}
+
+#[test]
+fn a_request_past_its_timeout_is_answered_with_an_error_and_its_handler_cancelled() {
+    run(async {
+        let clock = ManualClock::new();
+        let limits = SessionLimits {
+            request_timeout: Duration::from_millis(100),
+            ..SessionLimits::default()
+        };
+        let session = McpSession::new(chatty_server(), limits, clock.clone());
+        send(
+            &session,
+            request(0, "initialize", init_params("2025-11-25")),
+        )
+        .await;
+        let waiting = session.clone();
+        let call = glommio::spawn_local(async move {
+            send(&waiting, request(1, "tools/call", json!({"name": "stuck"}))).await
+        });
+        crate::sync::settle(4).await;
+        assert_eq!(session.in_flight(), 1);
+        clock.advance(Duration::from_millis(99));
+        crate::sync::settle(4).await;
+        assert_eq!(session.in_flight(), 1, "not yet");
+        clock.advance(Duration::from_millis(1));
+        let reply = call.await.unwrap();
+        assert_eq!(error_code(&reply), -32603);
+        assert!(reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 100 ms"));
+        assert_eq!(session.in_flight(), 0);
     });
 }
