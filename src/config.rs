@@ -117,6 +117,11 @@ pub struct LimitsConfig {
     /// Frames queued for one session's client (notifications and replies);
     /// handlers that notify wait when it is full.
     pub session_outbox_capacity: usize,
+    /// How long a request to the client (sampling, elicitation, roots) waits
+    /// for its answer.
+    pub client_request_timeout_ms: u64,
+    /// Requests to one client waiting for answers at once; more are refused.
+    pub client_requests_per_session_max: usize,
     /// How long one request may run before the caller gets a timeout error.
     pub request_timeout_ms: u64,
     /// Connections one shard serves at once; more wait in the kernel backlog.
@@ -133,6 +138,8 @@ impl Default for LimitsConfig {
             requests_in_flight_per_session_max: 64,
             subscriptions_per_session_max: 1_024,
             session_outbox_capacity: 256,
+            client_request_timeout_ms: 60_000,
+            client_requests_per_session_max: 16,
             request_timeout_ms: 30_000,
             connections_per_shard_max: 65_536,
         }
@@ -325,6 +332,10 @@ impl Config {
                 l.subscriptions_per_session_max,
             ),
             ("limits.session_outbox_capacity", l.session_outbox_capacity),
+            (
+                "limits.client_requests_per_session_max",
+                l.client_requests_per_session_max,
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
@@ -332,6 +343,12 @@ impl Config {
         }
         if l.message_bytes_max < 1_024 {
             return Err(invalid("limits.message_bytes_max", "must be at least 1024"));
+        }
+        if l.client_request_timeout_ms == 0 {
+            return Err(invalid(
+                "limits.client_request_timeout_ms",
+                "must be greater than 0",
+            ));
         }
         if l.request_timeout_ms == 0 {
             return Err(invalid(

@@ -213,6 +213,8 @@ async fn run_tree(start: ShardStart) -> ShardExit {
             subscriptions_max: config.limits.subscriptions_per_session_max,
             outbox_capacity: config.limits.session_outbox_capacity,
             request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
+            client_request_timeout: Duration::from_millis(config.limits.client_request_timeout_ms),
+            client_requests_max: config.limits.client_requests_per_session_max,
         },
         clock: clock.clone(),
         mailbox_capacity: config.limits.session_mailbox_capacity,

@@ -35,6 +35,15 @@ pub trait Peer {
     fn notify(&self, method: &'static str, params: Value) -> Pin<Box<dyn Future<Output = ()>>>;
     /// Whether the client wants log messages of this level.
     fn log_enabled(&self, level: LogLevel) -> bool;
+    /// Sends a request to the client (sampling, elicitation, roots) and waits
+    /// for its answer. Fails with -32021 when the client did not declare the
+    /// capability the method needs, and with a timeout error when it does not
+    /// answer in time.
+    fn request(
+        &self,
+        method: &'static str,
+        params: Value,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, RpcError>>>>;
 }
 
 /// What a handler gets for one call.
@@ -72,6 +81,22 @@ impl ToolCall {
             params["logger"] = Value::String(logger.to_string());
         }
         self.peer.notify("notifications/message", params).await;
+    }
+
+    /// Asks the client's model for a completion (`sampling/createMessage`).
+    pub async fn create_message(&self, params: Value) -> Result<Value, RpcError> {
+        self.peer.request("sampling/createMessage", params).await
+    }
+
+    /// Asks the user for input (`elicitation/create`); `params.mode` is
+    /// `"form"` (default) or `"url"`.
+    pub async fn elicit(&self, params: Value) -> Result<Value, RpcError> {
+        self.peer.request("elicitation/create", params).await
+    }
+
+    /// The client's roots (`roots/list`).
+    pub async fn list_roots(&self) -> Result<Value, RpcError> {
+        self.peer.request("roots/list", json!({})).await
     }
 
     /// Whether the client asked for progress (sent a progress token).

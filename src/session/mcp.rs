@@ -16,12 +16,12 @@ use serde_json::{json, Map, Value};
 
 use crate::protocol::jsonrpc::{
     decode, encode_batch, encode_error, encode_request, encode_result, params_object, Id, Incoming,
-    Message, RpcError, RESOURCE_NOT_FOUND, SERVER_ERROR,
+    Message, RpcError, MISSING_REQUIRED_CLIENT_CAPABILITY, RESOURCE_NOT_FOUND, SERVER_ERROR,
 };
 use crate::protocol::logging::LogLevel;
 use crate::protocol::version::{allows_batches, negotiate};
 use crate::server::{Peer, ResourceError, Server, ToolCall, ToolError};
-use crate::sync::{catch_panic, Event};
+use crate::sync::{catch_panic, oneshot, Event, OneshotSender};
 use crate::time::SharedClock;
 
 /// A session's own bounds.
@@ -41,6 +41,11 @@ pub struct SessionLimits {
     /// How long one request may run before it is cancelled and answered
     /// with an error.
     pub request_timeout: Duration,
+    /// How long a request to the client (sampling, elicitation, roots) waits
+    /// for its answer.
+    pub client_request_timeout: Duration,
+    /// Requests to the client waiting for answers at once; more are refused.
+    pub client_requests_max: usize,
 }
 
 impl Default for SessionLimits {
@@ -52,6 +57,8 @@ impl Default for SessionLimits {
             subscriptions_max: 1_024,
             outbox_capacity: 256,
             request_timeout: Duration::from_secs(30),
+            client_request_timeout: Duration::from_secs(60),
+            client_requests_max: 16,
         }
     }
 }
@@ -88,6 +95,9 @@ pub struct McpSession {
     clock: SharedClock,
     outbox: LocalSender<OutFrame>,
     outbox_receiver: RefCell<Option<LocalReceiver<OutFrame>>>,
+    /// Requests this server sent to the client, waiting for answers.
+    client_requests: RefCell<HashMap<Id, OneshotSender<Result<Value, RpcError>>>>,
+    next_client_request: Cell<u64>,
 }
 
 /// A frame for the client, tagged with the request it belongs to (if any),
@@ -126,6 +136,21 @@ impl Peer for RequestPeer {
             .upgrade()
             .is_some_and(|session| level >= session.log_level.get())
     }
+
+    fn request(
+        &self,
+        method: &'static str,
+        params: Value,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, RpcError>>>> {
+        let session = self.session.clone();
+        let related = self.related.clone();
+        Box::pin(async move {
+            let session = session
+                .upgrade()
+                .ok_or_else(|| RpcError::internal("the session has ended"))?;
+            session.request_client(related, method, params).await
+        })
+    }
 }
 
 impl McpSession {
@@ -143,6 +168,8 @@ impl McpSession {
             clock,
             outbox,
             outbox_receiver: RefCell::new(Some(outbox_receiver)),
+            client_requests: RefCell::new(HashMap::new()),
+            next_client_request: Cell::new(0),
         })
     }
 
@@ -184,6 +211,105 @@ impl McpSession {
     /// The stream of frames for the client; the transport takes it once.
     pub fn take_outbox(&self) -> Option<LocalReceiver<OutFrame>> {
         self.outbox_receiver.borrow_mut().take()
+    }
+
+    /// Sends a request to the client and waits for its answer (see
+    /// [`Peer::request`]).
+    async fn request_client(
+        &self,
+        related: Id,
+        method: &'static str,
+        params: Value,
+    ) -> Result<Value, RpcError> {
+        self.check_client_capability(method, &params)?;
+        if self.client_requests.borrow().len() >= self.limits.client_requests_max {
+            return Err(RpcError::new(
+                SERVER_ERROR,
+                format!(
+                    "too many requests to the client waiting for answers (at most {})",
+                    self.limits.client_requests_max
+                ),
+            ));
+        }
+        let number = self.next_client_request.get();
+        self.next_client_request.set(number + 1);
+        // Our ids live in a namespace of their own: the client's ids are its.
+        let id = Id::Str(format!("shardmcp-{number}").into());
+        let (answer_tx, answer_rx) = oneshot();
+        self.client_requests
+            .borrow_mut()
+            .insert(id.clone(), answer_tx);
+        let frame = encode_request(Some(&id), method, Some(&params));
+        self.push(OutFrame {
+            related: Some(related),
+            frame,
+        })
+        .await;
+        let timer = self.clock.sleep(self.limits.client_request_timeout);
+        let answer = future::or(async { Some(answer_rx.await) }, async {
+            timer.await;
+            None
+        })
+        .await;
+        self.client_requests.borrow_mut().remove(&id);
+        match answer {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(RpcError::internal(
+                "the session ended before the client answered",
+            )),
+            None => Err(RpcError::internal(format!(
+                "the client did not answer {method} within {} ms",
+                self.limits.client_request_timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// The client must have declared the capability a request needs.
+    fn check_client_capability(&self, method: &str, params: &Value) -> Result<(), RpcError> {
+        let capabilities = self.client_capabilities().unwrap_or(Value::Null);
+        let (declared, required) = match method {
+            "sampling/createMessage" => (
+                capabilities.get("sampling").is_some(),
+                json!({"sampling": {}}),
+            ),
+            "roots/list" => (capabilities.get("roots").is_some(), json!({"roots": {}})),
+            "elicitation/create" => {
+                let elicitation = capabilities.get("elicitation");
+                let url_mode = params.get("mode").and_then(Value::as_str) == Some("url");
+                let declared = match elicitation {
+                    None => false,
+                    Some(modes) if url_mode => modes.get("url").is_some(),
+                    // An empty object means form mode (as before modes existed).
+                    Some(modes) => {
+                        modes.get("form").is_some()
+                            || modes.as_object().is_some_and(|m| m.is_empty())
+                    }
+                };
+                let mode = if url_mode { "url" } else { "form" };
+                (declared, json!({"elicitation": {mode: {}}}))
+            }
+            _ => (true, Value::Null),
+        };
+        if declared {
+            return Ok(());
+        }
+        Err(RpcError::new(
+            MISSING_REQUIRED_CLIENT_CAPABILITY,
+            format!("the client did not declare the capability {method} needs"),
+        )
+        .with_data(json!({"requiredCapabilities": required})))
+    }
+
+    fn answer_client_request(&self, id: &Id, answer: Result<Value, RpcError>) {
+        let waiting = self.client_requests.borrow_mut().remove(id);
+        match waiting {
+            Some(reply) => {
+                let _ = reply.send(answer);
+            }
+            None => {
+                tracing::warn!(%id, "response to a request this server never sent (or gave up on); ignored")
+            }
+        }
     }
 
     /// Completes when the session has ended (its actor stopped or died).
@@ -258,8 +384,15 @@ impl McpSession {
                 self.handle_notification(&method, params.as_ref());
                 None
             }
-            Message::Response { id, .. } | Message::ErrorResponse { id: Some(id), .. } => {
-                tracing::warn!(%id, "response to a request this server never sent; ignored");
+            Message::Response { id, result } => {
+                self.answer_client_request(&id, Ok(result));
+                None
+            }
+            Message::ErrorResponse {
+                id: Some(id),
+                error,
+            } => {
+                self.answer_client_request(&id, Err(error));
                 None
             }
             Message::ErrorResponse { id: None, error } => {

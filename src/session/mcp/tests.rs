@@ -949,3 +949,167 @@ fn a_request_past_its_timeout_is_answered_with_an_error_and_its_handler_cancelle
         assert_eq!(session.in_flight(), 0);
     });
 }
+
+/// Tools that ask the client for things and return what it said.
+fn asking_server() -> Rc<Server> {
+    Rc::new(
+        Server::builder("asking", "1")
+            .tool(
+                Tool::builder("sample", "Samples.")
+                    .handler(|call| async move {
+                        let asked = json!({"messages": [], "maxTokens": 10});
+                        Ok(ToolResult::structured(call.create_message(asked).await?))
+                    })
+                    .unwrap(),
+            )
+            .tool(
+                Tool::builder("form", "Elicits a form.")
+                    .handler(|call| async move {
+                        let asked = json!({"message": "ok?", "requestedSchema": {"type": "object"}});
+                        Ok(ToolResult::structured(call.elicit(asked).await?))
+                    })
+                    .unwrap(),
+            )
+            .tool(
+                Tool::builder("url", "Elicits through a URL.")
+                    .handler(|call| async move {
+                        let asked = json!({"mode": "url", "message": "go", "url": "https://example.invalid/x", "elicitationId": "e1"});
+                        Ok(ToolResult::structured(call.elicit(asked).await?))
+                    })
+                    .unwrap(),
+            )
+            .tool(
+                Tool::builder("roots", "Lists roots.")
+                    .handler(|call| async move { Ok(ToolResult::structured(call.list_roots().await?)) })
+                    .unwrap(),
+            )
+            .build()
+            .unwrap(),
+    )
+}
+
+async fn asking_session(capabilities: Value, clock: crate::time::SharedClock) -> Rc<McpSession> {
+    let limits = SessionLimits {
+        client_request_timeout: Duration::from_millis(500),
+        ..SessionLimits::default()
+    };
+    let session = McpSession::new(asking_server(), limits, clock);
+    let params = json!({"protocolVersion": "2025-11-25", "capabilities": capabilities, "clientInfo": {"name": "t", "version": "1"}});
+    send(&session, request(0, "initialize", params))
+        .await
+        .unwrap();
+    session
+}
+
+#[test]
+fn a_handler_asks_the_client_and_gets_its_answer_routed_back_by_id() {
+    run(async {
+        let caps = json!({"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {}});
+        let session = asking_session(caps, SystemClock::shared()).await;
+        let outbox = session.take_outbox().unwrap();
+        for (tool, method, answer) in [
+            (
+                "sample",
+                "sampling/createMessage",
+                json!({"role": "assistant", "content": {"type": "text", "text": "hi"}, "model": "m"}),
+            ),
+            (
+                "form",
+                "elicitation/create",
+                json!({"action": "accept", "content": {"ok": true}}),
+            ),
+            ("url", "elicitation/create", json!({"action": "accept"})),
+            (
+                "roots",
+                "roots/list",
+                json!({"roots": [{"uri": "file:///tmp", "name": "tmp"}]}),
+            ),
+        ] {
+            let caller = session.clone();
+            let call = glommio::spawn_local(async move {
+                send(&caller, request(1, "tools/call", json!({"name": tool}))).await
+            });
+            let asked: Value = serde_json::from_slice(&outbox.recv().await.unwrap().frame).unwrap();
+            assert_eq!(asked["method"], method, "{tool}");
+            let id = asked["id"].clone();
+            assert!(id.as_str().unwrap().starts_with("shardmcp-"));
+            let reply = json!({"jsonrpc": "2.0", "id": id, "result": answer});
+            assert!(
+                send(&session, reply).await.is_none(),
+                "a response gets no reply"
+            );
+            let result = call.await.unwrap();
+            assert_eq!(result["result"]["structuredContent"], answer, "{tool}");
+        }
+    });
+}
+
+#[test]
+fn a_client_error_answer_reaches_the_handler_and_becomes_the_call_error() {
+    run(async {
+        let session = asking_session(json!({"roots": {}}), SystemClock::shared()).await;
+        let outbox = session.take_outbox().unwrap();
+        let caller = session.clone();
+        let call = glommio::spawn_local(async move {
+            send(&caller, request(1, "tools/call", json!({"name": "roots"}))).await
+        });
+        let asked: Value = serde_json::from_slice(&outbox.recv().await.unwrap().frame).unwrap();
+        send(&session, json!({"jsonrpc": "2.0", "id": asked["id"], "error": {"code": -1, "message": "denied"}})).await;
+        let result = call.await.unwrap();
+        assert_eq!(
+            (error_code(&result), result["error"]["message"].clone()),
+            (-1, json!("denied"))
+        );
+    });
+}
+
+#[test]
+fn asking_for_an_undeclared_capability_fails_with_32021_naming_it() {
+    run(async {
+        // Elicitation declared as {} (form only, the pre-mode shape); no sampling, no roots.
+        let session = asking_session(json!({"elicitation": {}}), SystemClock::shared()).await;
+        for (tool, required) in [
+            ("sample", json!({"sampling": {}})),
+            ("roots", json!({"roots": {}})),
+            ("url", json!({"elicitation": {"url": {}}})),
+        ] {
+            let reply = send(&session, request(1, "tools/call", json!({"name": tool})))
+                .await
+                .unwrap();
+            assert_eq!(error_code(&reply), -32021, "{tool}");
+            assert_eq!(
+                reply["error"]["data"]["requiredCapabilities"], required,
+                "{tool}"
+            );
+        }
+        assert_eq!(session.outbox_len(), 0, "nothing was sent to the client");
+    });
+}
+
+#[test]
+fn a_client_that_never_answers_times_out_on_the_injected_clock() {
+    run(async {
+        let clock = ManualClock::new();
+        let session = asking_session(json!({"sampling": {}}), clock.clone()).await;
+        let outbox = session.take_outbox().unwrap();
+        let caller = session.clone();
+        let call = glommio::spawn_local(async move {
+            send(&caller, request(1, "tools/call", json!({"name": "sample"}))).await
+        });
+        outbox.recv().await.unwrap();
+        clock.advance(Duration::from_millis(500));
+        let reply = call.await.unwrap();
+        assert_eq!(error_code(&reply), -32603);
+        assert!(reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer sampling/createMessage"));
+        // A late answer is ignored.
+        assert!(send(
+            &session,
+            json!({"jsonrpc": "2.0", "id": "shardmcp-0", "result": {}})
+        )
+        .await
+        .is_none());
+    });
+}
