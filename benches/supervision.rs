@@ -61,6 +61,7 @@ fn session_env() -> Rc<SessionEnv> {
         server: Rc::new(demo::build().expect("demo server")),
         limits: SessionLimits::default(),
         clock: shardmcp::time::SystemClock::shared(),
+        state_key: shardmcp::protocol::request_state::StateKey::random(),
         mailbox_capacity: 64,
     })
 }

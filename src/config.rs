@@ -122,6 +122,10 @@ pub struct LimitsConfig {
     pub client_request_timeout_ms: u64,
     /// Requests to one client waiting for answers at once; more are refused.
     pub client_requests_per_session_max: usize,
+    /// Rounds of InputRequiredResult one 2026-07-28 call may go through.
+    pub input_rounds_max: u32,
+    /// How long a sealed requestState stays valid.
+    pub request_state_ttl_ms: u64,
     /// How long one request may run before the caller gets a timeout error.
     pub request_timeout_ms: u64,
     /// Connections one shard serves at once; more wait in the kernel backlog.
@@ -140,6 +144,8 @@ impl Default for LimitsConfig {
             session_outbox_capacity: 256,
             client_request_timeout_ms: 60_000,
             client_requests_per_session_max: 16,
+            input_rounds_max: 8,
+            request_state_ttl_ms: 600_000,
             request_timeout_ms: 30_000,
             connections_per_shard_max: 65_536,
         }
@@ -343,6 +349,18 @@ impl Config {
         }
         if l.message_bytes_max < 1_024 {
             return Err(invalid("limits.message_bytes_max", "must be at least 1024"));
+        }
+        if l.input_rounds_max == 0 || l.input_rounds_max > 64 {
+            return Err(invalid(
+                "limits.input_rounds_max",
+                "must be between 1 and 64",
+            ));
+        }
+        if l.request_state_ttl_ms == 0 {
+            return Err(invalid(
+                "limits.request_state_ttl_ms",
+                "must be greater than 0",
+            ));
         }
         if l.client_request_timeout_ms == 0 {
             return Err(invalid(

@@ -4,4 +4,6 @@
 
 pub mod jsonrpc;
 pub mod logging;
+pub mod request_state;
+pub mod stateless;
 pub mod version;

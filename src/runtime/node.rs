@@ -14,6 +14,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use crate::config::Config;
 use crate::ids::ShardId;
 use crate::mesh;
+use crate::protocol::request_state::StateKey;
 use crate::server::ServerFactory;
 
 use super::shard::{self, Fault, ShardControl, ShardEvent, ShardExit, ShardReport, ShardStart};
@@ -233,6 +234,7 @@ struct ShardSlot {
 struct Node {
     config: Arc<Config>,
     server: ServerFactory,
+    state_key: StateKey,
     mesh: mesh::MeshWiring<shard::ShardMessage>,
     shards: usize,
     cpus: Vec<usize>,
@@ -274,6 +276,7 @@ impl Node {
         let mut node = Node {
             config: config.clone(),
             server,
+            state_key: StateKey::random(),
             mesh: wiring,
             shards,
             cpus,
@@ -328,6 +331,7 @@ impl Node {
             config: self.config.clone(),
             tcp: self.tcp,
             server: self.server.clone(),
+            state_key: self.state_key.clone(),
             mesh: ends,
             control,
             events: self.events_tx.clone(),

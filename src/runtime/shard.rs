@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::ids::ShardId;
 use crate::mesh::{Incoming, MeshError, MeshPort, PeerEnds, PollPolicy, ShardEnds};
 use crate::pool::PoolSet;
+use crate::protocol::request_state::StateKey;
 use crate::registry::{Registry, SessionId};
 use crate::server::ServerFactory;
 use crate::session::{SessionEnv, SessionError, SessionLimits, SessionRegistry};
@@ -112,6 +113,8 @@ pub struct ShardStart {
     pub config: Arc<Config>,
     pub tcp: Option<SocketAddr>,
     pub server: ServerFactory,
+    /// Seals stateless `requestState`: one key for the whole node.
+    pub state_key: StateKey,
     pub mesh: ShardEnds<ShardMessage>,
     pub control: Receiver<ShardControl>,
     pub events: Sender<ShardEvent>,
@@ -215,8 +218,11 @@ async fn run_tree(start: ShardStart) -> ShardExit {
             request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
             client_request_timeout: Duration::from_millis(config.limits.client_request_timeout_ms),
             client_requests_max: config.limits.client_requests_per_session_max,
+            input_rounds_max: config.limits.input_rounds_max,
+            request_state_ttl: Duration::from_millis(config.limits.request_state_ttl_ms),
         },
         clock: clock.clone(),
+        state_key: start.state_key.clone(),
         mailbox_capacity: config.limits.session_mailbox_capacity,
     });
     let root = match build_tree(&ctx, &sessions, start.tcp, start.control, start.events) {

@@ -16,11 +16,14 @@ use serde_json::{json, Map, Value};
 
 use crate::protocol::jsonrpc::{
     decode, encode_batch, encode_error, encode_request, encode_result, params_object, Id, Incoming,
-    Message, RpcError, MISSING_REQUIRED_CLIENT_CAPABILITY, RESOURCE_NOT_FOUND, SERVER_ERROR,
+    Message, RpcError, INVALID_PARAMS, MISSING_REQUIRED_CLIENT_CAPABILITY, RESOURCE_NOT_FOUND,
+    SERVER_ERROR, UNSUPPORTED_PROTOCOL_VERSION,
 };
 use crate::protocol::logging::LogLevel;
-use crate::protocol::version::{allows_batches, negotiate};
-use crate::server::{Peer, ResourceError, Server, ToolCall, ToolError};
+use crate::protocol::request_state::{self, RoundState, StateKey};
+use crate::protocol::stateless::{self, Envelope};
+use crate::protocol::version::{allows_batches, negotiate, Era};
+use crate::server::{Peer, ResourceError, Server, Tool, ToolCall, ToolError};
 use crate::sync::{catch_panic, oneshot, Event, OneshotSender};
 use crate::time::SharedClock;
 
@@ -46,6 +49,10 @@ pub struct SessionLimits {
     pub client_request_timeout: Duration,
     /// Requests to the client waiting for answers at once; more are refused.
     pub client_requests_max: usize,
+    /// Rounds of `InputRequiredResult` one stateless call may go through.
+    pub input_rounds_max: u32,
+    /// How long a sealed `requestState` stays valid.
+    pub request_state_ttl: Duration,
 }
 
 impl Default for SessionLimits {
@@ -59,6 +66,8 @@ impl Default for SessionLimits {
             request_timeout: Duration::from_secs(30),
             client_request_timeout: Duration::from_secs(60),
             client_requests_max: 16,
+            input_rounds_max: 8,
+            request_state_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -95,6 +104,10 @@ pub struct McpSession {
     clock: SharedClock,
     outbox: LocalSender<OutFrame>,
     outbox_receiver: RefCell<Option<LocalReceiver<OutFrame>>>,
+    /// Which era this session speaks, once its first request fixed it.
+    era: Cell<Option<Era>>,
+    /// Seals and opens `requestState`; the same on every shard of the node.
+    state_key: StateKey,
     /// Requests this server sent to the client, waiting for answers.
     client_requests: RefCell<HashMap<Id, OneshotSender<Result<Value, RpcError>>>>,
     next_client_request: Cell<u64>,
@@ -154,7 +167,12 @@ impl Peer for RequestPeer {
 }
 
 impl McpSession {
-    pub fn new(server: Rc<Server>, limits: SessionLimits, clock: SharedClock) -> Rc<Self> {
+    pub fn new(
+        server: Rc<Server>,
+        limits: SessionLimits,
+        clock: SharedClock,
+        state_key: StateKey,
+    ) -> Rc<Self> {
         let (outbox, outbox_receiver) = local_channel::new_bounded(limits.outbox_capacity.max(1));
         Rc::new(McpSession {
             server,
@@ -168,6 +186,8 @@ impl McpSession {
             clock,
             outbox,
             outbox_receiver: RefCell::new(Some(outbox_receiver)),
+            era: Cell::new(None),
+            state_key,
             client_requests: RefCell::new(HashMap::new()),
             next_client_request: Cell::new(0),
         })
@@ -264,40 +284,12 @@ impl McpSession {
         }
     }
 
-    /// The client must have declared the capability a request needs.
     fn check_client_capability(&self, method: &str, params: &Value) -> Result<(), RpcError> {
-        let capabilities = self.client_capabilities().unwrap_or(Value::Null);
-        let (declared, required) = match method {
-            "sampling/createMessage" => (
-                capabilities.get("sampling").is_some(),
-                json!({"sampling": {}}),
-            ),
-            "roots/list" => (capabilities.get("roots").is_some(), json!({"roots": {}})),
-            "elicitation/create" => {
-                let elicitation = capabilities.get("elicitation");
-                let url_mode = params.get("mode").and_then(Value::as_str) == Some("url");
-                let declared = match elicitation {
-                    None => false,
-                    Some(modes) if url_mode => modes.get("url").is_some(),
-                    // An empty object means form mode (as before modes existed).
-                    Some(modes) => {
-                        modes.get("form").is_some()
-                            || modes.as_object().is_some_and(|m| m.is_empty())
-                    }
-                };
-                let mode = if url_mode { "url" } else { "form" };
-                (declared, json!({"elicitation": {mode: {}}}))
-            }
-            _ => (true, Value::Null),
-        };
-        if declared {
-            return Ok(());
-        }
-        Err(RpcError::new(
-            MISSING_REQUIRED_CLIENT_CAPABILITY,
-            format!("the client did not declare the capability {method} needs"),
+        check_capability(
+            &self.client_capabilities().unwrap_or(Value::Null),
+            method,
+            params,
         )
-        .with_data(json!({"requiredCapabilities": required})))
     }
 
     fn answer_client_request(&self, id: &Id, answer: Result<Value, RpcError>) {
@@ -430,7 +422,9 @@ impl McpSession {
             in_flight.insert(id.clone(), cancel.clone());
         }
         let work = catch_panic(self.dispatch(&id, method, params, cancel.clone()));
-        let timer = self.clock.sleep(self.limits.request_timeout);
+        // A listen stays open as long as the client wants: no timeout.
+        let timer = (method != "subscriptions/listen")
+            .then(|| self.clock.sleep(self.limits.request_timeout));
         // Cancellation is polled first: when it and the work become ready
         // together (a handler that stops because it was cancelled), it wins.
         let outcome = future::or(
@@ -439,7 +433,10 @@ impl McpSession {
                 None
             },
             future::or(async { Some(work.await) }, async {
-                timer.await;
+                match timer {
+                    Some(timer) => timer.await,
+                    None => future::pending::<()>().await,
+                }
                 Some(Ok(Err(RpcError::internal(format!(
                     "{method} did not finish within {} ms",
                     self.limits.request_timeout.as_millis()
@@ -510,6 +507,9 @@ impl McpSession {
         params: Option<Value>,
         cancel: Event,
     ) -> Result<Value, RpcError> {
+        if self.era_of_request(method, params.as_ref())? == Era::Stateless {
+            return self.dispatch_stateless(id, method, params, cancel).await;
+        }
         match method {
             "initialize" => return self.initialize(params.as_ref()),
             "ping" => return Ok(json!({})),
@@ -537,6 +537,90 @@ impl McpSession {
             "prompts/get" if has_prompts => self.prompts_get(params.as_ref()).await,
             "completion/complete" => self.complete(params.as_ref()),
             // Unknown, or a feature this server does not offer.
+            other => Err(RpcError::method_not_found(other)),
+        }
+    }
+
+    /// Which era a request belongs to. The first request fixes the era of a
+    /// session: `initialize` the handshake era, an enveloped request the
+    /// stateless one (as on stdio); the other era is refused afterwards.
+    fn era_of_request(&self, method: &str, params: Option<&Value>) -> Result<Era, RpcError> {
+        let enveloped = stateless::is_enveloped(params);
+        match self.era.get() {
+            Some(Era::Stateless) => Ok(Era::Stateless),
+            Some(Era::Handshake) if enveloped && method != "initialize" => Err(RpcError::invalid_request(format!(
+                "this session negotiated {} with initialize; a 2026-07-28 request belongs on a connection of its own",
+                self.protocol_version().unwrap_or("a handshake-era version")
+            ))),
+            Some(Era::Handshake) => Ok(Era::Handshake),
+            None if enveloped && method != "initialize" => Ok(Era::Stateless),
+            None => Ok(Era::Handshake),
+        }
+    }
+
+    async fn dispatch_stateless(
+        self: &Rc<Self>,
+        id: &Id,
+        method: &str,
+        params: Option<Value>,
+        cancel: Event,
+    ) -> Result<Value, RpcError> {
+        if method == "initialize" {
+            let requested = params
+                .as_ref()
+                .and_then(|p| p.get("protocolVersion"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            return Err(RpcError::new(
+                UNSUPPORTED_PROTOCOL_VERSION,
+                "this connection speaks 2026-07-28, which has no initialize",
+            )
+            .with_data(
+                json!({"supported": stateless::STATELESS_VERSIONS, "requested": requested}),
+            ));
+        }
+        let envelope = stateless::parse(params.as_ref())?;
+        if self.era.get().is_none() {
+            self.era.set(Some(Era::Stateless));
+        }
+        let info = self.server.info().to_value();
+        let cacheable =
+            |result: Result<Value, RpcError>| result.map(|r| stateless::complete(r, &info, true));
+        let complete =
+            |result: Result<Value, RpcError>| result.map(|r| stateless::complete(r, &info, false));
+        let server = &self.server;
+        let has_tools = !server.tools().is_empty();
+        let has_resources = !server.resources().is_empty() || !server.templates().is_empty();
+        let has_prompts = !server.prompts().is_empty();
+        let params = params.as_ref();
+        match method {
+            "server/discover" => Ok(self.discover()),
+            "tools/list" if has_tools => cacheable(self.tools_list(params)),
+            "tools/call" if has_tools => {
+                self.tools_call_stateless(id, params.cloned(), envelope, cancel)
+                    .await
+            }
+            "resources/list" if has_resources => cacheable(self.resources_list(params)),
+            "resources/templates/list" if has_resources => cacheable(self.templates_list(params)),
+            "resources/read" if has_resources => {
+                cacheable(self.resources_read(params).await.map_err(|error| {
+                    // 2026-07-28 reports a missing resource as invalid params.
+                    if error.code == RESOURCE_NOT_FOUND {
+                        RpcError {
+                            code: INVALID_PARAMS,
+                            ..error
+                        }
+                    } else {
+                        error
+                    }
+                }))
+            }
+            "prompts/list" if has_prompts => cacheable(self.prompts_list(params)),
+            "prompts/get" if has_prompts => complete(self.prompts_get(params).await),
+            "completion/complete" => complete(self.complete(params)),
+            "subscriptions/listen" => self.listen(id, params).await,
+            // Unknown, removed in this revision (ping, logging/setLevel,
+            // resources/subscribe...), or a feature this server lacks.
             other => Err(RpcError::method_not_found(other)),
         }
     }
@@ -578,6 +662,7 @@ impl McpSession {
             client_capabilities,
         });
         self.phase.set(Phase::Initialized);
+        self.era.set(Some(Era::Handshake));
         let mut result = Map::new();
         result.insert("protocolVersion".into(), Value::String(version.to_string()));
         result.insert("capabilities".into(), self.server.capabilities());
@@ -803,13 +888,11 @@ impl McpSession {
         Ok(json!({}))
     }
 
-    async fn tools_call(
-        self: &Rc<Self>,
-        id: &Id,
-        params: Option<Value>,
-        cancel: Event,
-    ) -> Result<Value, RpcError> {
-        let params = params_object(params.as_ref())?;
+    /// The tool and its checked arguments for a `tools/call`.
+    fn tool_call_target(
+        &self,
+        params: &Map<String, Value>,
+    ) -> Result<(Rc<Tool>, Map<String, Value>), RpcError> {
         let name = params
             .get("name")
             .and_then(Value::as_str)
@@ -820,20 +903,26 @@ impl McpSession {
             .cloned()
             .ok_or_else(|| RpcError::invalid_params(format!("unknown tool: {name}")))?;
         let arguments = match params.get("arguments") {
-            None | Some(Value::Null) => Value::Object(Map::new()),
-            Some(arguments @ Value::Object(_)) => arguments.clone(),
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(arguments)) => arguments.clone(),
             Some(_) => {
                 return Err(RpcError::invalid_params(
                     "params.arguments must be an object",
                 ))
             }
         };
-        tool.check_arguments(&arguments)?;
-        let Value::Object(arguments) = arguments else {
-            return Err(RpcError::invalid_params(
-                "params.arguments must be an object",
-            ));
-        };
+        tool.check_arguments(&Value::Object(arguments.clone()))?;
+        Ok((tool, arguments))
+    }
+
+    async fn tools_call(
+        self: &Rc<Self>,
+        id: &Id,
+        params: Option<Value>,
+        cancel: Event,
+    ) -> Result<Value, RpcError> {
+        let params = params_object(params.as_ref())?;
+        let (tool, arguments) = self.tool_call_target(params)?;
         let progress_token = params
             .get("_meta")
             .and_then(|meta| meta.get("progressToken"))
@@ -843,20 +932,263 @@ impl McpSession {
             session: Rc::downgrade(self),
             related: id.clone(),
         });
-        match tool
-            .call(ToolCall::new(arguments, cancel, peer, progress_token))
-            .await
-        {
-            Ok(result) => {
-                tool.check_result(&result)?;
-                Ok(result.to_value())
-            }
-            Err(ToolError::Failed(message)) => {
-                Ok(crate::server::ToolResult::error(message).to_value())
-            }
-            Err(ToolError::Protocol(error)) => Err(error),
-        }
+        run_tool(
+            &tool,
+            ToolCall::new(arguments, cancel, peer, progress_token),
+        )
+        .await
     }
+
+    /// `tools/call` in the stateless era: when the handler asks the client
+    /// for input it was not given, the answer is an `InputRequiredResult`
+    /// round; the retry carries the answers and the sealed state.
+    async fn tools_call_stateless(
+        self: &Rc<Self>,
+        id: &Id,
+        params: Option<Value>,
+        envelope: Envelope,
+        cancel: Event,
+    ) -> Result<Value, RpcError> {
+        let params = params_object(params.as_ref())?;
+        let (tool, arguments) = self.tool_call_target(params)?;
+        let digest = request_state::digest(&Value::Object(arguments.clone()));
+        let responses = match params.get("inputResponses") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(responses)) => responses.clone(),
+            Some(_) => {
+                return Err(RpcError::invalid_params(
+                    "params.inputResponses must be an object",
+                ))
+            }
+        };
+        let round = match params.get("requestState") {
+            None | Some(Value::Null) if responses.is_empty() => 0,
+            None | Some(Value::Null) => {
+                return Err(RpcError::invalid_params(
+                    "params.inputResponses need the requestState they answer",
+                ))
+            }
+            Some(Value::String(state)) => {
+                request_state::open(
+                    &self.state_key,
+                    state,
+                    wall_clock_ms(),
+                    "tools/call",
+                    &tool.name,
+                    &digest,
+                )
+                .map_err(|error| {
+                    RpcError::invalid_params(format!("Invalid or expired requestState ({error})"))
+                        .with_data(json!({"reason": "invalid_request_state"}))
+                })?
+                .round
+            }
+            Some(_) => {
+                return Err(RpcError::invalid_params(
+                    "params.requestState must be a string",
+                ))
+            }
+        };
+        if round >= self.limits.input_rounds_max {
+            return Err(RpcError::invalid_params(format!(
+                "this call has asked for input {round} times; the limit is {}",
+                self.limits.input_rounds_max
+            )));
+        }
+        let peer = Rc::new(StatelessPeer {
+            session: Rc::downgrade(self),
+            related: id.clone(),
+            capabilities: envelope.client_capabilities.clone(),
+            log_level: envelope.log_level,
+            responses,
+            asks: RefCell::new(Map::new()),
+            next_key: Cell::new(0),
+        });
+        let call = ToolCall::new(
+            arguments,
+            cancel,
+            peer.clone(),
+            envelope.progress_token.clone(),
+        );
+        let outcome = run_tool(&tool, call).await;
+        let info = self.server.info().to_value();
+        let asks = peer.asks.take();
+        if !asks.is_empty() {
+            let state = request_state::seal(
+                &self.state_key,
+                &RoundState {
+                    method: "tools/call".into(),
+                    target: tool.name.clone(),
+                    arguments_digest: digest,
+                    expires_at_ms: wall_clock_ms()
+                        .saturating_add(self.limits.request_state_ttl.as_millis() as u64),
+                    round: round + 1,
+                },
+            );
+            return Ok(stateless::input_required(asks, state, &info));
+        }
+        outcome.map(|result| stateless::complete(result, &info, false))
+    }
+
+    /// `server/discover`: what this server serves, for this request only.
+    fn discover(&self) -> Value {
+        let mut result = Map::new();
+        result.insert(
+            "supportedVersions".into(),
+            json!(stateless::STATELESS_VERSIONS),
+        );
+        result.insert("capabilities".into(), self.server.capabilities());
+        if let Some(instructions) = self.server.instructions() {
+            result.insert(
+                "instructions".into(),
+                Value::String(instructions.to_string()),
+            );
+        }
+        stateless::complete(Value::Object(result), &self.server.info().to_value(), true)
+    }
+
+    /// `subscriptions/listen`: acknowledged with the kinds honoured (none
+    /// yet: this server's lists never change), then open until cancelled.
+    async fn listen(&self, id: &Id, params: Option<&Value>) -> Result<Value, RpcError> {
+        if let Some(filter) = params.and_then(|p| p.get("notifications")) {
+            if !filter.is_object() {
+                return Err(RpcError::invalid_params(
+                    "params.notifications must be an object",
+                ));
+            }
+        }
+        let acknowledged = json!({
+            "_meta": {stateless::META_SUBSCRIPTION_ID: id.to_value()},
+            "notifications": {}
+        });
+        self.push(OutFrame {
+            related: Some(id.clone()),
+            frame: encode_request(
+                None,
+                "notifications/subscriptions/acknowledged",
+                Some(&acknowledged),
+            ),
+        })
+        .await;
+        // Ends by cancellation (or the session closing): no response then.
+        future::pending::<()>().await;
+        Ok(json!({}))
+    }
+}
+
+async fn run_tool(tool: &Tool, call: ToolCall) -> Result<Value, RpcError> {
+    match tool.call(call).await {
+        Ok(result) => {
+            tool.check_result(&result)?;
+            Ok(result.to_value())
+        }
+        Err(ToolError::Failed(message)) => Ok(crate::server::ToolResult::error(message).to_value()),
+        Err(ToolError::Protocol(error)) => Err(error),
+    }
+}
+
+/// Milliseconds since the Unix epoch: request states must expire the same
+/// way on every shard, so they use the wall clock.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// The session as a stateless (2026-07-28) handler sees it: capabilities and
+/// log level come with the request, and questions for the client become
+/// input requests of an `InputRequiredResult`.
+struct StatelessPeer {
+    session: Weak<McpSession>,
+    related: Id,
+    capabilities: Value,
+    log_level: Option<LogLevel>,
+    /// The client's answers to the previous round, by key.
+    responses: Map<String, Value>,
+    /// Questions this round could not answer, by key.
+    asks: RefCell<Map<String, Value>>,
+    next_key: Cell<usize>,
+}
+
+impl Peer for StatelessPeer {
+    fn notify(&self, method: &'static str, params: Value) -> Pin<Box<dyn Future<Output = ()>>> {
+        let session = self.session.clone();
+        let related = self.related.clone();
+        Box::pin(async move {
+            if let Some(session) = session.upgrade() {
+                let frame = encode_request(None, method, Some(&params));
+                session
+                    .push(OutFrame {
+                        related: Some(related),
+                        frame,
+                    })
+                    .await;
+            }
+        })
+    }
+
+    fn log_enabled(&self, level: LogLevel) -> bool {
+        self.log_level.is_some_and(|least| level >= least)
+    }
+
+    fn request(
+        &self,
+        method: &'static str,
+        params: Value,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, RpcError>>>> {
+        let checked = check_capability(&self.capabilities, method, &params);
+        // Keys follow the order the handler asks in, which is the same on
+        // every round for the same arguments and answers.
+        let key = format!("input-{}", self.next_key.get());
+        self.next_key.set(self.next_key.get() + 1);
+        let answer = match checked {
+            Err(error) => Err(error),
+            Ok(()) => match self.responses.get(&key) {
+                Some(answer) => Ok(answer.clone()),
+                None => {
+                    self.asks
+                        .borrow_mut()
+                        .insert(key, json!({"method": method, "params": params}));
+                    Err(RpcError::internal("input required from the client"))
+                }
+            },
+        };
+        Box::pin(async move { answer })
+    }
+}
+
+/// The client must have declared the capability a request to it needs.
+fn check_capability(capabilities: &Value, method: &str, params: &Value) -> Result<(), RpcError> {
+    let (declared, required) = match method {
+        "sampling/createMessage" => (
+            capabilities.get("sampling").is_some(),
+            json!({"sampling": {}}),
+        ),
+        "roots/list" => (capabilities.get("roots").is_some(), json!({"roots": {}})),
+        "elicitation/create" => {
+            let elicitation = capabilities.get("elicitation");
+            let url_mode = params.get("mode").and_then(Value::as_str) == Some("url");
+            let declared = match elicitation {
+                None => false,
+                Some(modes) if url_mode => modes.get("url").is_some(),
+                // An empty object means form mode (as before modes existed).
+                Some(modes) => {
+                    modes.get("form").is_some() || modes.as_object().is_some_and(|m| m.is_empty())
+                }
+            };
+            let mode = if url_mode { "url" } else { "form" };
+            (declared, json!({"elicitation": {mode: {}}}))
+        }
+        _ => (true, Value::Null),
+    };
+    if declared {
+        return Ok(());
+    }
+    Err(RpcError::new(
+        MISSING_REQUIRED_CLIENT_CAPABILITY,
+        format!("the client did not declare the capability {method} needs"),
+    )
+    .with_data(json!({"requiredCapabilities": required})))
 }
 
 fn required_str<'a>(

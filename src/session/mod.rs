@@ -12,6 +12,7 @@ use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use crate::pool::{PoolError, PoolSet};
+use crate::protocol::request_state::StateKey;
 use crate::registry::{Registry, RegistryError, SessionId};
 use crate::server::Server;
 use crate::supervision::{ChildContext, ChildFuture, ExitReason, StartFn};
@@ -105,6 +106,8 @@ pub struct SessionEnv {
     pub server: Rc<Server>,
     pub limits: SessionLimits,
     pub clock: SharedClock,
+    /// Seals `requestState` for stateless multi-round calls (node-wide).
+    pub state_key: StateKey,
     /// Frames waiting in one session's mailbox; senders wait when it is full.
     pub mailbox_capacity: usize,
 }
@@ -132,7 +135,12 @@ pub fn close(registry: &SessionRegistry, id: &SessionId) {
 pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, env: Rc<SessionEnv>) -> StartFn {
     Rc::new(move |ctx: ChildContext| -> ChildFuture {
         let (sender, receiver) = local_channel::new_bounded(env.mailbox_capacity);
-        let session = McpSession::new(env.server.clone(), env.limits, env.clock.clone());
+        let session = McpSession::new(
+            env.server.clone(),
+            env.limits,
+            env.clock.clone(),
+            env.state_key.clone(),
+        );
         let handle = SessionHandle {
             id,
             mailbox: Rc::new(sender),

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::protocol::logging::LogLevel;
+use crate::protocol::request_state::StateKey;
 use crate::server::{demo, Server, Tool, ToolResult};
 use crate::time::{ManualClock, SystemClock};
 
@@ -20,8 +21,17 @@ fn run<F: Future<Output = ()> + 'static>(f: F) {
         .run(f);
 }
 
+/// A session with a fixed state key (the node shares one in real runs).
+fn new_session(
+    server: Rc<Server>,
+    limits: SessionLimits,
+    clock: crate::time::SharedClock,
+) -> Rc<McpSession> {
+    McpSession::new(server, limits, clock, StateKey::new([9; 32]))
+}
+
 fn session() -> Rc<McpSession> {
-    McpSession::new(
+    new_session(
         Rc::new(demo::build().unwrap()),
         SessionLimits::default(),
         SystemClock::shared(),
@@ -113,7 +123,7 @@ fn initialize_negotiates_and_reports_derived_capabilities() {
 fn a_server_without_tools_advertises_no_tools_capability() {
     run(async {
         let bare = Rc::new(Server::builder("bare", "0").build().unwrap());
-        let session = McpSession::new(bare, SessionLimits::default(), SystemClock::shared());
+        let session = new_session(bare, SessionLimits::default(), SystemClock::shared());
         let reply = send(
             &session,
             request(1, "initialize", init_params("2025-11-25")),
@@ -252,7 +262,7 @@ fn tools_list_pages_with_opaque_cursors_and_refuses_bad_ones() {
             page_size: 2,
             ..SessionLimits::default()
         };
-        let session = McpSession::new(
+        let session = new_session(
             Rc::new(demo::build().unwrap()),
             limits,
             SystemClock::shared(),
@@ -365,7 +375,7 @@ fn custom_server() -> Rc<Server> {
 #[test]
 fn a_panicking_handler_fails_its_request_with_32603_and_the_session_lives_on() {
     run(async {
-        let session = McpSession::new(
+        let session = new_session(
             custom_server(),
             SessionLimits::default(),
             SystemClock::shared(),
@@ -458,7 +468,7 @@ fn the_in_flight_bound_refuses_extra_requests_and_close_cancels_all() {
             in_flight_max: 2,
             ..SessionLimits::default()
         };
-        let session = McpSession::new(
+        let session = new_session(
             Rc::new(demo::build().unwrap()),
             limits,
             SystemClock::shared(),
@@ -574,7 +584,7 @@ fn subscriptions_are_recorded_bounded_and_refused_for_unknown_uris() {
             subscriptions_max: 1,
             ..SessionLimits::default()
         };
-        let session = McpSession::new(
+        let session = new_session(
             Rc::new(demo::build().unwrap()),
             limits,
             SystemClock::shared(),
@@ -743,7 +753,7 @@ fn completion_offers_values_for_prompt_arguments_and_template_variables() {
 fn methods_for_features_the_server_lacks_are_not_found() {
     run(async {
         let bare = Rc::new(Server::builder("bare", "0").build().unwrap());
-        let session = McpSession::new(bare, SessionLimits::default(), SystemClock::shared());
+        let session = new_session(bare, SessionLimits::default(), SystemClock::shared());
         send(
             &session,
             request(0, "initialize", init_params("2025-11-25")),
@@ -810,7 +820,7 @@ fn drain_outbox(
 #[test]
 fn logs_honour_the_level_and_progress_echoes_its_token_before_the_result() {
     run(async {
-        let session = McpSession::new(
+        let session = new_session(
             chatty_server(),
             SessionLimits::default(),
             SystemClock::shared(),
@@ -924,7 +934,7 @@ fn a_request_past_its_timeout_is_answered_with_an_error_and_its_handler_cancelle
             request_timeout: Duration::from_millis(100),
             ..SessionLimits::default()
         };
-        let session = McpSession::new(chatty_server(), limits, clock.clone());
+        let session = new_session(chatty_server(), limits, clock.clone());
         send(
             &session,
             request(0, "initialize", init_params("2025-11-25")),
@@ -993,7 +1003,7 @@ async fn asking_session(capabilities: Value, clock: crate::time::SharedClock) ->
         client_request_timeout: Duration::from_millis(500),
         ..SessionLimits::default()
     };
-    let session = McpSession::new(asking_server(), limits, clock);
+    let session = new_session(asking_server(), limits, clock);
     let params = json!({"protocolVersion": "2025-11-25", "capabilities": capabilities, "clientInfo": {"name": "t", "version": "1"}});
     send(&session, request(0, "initialize", params))
         .await
@@ -1111,5 +1121,392 @@ fn a_client_that_never_answers_times_out_on_the_injected_clock() {
         )
         .await
         .is_none());
+    });
+}
+
+/// A 2026-07-28 request: the envelope in `_meta`, plus extra params.
+fn modern(id: i64, method: &str, capabilities: Value, extra: Value) -> Value {
+    let mut params = json!({"_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": capabilities,
+        "io.modelcontextprotocol/clientInfo": {"name": "py", "version": "2"}
+    }});
+    if let (Value::Object(params), Value::Object(extra)) = (&mut params, extra) {
+        for (key, value) in extra {
+            if key == "_meta" {
+                let meta = params.get_mut("_meta").unwrap().as_object_mut().unwrap();
+                meta.extend(value.as_object().unwrap().clone());
+            } else {
+                params.insert(key, value);
+            }
+        }
+    }
+    request(id, method, params)
+}
+
+#[test]
+fn stateless_discover_and_lists_carry_result_type_cache_fields_and_server_info() {
+    run(async {
+        let session = session();
+        let discover = send(&session, modern(1, "server/discover", json!({}), json!({})))
+            .await
+            .unwrap();
+        let result = &discover["result"];
+        assert_eq!(result["supportedVersions"], json!(["2026-07-28"]));
+        assert_eq!(
+            result["capabilities"]["tools"],
+            json!({"listChanged": false})
+        );
+        assert_eq!(
+            (
+                result["resultType"].clone(),
+                result["ttlMs"].clone(),
+                result["cacheScope"].clone()
+            ),
+            (json!("complete"), json!(0), json!("private"))
+        );
+        assert_eq!(
+            result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+            "shardmcp"
+        );
+        assert!(result.get("protocolVersion").is_none() && result.get("serverInfo").is_none());
+
+        let tools = send(&session, modern(2, "tools/list", json!({}), json!({})))
+            .await
+            .unwrap();
+        assert_eq!(tools["result"]["tools"].as_array().unwrap().len(), 3);
+        assert_eq!(tools["result"]["cacheScope"], "private");
+        let call = send(
+            &session,
+            modern(
+                3,
+                "tools/call",
+                json!({}),
+                json!({"name": "add", "arguments": {"a": 2, "b": 3}}),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(call["result"]["structuredContent"], json!({"sum": 5.0}));
+        assert_eq!(call["result"]["resultType"], "complete");
+        assert!(
+            call["result"].get("ttlMs").is_none(),
+            "tools/call is not cacheable"
+        );
+        let read = send(
+            &session,
+            modern(
+                4,
+                "resources/read",
+                json!({}),
+                json!({"uri": "demo://readme"}),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(read["result"]["ttlMs"], 0);
+        let missing = send(
+            &session,
+            modern(
+                5,
+                "resources/read",
+                json!({}),
+                json!({"uri": "demo://nope"}),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            error_code(&missing),
+            -32602,
+            "2026 reports a missing resource as invalid params"
+        );
+        let prompt = send(
+            &session,
+            modern(
+                6,
+                "prompts/get",
+                json!({}),
+                json!({"name": "greeting", "arguments": {"name": "Ada"}}),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(prompt["result"]["resultType"], "complete");
+    });
+}
+
+#[test]
+fn stateless_envelope_errors_and_removed_methods() {
+    run(async {
+        let session = session();
+        let no_caps = request(
+            1,
+            "tools/list",
+            json!({"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}),
+        );
+        assert_eq!(error_code(&send(&session, no_caps).await.unwrap()), -32602);
+        let future = request(
+            2,
+            "tools/list",
+            json!({"_meta": {"io.modelcontextprotocol/protocolVersion": "2030-01-01", "io.modelcontextprotocol/clientCapabilities": {}}}),
+        );
+        let reply = send(&session, future).await.unwrap();
+        assert_eq!(error_code(&reply), -32022);
+        assert_eq!(reply["error"]["data"]["requested"], "2030-01-01");
+        for removed in [
+            "ping",
+            "logging/setLevel",
+            "resources/subscribe",
+            "tasks/list",
+        ] {
+            let reply = send(
+                &session,
+                modern(
+                    3,
+                    removed,
+                    json!({}),
+                    json!({"level": "info", "uri": "demo://readme"}),
+                ),
+            )
+            .await
+            .unwrap();
+            assert_eq!(error_code(&reply), -32601, "{removed}");
+        }
+        // The connection now speaks 2026-07-28: initialize is refused with -32022.
+        let init = send(
+            &session,
+            request(4, "initialize", init_params("2025-11-25")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(error_code(&init), -32022);
+        assert_eq!(init["error"]["data"]["supported"], json!(["2026-07-28"]));
+    });
+}
+
+#[test]
+fn a_handshake_session_refuses_enveloped_requests() {
+    run(async {
+        let session = initialized("2025-11-25").await;
+        let reply = send(&session, modern(1, "tools/list", json!({}), json!({})))
+            .await
+            .unwrap();
+        assert_eq!(error_code(&reply), -32600);
+        assert!(reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2025-11-25"));
+    });
+}
+
+#[test]
+fn stateless_logging_and_progress_come_from_the_envelope() {
+    run(async {
+        let session = new_session(
+            chatty_server(),
+            SessionLimits::default(),
+            SystemClock::shared(),
+        );
+        let outbox = session.take_outbox().unwrap();
+        let quiet = modern(1, "tools/call", json!({}), json!({"name": "chatty"}));
+        session
+            .handle_frame_into_outbox(quiet.to_string().as_bytes())
+            .await;
+        let frames = drain_outbox(&outbox, &session);
+        assert_eq!(
+            frames.len(),
+            1,
+            "no logLevel, no progressToken: only the result"
+        );
+        assert_eq!(frames[0]["result"]["resultType"], "complete");
+
+        let loud = modern(
+            2,
+            "tools/call",
+            json!({}),
+            json!({"name": "chatty", "_meta": {
+            "io.modelcontextprotocol/logLevel": "error", "progressToken": "t"}}),
+        );
+        session
+            .handle_frame_into_outbox(loud.to_string().as_bytes())
+            .await;
+        let frames = drain_outbox(&outbox, &session);
+        let logs: Vec<_> = frames
+            .iter()
+            .filter(|f| f["method"] == "notifications/message")
+            .collect();
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0]["params"]["level"], "error");
+        assert_eq!(
+            frames
+                .iter()
+                .filter(|f| f["method"] == "notifications/progress")
+                .count(),
+            3
+        );
+    });
+}
+
+#[test]
+fn stateless_elicitation_is_an_input_required_round_and_the_retry_completes() {
+    run(async {
+        let session = new_session(
+            asking_server(),
+            SessionLimits::default(),
+            SystemClock::shared(),
+        );
+        let caps = json!({"elicitation": {"form": {}}});
+        let first = send(
+            &session,
+            modern(1, "tools/call", caps.clone(), json!({"name": "form"})),
+        )
+        .await
+        .unwrap();
+        let result = &first["result"];
+        assert_eq!(result["resultType"], "input_required");
+        assert_eq!(
+            result["inputRequests"]["input-0"]["method"],
+            "elicitation/create"
+        );
+        assert_eq!(
+            result["inputRequests"]["input-0"]["params"]["message"],
+            "ok?"
+        );
+        assert!(result
+            .get("inputRequests")
+            .unwrap()
+            .get("input-0")
+            .unwrap()
+            .get("id")
+            .is_none());
+        let state = result["requestState"].as_str().unwrap().to_string();
+        assert!(state.starts_with("v1."));
+
+        let answer = json!({"action": "accept", "content": {"ok": true}});
+        let retry = send(&session, modern(2, "tools/call", caps.clone(), json!({
+            "name": "form", "inputResponses": {"input-0": answer.clone()}, "requestState": state.clone()
+        }))).await.unwrap();
+        assert_eq!(retry["result"]["resultType"], "complete");
+        assert_eq!(retry["result"]["structuredContent"], answer);
+
+        // A forged state, answers without state, and another tool's state are refused.
+        let mut forged = state.clone();
+        forged.push('0');
+        for extra in [
+            json!({"name": "form", "inputResponses": {"input-0": answer.clone()}, "requestState": forged}),
+            json!({"name": "form", "inputResponses": {"input-0": answer.clone()}}),
+            json!({"name": "sample", "inputResponses": {"input-0": answer.clone()}, "requestState": state.clone()}),
+        ] {
+            let reply = send(
+                &session,
+                modern(
+                    3,
+                    "tools/call",
+                    json!({"elicitation": {}, "sampling": {}}),
+                    extra.clone(),
+                ),
+            )
+            .await
+            .unwrap();
+            assert_eq!(error_code(&reply), -32602, "{extra}");
+        }
+        let forged_reply = send(
+            &session,
+            modern(
+                4,
+                "tools/call",
+                caps.clone(),
+                json!({
+            "name": "form", "inputResponses": {}, "requestState": "v1.00.00"}),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            forged_reply["error"]["data"]["reason"],
+            "invalid_request_state"
+        );
+
+        // Without the capability in this request's envelope: -32021, no round.
+        let no_caps = send(
+            &session,
+            modern(5, "tools/call", json!({}), json!({"name": "form"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(error_code(&no_caps), -32021);
+    });
+}
+
+#[test]
+fn stateless_rounds_are_bounded() {
+    run(async {
+        let limits = SessionLimits {
+            input_rounds_max: 1,
+            ..SessionLimits::default()
+        };
+        let session = new_session(asking_server(), limits, SystemClock::shared());
+        let caps = json!({"roots": {}});
+        let first = send(
+            &session,
+            modern(1, "tools/call", caps.clone(), json!({"name": "roots"})),
+        )
+        .await
+        .unwrap();
+        let state = first["result"]["requestState"].clone();
+        // Answer the wrong key: the handler still lacks input, but the limit is reached.
+        let retry = send(
+            &session,
+            modern(
+                2,
+                "tools/call",
+                caps,
+                json!({
+            "name": "roots", "inputResponses": {"other": {}}, "requestState": state}),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(error_code(&retry), -32602);
+        assert!(retry["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit is 1"));
+    });
+}
+
+#[test]
+fn stateless_listen_is_acknowledged_and_ends_by_cancellation_without_a_response() {
+    run(async {
+        let session = session();
+        let outbox = session.take_outbox().unwrap();
+        let listener = session.clone();
+        let listen = glommio::spawn_local(async move {
+            send(
+                &listener,
+                modern(
+                    7,
+                    "subscriptions/listen",
+                    json!({}),
+                    json!({"notifications": {"toolsListChanged": true}}),
+                ),
+            )
+            .await
+        });
+        let ack: Value = serde_json::from_slice(&outbox.recv().await.unwrap().frame).unwrap();
+        assert_eq!(ack["method"], "notifications/subscriptions/acknowledged");
+        assert_eq!(
+            ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+            7
+        );
+        assert_eq!(
+            ack["params"]["notifications"],
+            json!({}),
+            "this server's lists never change"
+        );
+        assert_eq!(session.in_flight(), 1);
+        send(&session, json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}})).await;
+        assert_eq!(listen.await, None);
     });
 }
