@@ -12,9 +12,6 @@ use super::{
     Server, ServerError, ServerFactory, Tool, ToolError, ToolResult,
 };
 
-/// A 1x1 transparent PNG.
-const PIXEL_PNG_BASE64: &str =
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
 const README: &str =
     "shardmcp demo server: try the echo, add and slow tools, read demo://notes/{name}, \
 or get the greeting and review prompts.";
@@ -24,7 +21,7 @@ pub fn factory() -> ServerFactory {
 }
 
 pub fn build() -> Result<Server, ServerError> {
-    Server::builder("shardmcp", env!("CARGO_PKG_VERSION"))
+    let demo = Server::builder("shardmcp", env!("CARGO_PKG_VERSION"))
         .title("shardmcp demo server")
         .instructions("A demo server: echo text, add numbers, or wait a while with `slow`; read demo://readme and demo://notes/{name}; get the greeting and review prompts.")
         .resource(
@@ -34,7 +31,7 @@ pub fn build() -> Result<Server, ServerError> {
         )
         .resource(
             Resource::new("demo://pixel.png", "pixel", |uri| async move {
-                Ok(vec![ResourceContents::blob(&uri, "image/png", PIXEL_PNG_BASE64)])
+                Ok(vec![ResourceContents::blob(&uri, "image/png", super::conformance::PNG_BASE64)])
             })
             .mime_type("image/png")
             .description("A 1x1 PNG, as a blob"),
@@ -147,7 +144,9 @@ pub fn build() -> Result<Server, ServerError> {
                 Ok(ToolResult::text(format!("waited {ms} ms")))
             })?,
         )
-        .build()
+        ;
+    // The conformance suite's fixtures ride along, so the default server passes it.
+    super::conformance::add_fixtures(demo)?.build()
 }
 
 fn complete_from(applies: bool, candidates: &[&str], partial: &str) -> Vec<String> {

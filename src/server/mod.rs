@@ -3,6 +3,7 @@
 //! `Send + Sync` factory. Handlers are local futures: they may hold `Rc`s and
 //! never cross cores. Nothing here names a transport.
 
+pub mod conformance;
 mod content;
 pub mod demo;
 mod prompt;
