@@ -126,6 +126,10 @@ pub struct LimitsConfig {
     pub input_rounds_max: u32,
     /// How long a sealed requestState stays valid.
     pub request_state_ttl_ms: u64,
+    /// Tasks one session may hold; creating more gets -32000.
+    pub tasks_per_session_max: usize,
+    /// Longest lifetime a task may have; longer requested ttls are cut to it.
+    pub task_ttl_ms_max: u64,
     /// How long one request may run before the caller gets a timeout error.
     pub request_timeout_ms: u64,
     /// Connections one shard serves at once; more wait in the kernel backlog.
@@ -146,6 +150,8 @@ impl Default for LimitsConfig {
             client_requests_per_session_max: 16,
             input_rounds_max: 8,
             request_state_ttl_ms: 600_000,
+            tasks_per_session_max: 64,
+            task_ttl_ms_max: 3_600_000,
             request_timeout_ms: 30_000,
             connections_per_shard_max: 65_536,
         }
@@ -338,6 +344,7 @@ impl Config {
                 l.subscriptions_per_session_max,
             ),
             ("limits.session_outbox_capacity", l.session_outbox_capacity),
+            ("limits.tasks_per_session_max", l.tasks_per_session_max),
             (
                 "limits.client_requests_per_session_max",
                 l.client_requests_per_session_max,
@@ -355,6 +362,9 @@ impl Config {
                 "limits.input_rounds_max",
                 "must be between 1 and 64",
             ));
+        }
+        if l.task_ttl_ms_max == 0 {
+            return Err(invalid("limits.task_ttl_ms_max", "must be greater than 0"));
         }
         if l.request_state_ttl_ms == 0 {
             return Err(invalid(

@@ -220,6 +220,8 @@ async fn run_tree(start: ShardStart) -> ShardExit {
             client_requests_max: config.limits.client_requests_per_session_max,
             input_rounds_max: config.limits.input_rounds_max,
             request_state_ttl: Duration::from_millis(config.limits.request_state_ttl_ms),
+            tasks_max: config.limits.tasks_per_session_max,
+            task_ttl_max: Duration::from_millis(config.limits.task_ttl_ms_max),
         },
         clock: clock.clone(),
         state_key: start.state_key.clone(),

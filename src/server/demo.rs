@@ -9,7 +9,7 @@ use crate::protocol::logging::LogLevel;
 
 use super::{
     Content, Prompt, PromptMessage, PromptResult, Resource, ResourceContents, ResourceTemplate,
-    Server, ServerError, ServerFactory, Tool, ToolError, ToolResult,
+    Server, ServerError, ServerFactory, TaskSupport, Tool, ToolError, ToolResult,
 };
 
 const README: &str =
@@ -120,6 +120,7 @@ pub fn build() -> Result<Server, ServerError> {
                 "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": 60000}},
                 "required": ["ms"]
             }))
+            .task_support(TaskSupport::Optional)
             .handler(|call| async move {
                 const STEPS: u64 = 4;
                 let ms = call.arguments.get("ms").and_then(|v| v.as_u64()).unwrap_or(0);

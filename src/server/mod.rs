@@ -22,7 +22,9 @@ pub use resource::{ReadFuture, Resource, ResourceError, ResourceTemplate};
 
 /// Completes an argument: (argument or variable name, partial value) → candidates.
 pub type Completer = Rc<dyn Fn(&str, &str) -> Vec<String>>;
-pub use tool::{Peer, Tool, ToolBuilder, ToolCall, ToolError, ToolFuture, ToolHandler};
+pub use tool::{
+    Peer, TaskSupport, Tool, ToolBuilder, ToolCall, ToolError, ToolFuture, ToolHandler,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServerError {
@@ -147,6 +149,13 @@ impl Server {
         self.tool_index.get(name).map(|&index| &self.tools[index])
     }
 
+    /// Whether any tool may run as a task.
+    pub fn has_task_tools(&self) -> bool {
+        self.tools
+            .iter()
+            .any(|tool| tool.task_support != TaskSupport::Forbidden)
+    }
+
     pub fn resources(&self) -> &[Rc<Resource>] {
         &self.resources
     }
@@ -188,6 +197,12 @@ impl Server {
         }
         if !self.prompts.is_empty() {
             capabilities.insert("prompts".into(), json!({"listChanged": false}));
+        }
+        if self.has_task_tools() {
+            capabilities.insert(
+                "tasks".into(),
+                json!({"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}),
+            );
         }
         let completes = self.prompts.iter().any(|p| p.completer.is_some())
             || self.templates.iter().any(|t| t.completer.is_some());

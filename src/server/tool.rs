@@ -150,6 +150,28 @@ impl ToolCall {
 pub type ToolFuture = Pin<Box<dyn Future<Output = Result<ToolResult, ToolError>>>>;
 pub type ToolHandler = Rc<dyn Fn(ToolCall) -> ToolFuture>;
 
+/// Whether a tool may run as a task (2025-11-25 `execution.taskSupport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TaskSupport {
+    /// Never as a task (the default).
+    #[default]
+    Forbidden,
+    /// As a task when the client asks for one.
+    Optional,
+    /// Only as a task.
+    Required,
+}
+
+impl TaskSupport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskSupport::Forbidden => "forbidden",
+            TaskSupport::Optional => "optional",
+            TaskSupport::Required => "required",
+        }
+    }
+}
+
 /// A tool as served: metadata, compiled schemas, handler.
 pub struct Tool {
     pub name: String,
@@ -158,6 +180,7 @@ pub struct Tool {
     pub input_schema: Value,
     pub output_schema: Option<Value>,
     pub annotations: Option<Value>,
+    pub task_support: TaskSupport,
     input_validator: jsonschema::Validator,
     output_validator: Option<jsonschema::Validator>,
     handler: ToolHandler,
@@ -171,6 +194,7 @@ pub struct ToolBuilder {
     input_schema: Value,
     output_schema: Option<Value>,
     annotations: Option<Value>,
+    task_support: TaskSupport,
 }
 
 impl Tool {
@@ -183,6 +207,7 @@ impl Tool {
             input_schema: json!({"type": "object"}),
             output_schema: None,
             annotations: None,
+            task_support: TaskSupport::Forbidden,
         }
     }
 
@@ -203,6 +228,12 @@ impl Tool {
         }
         if let Some(annotations) = &self.annotations {
             out.insert("annotations".into(), annotations.clone());
+        }
+        if self.task_support != TaskSupport::Forbidden {
+            out.insert(
+                "execution".into(),
+                json!({"taskSupport": self.task_support.as_str()}),
+            );
         }
         Value::Object(out)
     }
@@ -285,6 +316,12 @@ impl ToolBuilder {
         self
     }
 
+    /// Lets clients run the tool as a task (2025-11-25 tasks).
+    pub fn task_support(mut self, support: TaskSupport) -> Self {
+        self.task_support = support;
+        self
+    }
+
     /// Finishes the tool with its handler, compiling its schemas.
     pub fn handler<F, Fut>(self, handler: F) -> Result<Tool, ServerError>
     where
@@ -318,6 +355,7 @@ impl ToolBuilder {
             input_schema: self.input_schema,
             output_schema: self.output_schema,
             annotations: self.annotations,
+            task_support: self.task_support,
             input_validator,
             output_validator,
             handler: Rc::new(move |call| Box::pin(handler(call))),

@@ -23,7 +23,9 @@ use crate::protocol::logging::LogLevel;
 use crate::protocol::request_state::{self, RoundState, StateKey};
 use crate::protocol::stateless::{self, Envelope};
 use crate::protocol::version::{allows_batches, negotiate, Era};
-use crate::server::{Peer, ResourceError, Server, Tool, ToolCall, ToolError};
+use crate::server::{Peer, ResourceError, Server, TaskSupport, Tool, ToolCall, ToolError};
+
+use super::tasks::TaskTable;
 use crate::sync::{catch_panic, oneshot, Event, OneshotSender};
 use crate::time::SharedClock;
 
@@ -53,6 +55,10 @@ pub struct SessionLimits {
     pub input_rounds_max: u32,
     /// How long a sealed `requestState` stays valid.
     pub request_state_ttl: Duration,
+    /// Tasks one session may hold (running or finished, until their ttl).
+    pub tasks_max: usize,
+    /// Longest lifetime a task may ask for.
+    pub task_ttl_max: Duration,
 }
 
 impl Default for SessionLimits {
@@ -68,6 +74,8 @@ impl Default for SessionLimits {
             client_requests_max: 16,
             input_rounds_max: 8,
             request_state_ttl: Duration::from_secs(600),
+            tasks_max: 64,
+            task_ttl_max: Duration::from_secs(3_600),
         }
     }
 }
@@ -104,6 +112,8 @@ pub struct McpSession {
     clock: SharedClock,
     outbox: LocalSender<OutFrame>,
     outbox_receiver: RefCell<Option<LocalReceiver<OutFrame>>>,
+    /// Task-augmented calls of this session.
+    tasks: TaskTable,
     /// Which era this session speaks, once its first request fixed it.
     era: Cell<Option<Era>>,
     /// Seals and opens `requestState`; the same on every shard of the node.
@@ -186,6 +196,7 @@ impl McpSession {
             clock,
             outbox,
             outbox_receiver: RefCell::new(Some(outbox_receiver)),
+            tasks: TaskTable::new(limits.tasks_max, limits.task_ttl_max),
             era: Cell::new(None),
             state_key,
             client_requests: RefCell::new(HashMap::new()),
@@ -220,9 +231,11 @@ impl McpSession {
         self.in_flight.borrow().len()
     }
 
-    /// Ends the session: running requests are cancelled and answer nothing.
+    /// Ends the session: running requests and tasks are cancelled and
+    /// answer nothing.
     pub fn close(&self) {
         self.closed.set();
+        self.tasks.cancel_all();
         for (_, cancel) in self.in_flight.borrow_mut().drain() {
             cancel.set();
         }
@@ -422,9 +435,10 @@ impl McpSession {
             in_flight.insert(id.clone(), cancel.clone());
         }
         let work = catch_panic(self.dispatch(&id, method, params, cancel.clone()));
-        // A listen stays open as long as the client wants: no timeout.
-        let timer = (method != "subscriptions/listen")
-            .then(|| self.clock.sleep(self.limits.request_timeout));
+        // A listen stays open, and a task result is awaited, as long as the
+        // client wants: no timeout for those.
+        let unbounded = matches!(method, "subscriptions/listen" | "tasks/result");
+        let timer = (!unbounded).then(|| self.clock.sleep(self.limits.request_timeout));
         // Cancellation is polled first: when it and the work become ready
         // together (a handler that stops because it was cancelled), it wins.
         let outcome = future::or(
@@ -528,6 +542,23 @@ impl McpSession {
             "tools/list" if has_tools => self.tools_list(params.as_ref()),
             "tools/call" if has_tools => self.tools_call(id, params, cancel).await,
             "logging/setLevel" if has_tools => self.set_level(params.as_ref()),
+            "tasks/get" if server.has_task_tools() => self.tasks.get(task_id(params.as_ref())?),
+            "tasks/result" if server.has_task_tools() => {
+                self.tasks.result(task_id(params.as_ref())?).await
+            }
+            "tasks/cancel" if server.has_task_tools() => {
+                self.tasks.cancel(task_id(params.as_ref())?)
+            }
+            "tasks/list" if server.has_task_tools() => {
+                let (start, _, _) = page(params.as_ref(), usize::MAX, self.limits.page_size)?;
+                let (entries, total) = self.tasks.list(start, self.limits.page_size);
+                let mut result = json!({"tasks": entries});
+                let end = start.saturating_add(self.limits.page_size);
+                if end < total {
+                    result["nextCursor"] = Value::String(format!("{CURSOR_PREFIX}{end:x}"));
+                }
+                Ok(result)
+            }
             "resources/list" if has_resources => self.resources_list(params.as_ref()),
             "resources/templates/list" if has_resources => self.templates_list(params.as_ref()),
             "resources/read" if has_resources => self.resources_read(params.as_ref()).await,
@@ -932,11 +963,52 @@ impl McpSession {
             session: Rc::downgrade(self),
             related: id.clone(),
         });
-        run_tool(
-            &tool,
-            ToolCall::new(arguments, cancel, peer, progress_token),
-        )
-        .await
+        let as_task = params.get("task").is_some_and(Value::is_object);
+        match (as_task, tool.task_support) {
+            (true, TaskSupport::Forbidden) => {
+                return Err(RpcError::invalid_params(format!(
+                    "tool {} does not run as a task",
+                    tool.name
+                )))
+            }
+            (false, TaskSupport::Required) => {
+                return Err(RpcError::invalid_params(format!(
+                    "tool {} only runs as a task: add params.task",
+                    tool.name
+                )))
+            }
+            (false, _) => {
+                return run_tool(
+                    &tool,
+                    ToolCall::new(arguments, cancel, peer, progress_token),
+                )
+                .await
+            }
+            (true, _) => {}
+        }
+        let ttl_ms = params
+            .get("task")
+            .and_then(|task| task.get("ttl"))
+            .and_then(Value::as_u64);
+        let (task_id, task_cancel, task) = self.tasks.create(ttl_ms)?;
+        let session = self.clone();
+        // The call outlives this request: it is stopped by tasks/cancel (or
+        // the session ending), not by the request's own cancellation.
+        glommio::spawn_local(async move {
+            let call = ToolCall::new(arguments, task_cancel, peer, progress_token);
+            let outcome = run_tool(&tool, call).await;
+            if let Some(status) = session.tasks.finish(&task_id, outcome) {
+                let frame = encode_request(None, "notifications/tasks/status", Some(&status));
+                session
+                    .push(OutFrame {
+                        related: None,
+                        frame,
+                    })
+                    .await;
+            }
+        })
+        .detach();
+        Ok(json!({"task": task}))
     }
 
     /// `tools/call` in the stateless era: when the handler asks the client
@@ -1189,6 +1261,10 @@ fn check_capability(capabilities: &Value, method: &str, params: &Value) -> Resul
         format!("the client did not declare the capability {method} needs"),
     )
     .with_data(json!({"requiredCapabilities": required})))
+}
+
+fn task_id(params: Option<&Value>) -> Result<&str, RpcError> {
+    required_str(params, "taskId", "tasks/*")
 }
 
 fn required_str<'a>(

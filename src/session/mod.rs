@@ -4,6 +4,7 @@
 //! requests of one session run concurrently. It does no I/O itself.
 
 mod mcp;
+pub mod tasks;
 
 use std::rc::Rc;
 

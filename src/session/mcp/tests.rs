@@ -105,7 +105,8 @@ fn initialize_negotiates_and_reports_derived_capabilities() {
                     "logging": {},
                     "resources": {"subscribe": true, "listChanged": false},
                     "prompts": {"listChanged": false},
-                    "completions": {}
+                    "completions": {},
+                    "tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
                 })
             );
             assert_eq!(result["serverInfo"]["name"], "shardmcp");
@@ -1551,5 +1552,212 @@ fn stateless_listen_is_acknowledged_and_ends_by_cancellation_without_a_response(
         assert_eq!(session.in_flight(), 1);
         send(&session, json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}})).await;
         assert_eq!(listen.await, None);
+    });
+}
+
+/// A job tool (optional task) that finishes when the test says, one that
+/// must run as a task, and one that never may.
+fn task_server(release: crate::sync::Event) -> Rc<Server> {
+    use crate::server::TaskSupport;
+    Rc::new(
+        Server::builder("tasks", "1")
+            .tool(
+                Tool::builder("job", "Finishes when released.")
+                    .task_support(TaskSupport::Optional)
+                    .handler(move |call| {
+                        let release = release.clone();
+                        async move {
+                            futures_lite::future::or(release.wait(), call.cancelled()).await;
+                            Ok(ToolResult::text("job done"))
+                        }
+                    })
+                    .unwrap(),
+            )
+            .tool(
+                Tool::builder("must", "Only as a task.")
+                    .task_support(TaskSupport::Required)
+                    .handler(|_call| async { Ok(ToolResult::text("ok")) })
+                    .unwrap(),
+            )
+            .tool(
+                Tool::builder("never", "Never as a task.")
+                    .handler(|_call| async { Ok(ToolResult::text("ok")) })
+                    .unwrap(),
+            )
+            .build()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn a_task_augmented_call_answers_at_once_and_its_result_waits_for_the_job() {
+    run(async {
+        let release = crate::sync::Event::new();
+        let session = new_session(
+            task_server(release.clone()),
+            SessionLimits::default(),
+            SystemClock::shared(),
+        );
+        let outbox = session.take_outbox().unwrap();
+        let init = send(
+            &session,
+            request(0, "initialize", init_params("2025-11-25")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            init["result"]["capabilities"]["tasks"],
+            json!({"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}})
+        );
+        let list = send(&session, request(1, "tools/list", json!({})))
+            .await
+            .unwrap();
+        assert_eq!(
+            list["result"]["tools"][0]["execution"],
+            json!({"taskSupport": "optional"})
+        );
+        assert!(list["result"]["tools"][2].get("execution").is_none());
+
+        let created = send(
+            &session,
+            request(
+                2,
+                "tools/call",
+                json!({"name": "job", "task": {"ttl": 5000}}),
+            ),
+        )
+        .await
+        .unwrap();
+        let task = &created["result"]["task"];
+        assert_eq!(
+            (task["status"].clone(), task["ttl"].clone()),
+            (json!("working"), json!(5000))
+        );
+        assert!(task["createdAt"].as_str().unwrap().ends_with('Z'));
+        let task_id = task["taskId"].as_str().unwrap().to_string();
+        let got = send(
+            &session,
+            request(3, "tasks/get", json!({"taskId": task_id})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got["result"]["status"], "working");
+        let listed = send(&session, request(4, "tasks/list", json!({})))
+            .await
+            .unwrap();
+        assert_eq!(listed["result"]["tasks"].as_array().unwrap().len(), 1);
+
+        let waiter = session.clone();
+        let id_for_result = task_id.clone();
+        let result = glommio::spawn_local(async move {
+            send(
+                &waiter,
+                request(5, "tasks/result", json!({"taskId": id_for_result})),
+            )
+            .await
+            .unwrap()
+        });
+        crate::sync::settle(4).await;
+        release.set();
+        let result = result.await;
+        assert_eq!(result["result"]["content"][0]["text"], "job done");
+        assert_eq!(
+            result["result"]["_meta"]["io.modelcontextprotocol/related-task"]["taskId"],
+            task_id.as_str()
+        );
+        let status: Value = serde_json::from_slice(&outbox.recv().await.unwrap().frame).unwrap();
+        assert_eq!(
+            (status["method"].clone(), status["params"]["status"].clone()),
+            (json!("notifications/tasks/status"), json!("completed"))
+        );
+        let done = send(
+            &session,
+            request(6, "tasks/cancel", json!({"taskId": task_id})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            error_code(&done),
+            -32602,
+            "a terminal task cannot be cancelled"
+        );
+    });
+}
+
+#[test]
+fn a_cancelled_task_stays_cancelled_and_task_support_is_enforced() {
+    run(async {
+        let session = new_session(
+            task_server(crate::sync::Event::new()),
+            SessionLimits::default(),
+            SystemClock::shared(),
+        );
+        send(
+            &session,
+            request(0, "initialize", init_params("2025-11-25")),
+        )
+        .await;
+        let created = send(
+            &session,
+            request(1, "tools/call", json!({"name": "job", "task": {}})),
+        )
+        .await
+        .unwrap();
+        let task_id = created["result"]["task"]["taskId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let cancelled = send(
+            &session,
+            request(2, "tasks/cancel", json!({"taskId": task_id})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(cancelled["result"]["status"], "cancelled");
+        crate::sync::settle(4).await;
+        let got = send(
+            &session,
+            request(3, "tasks/get", json!({"taskId": task_id})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            got["result"]["status"], "cancelled",
+            "the job finishing afterwards changes nothing"
+        );
+        let result = send(
+            &session,
+            request(4, "tasks/result", json!({"taskId": task_id})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(error_code(&result), -32000);
+        for (params, fragment) in [
+            (json!({"name": "must"}), "only runs as a task"),
+            (
+                json!({"name": "never", "task": {}}),
+                "does not run as a task",
+            ),
+        ] {
+            let reply = send(&session, request(5, "tools/call", params.clone()))
+                .await
+                .unwrap();
+            assert_eq!(error_code(&reply), -32602, "{params}");
+            assert!(reply["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(fragment));
+        }
+        let unknown = send(&session, request(6, "tasks/get", json!({"taskId": "nope"})))
+            .await
+            .unwrap();
+        assert_eq!(error_code(&unknown), -32602);
+        let must = send(
+            &session,
+            request(7, "tools/call", json!({"name": "must", "task": {}})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(must["result"]["task"]["status"], "working");
     });
 }
