@@ -1761,3 +1761,62 @@ fn a_cancelled_task_stays_cancelled_and_task_support_is_enforced() {
         assert_eq!(must["result"]["task"]["status"], "working");
     });
 }
+
+/// Deterministic xorshift, so a failure can be replayed.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn mutated_and_truncated_frames_never_panic_and_always_get_valid_json_back() {
+    run(async {
+        let seeds = [
+            request(1, "initialize", init_params("2025-11-25")).to_string(),
+            request(2, "tools/call", json!({"name": "add", "arguments": {"a": 1, "b": 2}, "_meta": {"progressToken": 1}})).to_string(),
+            modern(3, "tools/call", json!({"elicitation": {}}), json!({"name": "echo", "arguments": {"text": "x"}})).to_string(),
+            modern(4, "resources/read", json!({}), json!({"uri": "demo://notes/1"})).to_string(),
+            r#"[{"jsonrpc":"2.0","id":5,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":5}}]"#.to_string(),
+            request(6, "completion/complete", json!({"ref": {"type": "ref/prompt", "name": "greeting"}, "argument": {"name": "name", "value": "A"}})).to_string(),
+        ];
+        let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
+        for round in 0..3_000 {
+            // A fresh session now and then, so both eras and both phases are hit.
+            let session = if round % 50 == 0 || round % 50 == 1 {
+                session()
+            } else {
+                initialized("2025-11-25").await
+            };
+            let seed = seeds[(noise.next() % seeds.len() as u64) as usize].as_bytes();
+            let mut frame = seed.to_vec();
+            match noise.next() % 3 {
+                0 => frame.truncate((noise.next() % (frame.len() as u64 + 1)) as usize),
+                1 => {
+                    for _ in 0..1 + noise.next() % 4 {
+                        let at = (noise.next() % frame.len() as u64) as usize;
+                        frame[at] = (noise.next() % 256) as u8;
+                    }
+                }
+                _ => {
+                    let at = (noise.next() % frame.len() as u64) as usize;
+                    let insert = [b'"', b'{', b'}', b'[', b']', b',', b':', b'\\', 0xff, b'9'];
+                    frame.insert(at, insert[(noise.next() % insert.len() as u64) as usize]);
+                }
+            }
+            if let Some(reply) = session.handle_frame(&frame).await {
+                let parsed: Result<Value, _> = serde_json::from_slice(&reply);
+                assert!(
+                    parsed.is_ok(),
+                    "round {round}: invalid JSON out for {:?}",
+                    String::from_utf8_lossy(&frame)
+                );
+            }
+        }
+    });
+}
