@@ -108,27 +108,23 @@ mod tests {
 
     #[test]
     fn manual_clock_wakes_sleepers_only_when_advanced_past_deadline() {
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(1 << 16)
-            .make()
-            .expect("executor")
-            .run(async {
-                let clock = ManualClock::new();
-                let woke = Rc::new(Cell::new(false));
-                let sleep = clock.sleep(Duration::from_millis(10));
-                let flag = woke.clone();
-                glommio::spawn_local(async move {
-                    sleep.await;
-                    flag.set(true);
-                })
-                .detach();
-                clock.advance(Duration::from_millis(9));
-                settle(4).await;
-                assert!(!woke.get());
-                clock.advance(Duration::from_millis(1));
-                settle(4).await;
-                assert!(woke.get());
-                assert_eq!(clock.sleeper_count(), 0);
-            });
+        crate::sync::run_on_fresh_shard(async {
+            let clock = ManualClock::new();
+            let woke = Rc::new(Cell::new(false));
+            let sleep = clock.sleep(Duration::from_millis(10));
+            let flag = woke.clone();
+            glommio::spawn_local(async move {
+                sleep.await;
+                flag.set(true);
+            })
+            .detach();
+            clock.advance(Duration::from_millis(9));
+            settle(4).await;
+            assert!(!woke.get());
+            clock.advance(Duration::from_millis(1));
+            settle(4).await;
+            assert!(woke.get());
+            assert_eq!(clock.sleeper_count(), 0);
+        });
     }
 }

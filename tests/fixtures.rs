@@ -13,11 +13,7 @@ use shardmcp::session::{McpSession, OutFrame, SessionLimits};
 use shardmcp::time::SystemClock;
 
 fn run<F: Future<Output = ()> + 'static>(f: F) {
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(1 << 16)
-        .make()
-        .expect("executor")
-        .run(f);
+    shardmcp::sync::run_on_fresh_shard(f)
 }
 
 /// A session initialized as the suite's client does (2025-11-25, sampling and

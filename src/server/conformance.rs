@@ -45,6 +45,29 @@ fn contents_tool(
     })
 }
 
+/// A tool that asks the user to fill `schema` and reports what came back,
+/// as `<reply_prefix> action=<action>, content=<content>`.
+fn elicitation_tool(
+    name: &str,
+    description: &str,
+    input_schema: Option<Value>,
+    ask: fn(&super::ToolCall) -> Value,
+    reply_prefix: &'static str,
+) -> Result<Tool, ServerError> {
+    let mut tool = Tool::builder(name, description);
+    if let Some(schema) = input_schema {
+        tool = tool.input_schema(schema);
+    }
+    tool.handler(move |call| async move {
+        let answer = call.elicit(ask(&call)).await?;
+        Ok(ToolResult::text(format!(
+            "{reply_prefix} action={}, content={}",
+            answer["action"].as_str().unwrap_or("unknown"),
+            answer.get("content").cloned().unwrap_or(Value::Null)
+        )))
+    })
+}
+
 /// The first text of a sampling answer (`content` may be one block or a list).
 fn sampled_text(answer: &Value) -> String {
     let content = &answer["content"];
@@ -159,108 +182,88 @@ pub fn add_fixtures(server: ServerBuilder) -> Result<ServerBuilder, ServerError>
                     Ok(ToolResult::text(format!("LLM response: {}", sampled_text(&answer))))
                 })?,
         )
-        .tool(
-            Tool::builder("test_elicitation", "Asks the user for a name and an email.")
-                .input_schema(json!({
-                    "type": "object",
-                    "properties": {"message": {"type": "string", "description": "What to ask"}},
-                    "required": ["message"]
-                }))
-                .handler(|call| async move {
-                    let message = call.str_arg("message").unwrap_or_default().to_string();
-                    let answer = call
-                        .elicit(json!({
-                            "message": message,
-                            "requestedSchema": {
-                                "type": "object",
-                                "properties": {
-                                    "username": {"type": "string", "description": "User's response"},
-                                    "email": {"type": "string", "description": "User's email address"}
-                                },
-                                "required": ["username", "email"]
-                            }
-                        }))
-                        .await?;
-                    Ok(ToolResult::text(format!(
-                        "User response: action={}, content={}",
-                        answer["action"].as_str().unwrap_or("unknown"),
-                        answer.get("content").cloned().unwrap_or(Value::Null)
-                    )))
-                })?,
-        )
-        .tool(
-            Tool::builder(
-                "test_elicitation_sep1034_defaults",
-                "Asks for a form whose fields have defaults (SEP-1034).",
-            )
-            .handler(|call| async move {
-                let answer = call
-                    .elicit(json!({
-                        "message": "Please review and update the form fields with defaults",
-                        "requestedSchema": {
-                            "type": "object",
-                            "properties": {
-                                "name": {"type": "string", "description": "User name", "default": "John Doe"},
-                                "age": {"type": "integer", "description": "User age", "default": 30},
-                                "score": {"type": "number", "description": "User score", "default": 95.5},
-                                "status": {"type": "string", "description": "User status",
-                                           "enum": ["active", "inactive", "pending"], "default": "active"},
-                                "verified": {"type": "boolean", "description": "Verification status", "default": true}
-                            },
-                            "required": []
-                        }
-                    }))
-                    .await?;
-                Ok(ToolResult::text(format!(
-                    "Elicitation completed: action={}, content={}",
-                    answer["action"].as_str().unwrap_or("unknown"),
-                    answer.get("content").cloned().unwrap_or(Value::Null)
-                )))
-            })?,
-        )
-        .tool(
-            Tool::builder(
-                "test_elicitation_sep1330_enums",
-                "Asks for a form with every enum form (SEP-1330).",
-            )
-            .handler(|call| async move {
-                let answer = call
-                    .elicit(json!({
-                        "message": "Please select options from the enum fields",
-                        "requestedSchema": {
-                            "type": "object",
-                            "properties": {
-                                "untitledSingle": {"type": "string", "description": "Pick one",
-                                    "enum": ["option1", "option2", "option3"]},
-                                "titledSingle": {"type": "string", "description": "Pick one (titled)",
-                                    "oneOf": [
-                                        {"const": "value1", "title": "First Option"},
-                                        {"const": "value2", "title": "Second Option"},
-                                        {"const": "value3", "title": "Third Option"}]},
-                                "legacyEnum": {"type": "string", "description": "Pick one (legacy)",
-                                    "enum": ["opt1", "opt2", "opt3"],
-                                    "enumNames": ["Option One", "Option Two", "Option Three"]},
-                                "untitledMulti": {"type": "array", "description": "Pick some",
-                                    "minItems": 1, "maxItems": 3,
-                                    "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
-                                "titledMulti": {"type": "array", "description": "Pick some (titled)",
-                                    "minItems": 1, "maxItems": 3,
-                                    "items": {"anyOf": [
-                                        {"const": "value1", "title": "First Choice"},
-                                        {"const": "value2", "title": "Second Choice"},
-                                        {"const": "value3", "title": "Third Choice"}]}}
-                            },
-                            "required": []
-                        }
-                    }))
-                    .await?;
-                Ok(ToolResult::text(format!(
-                    "Elicitation completed: action={}, content={}",
-                    answer["action"].as_str().unwrap_or("unknown"),
-                    answer.get("content").cloned().unwrap_or(Value::Null)
-                )))
-            })?,
-        )
+        .tool(elicitation_tool(
+            "test_elicitation",
+            "Asks the user for a name and an email.",
+            Some(json!({
+                "type": "object",
+                "properties": {"message": {"type": "string", "description": "What to ask"}},
+                "required": ["message"]
+            })),
+            |call| {
+                json!({
+                    "message": call.str_arg("message").unwrap_or_default(),
+                    "requestedSchema": {
+                        "type": "object",
+                        "properties": {
+                            "username": {"type": "string", "description": "User's response"},
+                            "email": {"type": "string", "description": "User's email address"}
+                        },
+                        "required": ["username", "email"]
+                    }
+                })
+            },
+            "User response:",
+        )?)
+        .tool(elicitation_tool(
+            "test_elicitation_sep1034_defaults",
+            "Asks for a form whose fields have defaults (SEP-1034).",
+            None,
+            |_call| {
+                json!({
+                    "message": "Please review and update the form fields with defaults",
+                    "requestedSchema": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string", "description": "User name", "default": "John Doe"},
+                            "age": {"type": "integer", "description": "User age", "default": 30},
+                            "score": {"type": "number", "description": "User score", "default": 95.5},
+                            "status": {"type": "string", "description": "User status",
+                                       "enum": ["active", "inactive", "pending"], "default": "active"},
+                            "verified": {"type": "boolean", "description": "Verification status", "default": true}
+                        },
+                        "required": []
+                    }
+                })
+            },
+            "Elicitation completed:",
+        )?)
+        .tool(elicitation_tool(
+            "test_elicitation_sep1330_enums",
+            "Asks for a form with every enum form (SEP-1330).",
+            None,
+            |_call| {
+                json!({
+                    "message": "Please select options from the enum fields",
+                    "requestedSchema": {
+                        "type": "object",
+                        "properties": {
+                            "untitledSingle": {"type": "string", "description": "Pick one",
+                                "enum": ["option1", "option2", "option3"]},
+                            "titledSingle": {"type": "string", "description": "Pick one (titled)",
+                                "oneOf": [
+                                    {"const": "value1", "title": "First Option"},
+                                    {"const": "value2", "title": "Second Option"},
+                                    {"const": "value3", "title": "Third Option"}]},
+                            "legacyEnum": {"type": "string", "description": "Pick one (legacy)",
+                                "enum": ["opt1", "opt2", "opt3"],
+                                "enumNames": ["Option One", "Option Two", "Option Three"]},
+                            "untitledMulti": {"type": "array", "description": "Pick some",
+                                "minItems": 1, "maxItems": 3,
+                                "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
+                            "titledMulti": {"type": "array", "description": "Pick some (titled)",
+                                "minItems": 1, "maxItems": 3,
+                                "items": {"anyOf": [
+                                    {"const": "value1", "title": "First Choice"},
+                                    {"const": "value2", "title": "Second Choice"},
+                                    {"const": "value3", "title": "Third Choice"}]}}
+                        },
+                        "required": []
+                    }
+                })
+            },
+            "Elicitation completed:",
+        )?)
         .tool(
             Tool::builder("json_schema_2020_12_tool", "Tool with JSON Schema 2020-12 features")
                 .input_schema(json!({

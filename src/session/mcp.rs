@@ -23,7 +23,10 @@ use crate::protocol::logging::LogLevel;
 use crate::protocol::request_state::{self, RoundState, StateKey};
 use crate::protocol::stateless::{self, Envelope};
 use crate::protocol::version::{allows_batches, negotiate, Era};
-use crate::server::{Peer, ResourceError, Server, TaskSupport, Tool, ToolCall, ToolError};
+use crate::server::{
+    Peer, Prompt, Resource, ResourceError, ResourceTemplate, Server, TaskSupport, Tool, ToolCall,
+    ToolError,
+};
 
 use super::tasks::TaskTable;
 use crate::sync::{catch_panic, oneshot, Event, OneshotSender};
@@ -707,48 +710,43 @@ impl McpSession {
         Ok(Value::Object(result))
     }
 
+    /// One page of one of the server's lists, each entry by `descriptor`.
+    fn list<T>(
+        &self,
+        key: &str,
+        params: Option<&Value>,
+        items: &[Rc<T>],
+        descriptor: impl Fn(&T) -> Value,
+    ) -> Result<Value, RpcError> {
+        listing(key, params, items.len(), self.limits.page_size, |range| {
+            items[range].iter().map(|item| descriptor(item)).collect()
+        })
+    }
+
     fn tools_list(&self, params: Option<&Value>) -> Result<Value, RpcError> {
-        let tools = self.server.tools();
-        listing(
-            "tools",
-            params,
-            tools.len(),
-            self.limits.page_size,
-            |range| tools[range].iter().map(|tool| tool.descriptor()).collect(),
-        )
+        self.list("tools", params, self.server.tools(), Tool::descriptor)
     }
 
     fn resources_list(&self, params: Option<&Value>) -> Result<Value, RpcError> {
-        let resources = self.server.resources();
-        listing(
+        self.list(
             "resources",
             params,
-            resources.len(),
-            self.limits.page_size,
-            |range| resources[range].iter().map(|r| r.descriptor()).collect(),
+            self.server.resources(),
+            Resource::descriptor,
         )
     }
 
     fn templates_list(&self, params: Option<&Value>) -> Result<Value, RpcError> {
-        let templates = self.server.templates();
-        listing(
+        self.list(
             "resourceTemplates",
             params,
-            templates.len(),
-            self.limits.page_size,
-            |range| templates[range].iter().map(|t| t.descriptor()).collect(),
+            self.server.templates(),
+            ResourceTemplate::descriptor,
         )
     }
 
     fn prompts_list(&self, params: Option<&Value>) -> Result<Value, RpcError> {
-        let prompts = self.server.prompts();
-        listing(
-            "prompts",
-            params,
-            prompts.len(),
-            self.limits.page_size,
-            |range| prompts[range].iter().map(|p| p.descriptor()).collect(),
-        )
+        self.list("prompts", params, self.server.prompts(), Prompt::descriptor)
     }
 
     async fn resources_read(&self, params: Option<&Value>) -> Result<Value, RpcError> {

@@ -15,11 +15,7 @@ use crate::sync::{settle, Event};
 use crate::time::ManualClock;
 
 fn run<F: Future<Output = ()> + 'static>(f: F) {
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(1 << 16)
-        .make()
-        .expect("executor")
-        .run(f);
+    crate::sync::run_on_fresh_shard(f)
 }
 
 #[derive(Clone)]

@@ -257,6 +257,17 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Runs `future` to completion on a fresh single-shard executor (unpinned,
+/// with a small io_uring buffer). For tests and tools that need a shard
+/// without the node; panics if the executor cannot be built.
+pub fn run_on_fresh_shard<F: Future + 'static>(future: F) -> F::Output {
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(1 << 16)
+        .make()
+        .expect("a glommio executor (io_uring and RLIMIT_MEMLOCK >= 512 KiB)")
+        .run(future)
+}
+
 /// Yields to the executor `rounds` times so every task that is ready runs.
 ///
 /// Tests use it to let a single-threaded executor settle deterministically
@@ -273,11 +284,7 @@ mod tests {
     use futures_lite::future;
 
     fn run<F: Future<Output = ()> + 'static>(f: F) {
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(1 << 16)
-            .make()
-            .expect("executor")
-            .run(f);
+        run_on_fresh_shard(f)
     }
 
     #[test]

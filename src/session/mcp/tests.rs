@@ -14,11 +14,7 @@ use crate::server::{demo, Server, Tool, ToolResult};
 use crate::time::{ManualClock, SystemClock};
 
 fn run<F: Future<Output = ()> + 'static>(f: F) {
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(1 << 16)
-        .make()
-        .expect("executor")
-        .run(f);
+    crate::sync::run_on_fresh_shard(f)
 }
 
 /// A session with a fixed state key (the node shares one in real runs).
