@@ -62,6 +62,7 @@ fn session_env() -> Rc<SessionEnv> {
         limits: SessionLimits::default(),
         clock: shardmcp::time::SystemClock::shared(),
         state_key: shardmcp::protocol::request_state::StateKey::random(),
+        resource_updates: Rc::new(|_uri: &str| {}),
         mailbox_capacity: 64,
     })
 }

@@ -237,6 +237,44 @@ fn over_tcp_progress_precedes_the_result_and_cancellation_is_read_mid_call() {
 }
 
 #[test]
+fn a_resource_change_reaches_subscribers_on_every_shard_through_the_mesh() {
+    let node = runtime::start(test_config(2, 2), demo::factory()).unwrap();
+    let addr = node.tcp_addr().unwrap();
+    let mut subscribers = Vec::new();
+    // Subscribers until both shards hold some, so whichever shard the change
+    // is made on, some subscriber sits on the other one.
+    while subscribers.len() < 64
+        && (subscribers.len() < 8
+            || node.query(ShardId(0)).unwrap().sessions == 0
+            || node.query(ShardId(1)).unwrap().sessions == 0)
+    {
+        let mut client = Client::connect(addr).unwrap();
+        client.initialize();
+        let reply = client
+            .exchange(r#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"demo://notes/shared"}}"#)
+            .unwrap();
+        assert_eq!(reply["result"], serde_json::json!({}));
+        subscribers.push(client);
+    }
+    let mut toucher = Client::connect(addr).unwrap();
+    toucher.initialize();
+    let touched = toucher
+        .exchange(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"touch_note","arguments":{"name":"shared"}}}"#)
+        .unwrap();
+    assert_eq!(
+        touched["result"]["content"][0]["text"],
+        "touched demo://notes/shared"
+    );
+    for subscriber in &mut subscribers {
+        let update = subscriber.read_frame().expect("an update on every shard");
+        assert_eq!(update["method"], "notifications/resources/updated");
+        assert_eq!(update["params"]["uri"], "demo://notes/shared");
+    }
+    node.drain();
+    node.join().unwrap();
+}
+
+#[test]
 fn drain_closes_idle_connections_stops_accepting_and_exits_cleanly() {
     let node = runtime::start(test_config(2, 2), demo::factory()).unwrap();
     let addr = node.tcp_addr().unwrap();

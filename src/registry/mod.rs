@@ -129,6 +129,11 @@ impl<V: Clone> Registry<V> {
         self.len() == 0
     }
 
+    /// A snapshot of every session's handle.
+    pub fn handles(&self) -> Vec<V> {
+        self.sessions.borrow().values().cloned().collect()
+    }
+
     pub fn session_ids(&self) -> Vec<SessionId> {
         self.sessions.borrow().keys().copied().collect()
     }

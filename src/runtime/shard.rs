@@ -48,6 +48,8 @@ pub enum ShardMessage {
     SessionReply(Option<Bytes>),
     /// The session does not exist (any more) on its owner.
     SessionUnknown,
+    /// A resource changed: tell this shard's sessions that follow it.
+    ResourceUpdated(String),
 }
 
 /// Faults the node can inject into a shard (tests, and chaos later).
@@ -225,6 +227,7 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         },
         clock: clock.clone(),
         state_key: start.state_key.clone(),
+        resource_updates: resource_update_hook(&ctx, start.shards),
         mailbox_capacity: config.limits.session_mailbox_capacity,
     });
     let root = match build_tree(&ctx, &sessions, start.tcp, start.control, start.events) {
@@ -296,12 +299,37 @@ fn build_tree(
     .child(listeners.into_child_spec()?))
 }
 
-/// Serves session requests that other shards forward to this one.
+/// A resource change reaches this shard's sessions at once and every other
+/// shard's through the mesh (best effort: a full queue drops it, counted).
+fn resource_update_hook(ctx: &Rc<ShardContext>, shards: usize) -> crate::session::UpdateHook {
+    let weak = Rc::downgrade(ctx);
+    Rc::new(move |uri: &str| {
+        let Some(ctx) = weak.upgrade() else { return };
+        crate::session::deliver_resource_updated(&ctx.registry, uri);
+        for peer in (0..shards)
+            .map(|index| ShardId(index as u16))
+            .filter(|&peer| peer != ctx.shard)
+        {
+            if let Err(error) = ctx
+                .mesh
+                .try_cast(peer, ShardMessage::ResourceUpdated(uri.to_string()))
+            {
+                tracing::warn!(%peer, uri, %error, "resource update not sent to a shard");
+            }
+        }
+    })
+}
+
+/// Serves what other shards send: forwarded session requests, resource updates.
 fn install_mesh_handler(ctx: &Rc<ShardContext>) {
     let weak = Rc::downgrade(ctx);
     ctx.mesh
         .set_handler(move |incoming: Incoming<ShardMessage>| {
             let Some(ctx) = weak.upgrade() else { return };
+            if let ShardMessage::ResourceUpdated(uri) = &incoming.body {
+                crate::session::deliver_resource_updated(&ctx.registry, uri);
+                return;
+            }
             let Some(reply_to) = incoming.reply_to else {
                 return;
             };

@@ -145,6 +145,19 @@ pub fn build() -> Result<Server, ServerError> {
                 Ok(ToolResult::text(format!("waited {ms} ms")))
             })?,
         )
+        .tool(
+            Tool::builder("touch_note", "Marks demo://notes/{name} as changed: its subscribers are told.")
+                .input_schema(json!({
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}},
+                    "required": ["name"]
+                }))
+                .handler(|call| async move {
+                    let uri = format!("demo://notes/{}", call.str_arg("name").unwrap_or_default());
+                    call.resource_updated(&uri);
+                    Ok(ToolResult::text(format!("touched {uri}")))
+                })?,
+        )
         ;
     // The conformance suite's fixtures ride along, so the default server passes it.
     super::conformance::add_fixtures(demo)?.build()

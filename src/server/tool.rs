@@ -44,6 +44,9 @@ pub trait Peer {
         method: &'static str,
         params: Value,
     ) -> Pin<Box<dyn Future<Output = Result<Value, RpcError>>>>;
+    /// Tells every session on every shard that subscribed to `uri` that
+    /// it changed.
+    fn resource_updated(&self, uri: &str);
 }
 
 /// What a handler gets for one call.
@@ -92,6 +95,12 @@ impl ToolCall {
     /// `"form"` (default) or `"url"`.
     pub async fn elicit(&self, params: Value) -> Result<Value, RpcError> {
         self.peer.request("elicitation/create", params).await
+    }
+
+    /// Announces that the resource at `uri` changed: every session that
+    /// subscribed to it, on any shard, gets `notifications/resources/updated`.
+    pub fn resource_updated(&self, uri: &str) {
+        self.peer.resource_updated(uri);
     }
 
     /// The client's roots (`roots/list`).

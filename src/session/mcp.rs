@@ -121,10 +121,17 @@ pub struct McpSession {
     era: Cell<Option<Era>>,
     /// Seals and opens `requestState`; the same on every shard of the node.
     state_key: StateKey,
+    /// Carries a resource change to every shard (set by the runtime).
+    update_hook: RefCell<Option<UpdateHook>>,
+    /// Open `subscriptions/listen` requests and the resource URIs each follows.
+    listens: RefCell<Vec<(Id, HashSet<String>)>>,
     /// Requests this server sent to the client, waiting for answers.
     client_requests: RefCell<HashMap<Id, OneshotSender<Result<Value, RpcError>>>>,
     next_client_request: Cell<u64>,
 }
+
+/// Announces a resource change to the whole node.
+pub type UpdateHook = Rc<dyn Fn(&str)>;
 
 /// A frame for the client, tagged with the request it belongs to (if any),
 /// so a transport with one stream per request can route it.
@@ -161,6 +168,12 @@ impl Peer for RequestPeer {
         self.session
             .upgrade()
             .is_some_and(|session| level >= session.log_level.get())
+    }
+
+    fn resource_updated(&self, uri: &str) {
+        if let Some(session) = self.session.upgrade() {
+            session.announce_resource_updated(uri);
+        }
     }
 
     fn request(
@@ -202,6 +215,8 @@ impl McpSession {
             tasks: TaskTable::new(limits.tasks_max, limits.task_ttl_max),
             era: Cell::new(None),
             state_key,
+            update_hook: RefCell::new(None),
+            listens: RefCell::new(Vec::new()),
             client_requests: RefCell::new(HashMap::new()),
             next_client_request: Cell::new(0),
         })
@@ -241,6 +256,52 @@ impl McpSession {
         self.tasks.cancel_all();
         for (_, cancel) in self.in_flight.borrow_mut().drain() {
             cancel.set();
+        }
+    }
+
+    /// Where this session's handlers announce resource changes.
+    pub fn set_update_hook(&self, hook: UpdateHook) {
+        *self.update_hook.borrow_mut() = Some(hook);
+    }
+
+    fn announce_resource_updated(&self, uri: &str) {
+        let hook = self.update_hook.borrow().clone();
+        match hook {
+            Some(hook) => hook(uri),
+            // No runtime around (a bare session): only this session hears it.
+            None => self.deliver_resource_updated(uri),
+        }
+    }
+
+    /// Sends `notifications/resources/updated` if this session follows
+    /// `uri`: subscribed to it (handshake era) or listening for it (2026).
+    pub fn deliver_resource_updated(&self, uri: &str) {
+        let mut frames = Vec::new();
+        if self.subscriptions.borrow().contains(uri) {
+            frames.push(encode_request(
+                None,
+                "notifications/resources/updated",
+                Some(&json!({"uri": uri})),
+            ));
+        }
+        for (listen, uris) in self.listens.borrow().iter() {
+            if uris.contains(uri) {
+                let params = json!({"uri": uri, "_meta": {stateless::META_SUBSCRIPTION_ID: listen.to_value()}});
+                frames.push(encode_request(
+                    None,
+                    "notifications/resources/updated",
+                    Some(&params),
+                ));
+            }
+        }
+        for frame in frames {
+            // A full outbox must not stall whoever announced the change.
+            if let Err(error) = self.outbox.try_send(OutFrame {
+                related: None,
+                frame,
+            }) {
+                tracing::warn!(uri, %error, "resource update dropped: the client's outbox is full");
+            }
         }
     }
 
@@ -1127,10 +1188,35 @@ impl McpSession {
                 ));
             }
         }
+        // Honoured: resource subscriptions (this server's lists never change).
+        let uris: HashSet<String> = params
+            .and_then(|p| p.get("notifications"))
+            .and_then(|n| n.get("resourceSubscriptions"))
+            .and_then(Value::as_array)
+            .map(|uris| {
+                uris.iter()
+                    .filter_map(Value::as_str)
+                    .filter(|uri| self.knows_resource(uri))
+                    .take(self.limits.subscriptions_max)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut honoured = Map::new();
+        if !uris.is_empty() {
+            let mut sorted: Vec<&String> = uris.iter().collect();
+            sorted.sort();
+            honoured.insert("resourceSubscriptions".into(), json!(sorted));
+        }
         let acknowledged = json!({
             "_meta": {stateless::META_SUBSCRIPTION_ID: id.to_value()},
-            "notifications": {}
+            "notifications": honoured
         });
+        self.listens.borrow_mut().push((id.clone(), uris));
+        let _forget = ForgetListen {
+            session: self,
+            id: id.clone(),
+        };
         self.push(OutFrame {
             related: Some(id.clone()),
             frame: encode_request(
@@ -1201,6 +1287,12 @@ impl Peer for StatelessPeer {
         self.log_level.is_some_and(|least| level >= least)
     }
 
+    fn resource_updated(&self, uri: &str) {
+        if let Some(session) = self.session.upgrade() {
+            session.announce_resource_updated(uri);
+        }
+    }
+
     fn request(
         &self,
         method: &'static str,
@@ -1259,6 +1351,21 @@ fn check_capability(capabilities: &Value, method: &str, params: &Value) -> Resul
         format!("the client did not declare the capability {method} needs"),
     )
     .with_data(json!({"requiredCapabilities": required})))
+}
+
+/// Ends a listen's interest however the listen ends.
+struct ForgetListen<'a> {
+    session: &'a McpSession,
+    id: Id,
+}
+
+impl Drop for ForgetListen<'_> {
+    fn drop(&mut self) {
+        self.session
+            .listens
+            .borrow_mut()
+            .retain(|(listen, _)| *listen != self.id);
+    }
 }
 
 fn task_id(params: Option<&Value>) -> Result<&str, RpcError> {

@@ -20,7 +20,7 @@ use crate::supervision::{ChildContext, ChildFuture, ExitReason, StartFn};
 use crate::sync::{oneshot, OneshotSender};
 use crate::time::SharedClock;
 
-pub use mcp::{McpSession, OutFrame, SessionLimits};
+pub use mcp::{McpSession, OutFrame, SessionLimits, UpdateHook};
 
 /// One frame for a session actor. The reply (`None` for a notification)
 /// goes back through `reply`, or into the session's outbox when there is none.
@@ -109,6 +109,8 @@ pub struct SessionEnv {
     pub clock: SharedClock,
     /// Seals `requestState` for stateless multi-round calls (node-wide).
     pub state_key: StateKey,
+    /// Carries a resource change to every session of the node.
+    pub resource_updates: UpdateHook,
     /// Frames waiting in one session's mailbox; senders wait when it is full.
     pub mailbox_capacity: usize,
 }
@@ -124,6 +126,13 @@ pub fn open(
     pools.start_session(&id, actor(id, registry.clone(), env.clone()))?;
     // The start function ran inside start_child and registered the actor.
     registry.get(&id).ok_or(SessionError::Gone(id))
+}
+
+/// Tells every session of this shard that follows `uri` that it changed.
+pub fn deliver_resource_updated(registry: &SessionRegistry, uri: &str) {
+    for handle in registry.handles() {
+        handle.session.deliver_resource_updated(uri);
+    }
 }
 
 /// Ends a session: once the last handle is dropped the actor's mailbox closes
@@ -142,6 +151,7 @@ pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, env: Rc<SessionEnv>) 
             env.clock.clone(),
             env.state_key.clone(),
         );
+        session.set_update_hook(env.resource_updates.clone());
         let handle = SessionHandle {
             id,
             mailbox: Rc::new(sender),

@@ -1816,3 +1816,104 @@ fn mutated_and_truncated_frames_never_panic_and_always_get_valid_json_back() {
         }
     });
 }
+
+#[test]
+fn a_resource_change_reaches_subscribed_sessions_and_listens_only() {
+    run(async {
+        let subscriber = initialized("2025-11-25").await;
+        let bystander = initialized("2025-11-25").await;
+        let listener = session();
+        let outboxes = [
+            subscriber.take_outbox().unwrap(),
+            bystander.take_outbox().unwrap(),
+            listener.take_outbox().unwrap(),
+        ];
+        // One hook for the three, as the shard's hook covers its sessions.
+        let everyone: Vec<std::rc::Weak<McpSession>> = [&subscriber, &bystander, &listener]
+            .iter()
+            .map(|s| Rc::downgrade(s))
+            .collect();
+        let hook: UpdateHook = Rc::new(move |uri: &str| {
+            for session in everyone.iter().filter_map(std::rc::Weak::upgrade) {
+                session.deliver_resource_updated(uri);
+            }
+        });
+        for session in [&subscriber, &bystander, &listener] {
+            session.set_update_hook(hook.clone());
+        }
+        send(
+            &subscriber,
+            request(1, "resources/subscribe", json!({"uri": "demo://notes/x"})),
+        )
+        .await
+        .unwrap();
+        let listening = listener.clone();
+        let listen = glommio::spawn_local(async move {
+            send(
+                &listening,
+                modern(
+                    9,
+                    "subscriptions/listen",
+                    json!({}),
+                    json!({"notifications": {
+                "resourceSubscriptions": ["demo://notes/x", "demo://nope"]}}),
+                ),
+            )
+            .await
+        });
+        let ack: Value = serde_json::from_slice(&outboxes[2].recv().await.unwrap().frame).unwrap();
+        assert_eq!(
+            ack["params"]["notifications"],
+            json!({"resourceSubscriptions": ["demo://notes/x"]}),
+            "unknown URIs are not honoured"
+        );
+
+        let touched = send(
+            &bystander,
+            request(
+                2,
+                "tools/call",
+                json!({"name": "touch_note", "arguments": {"name": "x"}}),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            touched["result"]["content"][0]["text"],
+            "touched demo://notes/x"
+        );
+        let update: Value =
+            serde_json::from_slice(&outboxes[0].recv().await.unwrap().frame).unwrap();
+        assert_eq!(
+            update,
+            json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "demo://notes/x"}})
+        );
+        assert_eq!(bystander.outbox_len(), 0, "not subscribed: nothing");
+        let listened: Value =
+            serde_json::from_slice(&outboxes[2].recv().await.unwrap().frame).unwrap();
+        assert_eq!(listened["params"]["uri"], "demo://notes/x");
+        assert_eq!(
+            listened["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+            9
+        );
+
+        // After unsubscribing, and after the listen ends, nothing more arrives.
+        send(
+            &subscriber,
+            request(3, "resources/unsubscribe", json!({"uri": "demo://notes/x"})),
+        )
+        .await;
+        send(&listener, json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 9}})).await;
+        assert_eq!(listen.await, None);
+        send(
+            &bystander,
+            request(
+                4,
+                "tools/call",
+                json!({"name": "touch_note", "arguments": {"name": "x"}}),
+            ),
+        )
+        .await;
+        assert_eq!((subscriber.outbox_len(), listener.outbox_len()), (0, 0));
+    });
+}
