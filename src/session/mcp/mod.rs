@@ -1,0 +1,636 @@
+//! One MCP session in the handshake era: lifecycle (initialize, version
+//! negotiation, initialized), request dispatch to the server, cancellation and
+//! the in-flight table. No I/O: frames in, frames out.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_lite::future;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use serde_json::{json, Map, Value};
+
+use crate::protocol::jsonrpc::{
+    decode, encode_batch, encode_error, encode_request, encode_result, params_object, Id, Incoming,
+    Message, RpcError, INVALID_PARAMS, MISSING_REQUIRED_CLIENT_CAPABILITY, RESOURCE_NOT_FOUND,
+    SERVER_ERROR, UNSUPPORTED_PROTOCOL_VERSION,
+};
+use crate::protocol::logging::LogLevel;
+use crate::protocol::request_state::{self, RoundState, StateKey};
+use crate::protocol::stateless::{self, Envelope};
+use crate::protocol::version::{allows_batches, negotiate, Era};
+use crate::server::{
+    Peer, Prompt, Resource, ResourceError, ResourceTemplate, Server, TaskSupport, Tool, ToolCall,
+    ToolError,
+};
+
+use super::tasks::TaskTable;
+use crate::sync::{catch_panic, oneshot, Event, OneshotSender};
+use crate::time::SharedClock;
+
+/// A session's own bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Largest frame decoded; larger ones are refused with -32600.
+    pub message_bytes_max: usize,
+    /// Entries per page of a list result.
+    pub page_size: usize,
+    /// Requests of this session running at once; more are refused.
+    pub in_flight_max: usize,
+    /// Resource URIs one session may subscribe to.
+    pub subscriptions_max: usize,
+    /// Frames (notifications, and replies sent through the outbox) waiting for
+    /// the transport; handlers that notify wait when it is full.
+    pub outbox_capacity: usize,
+    /// How long one request may run before it is cancelled and answered
+    /// with an error.
+    pub request_timeout: Duration,
+    /// How long a request to the client (sampling, elicitation, roots) waits
+    /// for its answer.
+    pub client_request_timeout: Duration,
+    /// Requests to the client waiting for answers at once; more are refused.
+    pub client_requests_max: usize,
+    /// Rounds of `InputRequiredResult` one stateless call may go through.
+    pub input_rounds_max: u32,
+    /// How long a sealed `requestState` stays valid.
+    pub request_state_ttl: Duration,
+    /// Tasks one session may hold (running or finished, until their ttl).
+    pub tasks_max: usize,
+    /// Longest lifetime a task may ask for.
+    pub task_ttl_max: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            message_bytes_max: 4 << 20,
+            page_size: 100,
+            in_flight_max: 64,
+            subscriptions_max: 1_024,
+            outbox_capacity: 256,
+            request_timeout: Duration::from_secs(30),
+            client_request_timeout: Duration::from_secs(60),
+            client_requests_max: 16,
+            input_rounds_max: 8,
+            request_state_ttl: Duration::from_secs(600),
+            tasks_max: 64,
+            task_ttl_max: Duration::from_secs(3_600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Only `initialize` and `ping` are served.
+    AwaitingInitialize,
+    /// `initialize` answered; requests are served.
+    Initialized,
+    /// `notifications/initialized` received too.
+    Ready,
+}
+
+struct Negotiated {
+    version: &'static str,
+    client_info: Value,
+    client_capabilities: Value,
+}
+
+pub struct McpSession {
+    server: Rc<Server>,
+    limits: SessionLimits,
+    phase: Cell<Phase>,
+    negotiated: RefCell<Option<Negotiated>>,
+    /// Requests running now, with the signal that cancels each.
+    in_flight: RefCell<HashMap<Id, Event>>,
+    /// Set when the session ends: every running request stops.
+    closed: Event,
+    /// Resource URIs this session subscribed to.
+    subscriptions: RefCell<HashSet<String>>,
+    /// Least severe log level the client wants (`logging/setLevel`).
+    log_level: Cell<LogLevel>,
+    clock: SharedClock,
+    outbox: LocalSender<OutFrame>,
+    outbox_receiver: RefCell<Option<LocalReceiver<OutFrame>>>,
+    /// Task-augmented calls of this session.
+    tasks: TaskTable,
+    /// Which era this session speaks, once its first request fixed it.
+    era: Cell<Option<Era>>,
+    /// Seals and opens `requestState`; the same on every shard of the node.
+    state_key: StateKey,
+    /// Carries a resource change to every shard (set by the runtime).
+    update_hook: RefCell<Option<UpdateHook>>,
+    /// Open `subscriptions/listen` requests and the resource URIs each follows.
+    listens: RefCell<Vec<(Id, HashSet<String>)>>,
+    /// Requests this server sent to the client, waiting for answers.
+    client_requests: RefCell<HashMap<Id, OneshotSender<Result<Value, RpcError>>>>,
+    next_client_request: Cell<u64>,
+}
+
+/// Announces a resource change to the whole node.
+pub type UpdateHook = Rc<dyn Fn(&str)>;
+
+/// A frame for the client, tagged with the request it belongs to (if any),
+/// so a transport with one stream per request can route it.
+#[derive(Debug, Clone)]
+pub struct OutFrame {
+    pub related: Option<Id>,
+    pub frame: Bytes,
+}
+
+impl McpSession {
+    pub fn new(
+        server: Rc<Server>,
+        limits: SessionLimits,
+        clock: SharedClock,
+        state_key: StateKey,
+    ) -> Rc<Self> {
+        let (outbox, outbox_receiver) = local_channel::new_bounded(limits.outbox_capacity.max(1));
+        Rc::new(McpSession {
+            server,
+            limits,
+            phase: Cell::new(Phase::AwaitingInitialize),
+            negotiated: RefCell::new(None),
+            in_flight: RefCell::new(HashMap::new()),
+            closed: Event::new(),
+            subscriptions: RefCell::new(HashSet::new()),
+            log_level: Cell::new(LogLevel::Info),
+            clock,
+            outbox,
+            outbox_receiver: RefCell::new(Some(outbox_receiver)),
+            tasks: TaskTable::new(limits.tasks_max, limits.task_ttl_max),
+            era: Cell::new(None),
+            state_key,
+            update_hook: RefCell::new(None),
+            listens: RefCell::new(Vec::new()),
+            client_requests: RefCell::new(HashMap::new()),
+            next_client_request: Cell::new(0),
+        })
+    }
+
+    /// The version negotiated at `initialize`, once there was one.
+    pub fn protocol_version(&self) -> Option<&'static str> {
+        self.negotiated.borrow().as_ref().map(|n| n.version)
+    }
+
+    pub fn client_info(&self) -> Option<Value> {
+        self.negotiated
+            .borrow()
+            .as_ref()
+            .map(|n| n.client_info.clone())
+    }
+
+    pub fn client_capabilities(&self) -> Option<Value> {
+        self.negotiated
+            .borrow()
+            .as_ref()
+            .map(|n| n.client_capabilities.clone())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.phase.get() == Phase::Ready
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.borrow().len()
+    }
+
+    /// Ends the session: running requests and tasks are cancelled and
+    /// answer nothing.
+    pub fn close(&self) {
+        self.closed.set();
+        self.tasks.cancel_all();
+        for (_, cancel) in self.in_flight.borrow_mut().drain() {
+            cancel.set();
+        }
+    }
+
+    /// Where this session's handlers announce resource changes.
+    pub fn set_update_hook(&self, hook: UpdateHook) {
+        *self.update_hook.borrow_mut() = Some(hook);
+    }
+
+    /// Sends `notifications/resources/updated` if this session follows
+    /// `uri`: subscribed to it (handshake era) or listening for it (2026).
+    pub fn deliver_resource_updated(&self, uri: &str) {
+        let mut frames = Vec::new();
+        if self.subscriptions.borrow().contains(uri) {
+            frames.push(encode_request(
+                None,
+                "notifications/resources/updated",
+                Some(&json!({"uri": uri})),
+            ));
+        }
+        for (listen, uris) in self.listens.borrow().iter() {
+            if uris.contains(uri) {
+                let params = json!({"uri": uri, "_meta": {stateless::META_SUBSCRIPTION_ID: listen.to_value()}});
+                frames.push(encode_request(
+                    None,
+                    "notifications/resources/updated",
+                    Some(&params),
+                ));
+            }
+        }
+        for frame in frames {
+            // A full outbox must not stall whoever announced the change.
+            if let Err(error) = self.outbox.try_send(OutFrame {
+                related: None,
+                frame,
+            }) {
+                tracing::warn!(uri, %error, "resource update dropped: the client's outbox is full");
+            }
+        }
+    }
+
+    /// The stream of frames for the client; the transport takes it once.
+    pub fn take_outbox(&self) -> Option<LocalReceiver<OutFrame>> {
+        self.outbox_receiver.borrow_mut().take()
+    }
+
+    /// Completes when the session has ended (its actor stopped or died).
+    pub fn ended(&self) -> crate::sync::EventWait {
+        self.closed.wait()
+    }
+
+    /// Frames queued for the client and not yet taken by the transport.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Queues a frame for the client, waiting while the outbox is full. A
+    /// frame for a transport that has gone is dropped.
+    pub async fn push(&self, frame: OutFrame) {
+        let _ = self.outbox.send(frame).await;
+    }
+
+    /// Handles one frame and queues its reply in the outbox, behind the
+    /// notifications the request sent, so a single-stream transport keeps
+    /// the order the protocol needs.
+    pub async fn handle_frame_into_outbox(self: &Rc<Self>, frame: &[u8]) {
+        if let Some(reply) = self.handle_frame(frame).await {
+            self.push(OutFrame {
+                related: None,
+                frame: reply,
+            })
+            .await;
+        }
+    }
+
+    /// Handles one frame; `None` when there is nothing to send back.
+    pub async fn handle_frame(self: &Rc<Self>, frame: &[u8]) -> Option<Bytes> {
+        match decode(frame, self.limits.message_bytes_max) {
+            Err(refusal) => Some(encode_error(refusal.id.as_ref(), &refusal.error)),
+            Ok(Incoming::Single(message)) => self.handle_message(message).await,
+            Ok(Incoming::Batch(entries)) => self.handle_batch(entries).await,
+        }
+    }
+
+    async fn handle_batch(
+        self: &Rc<Self>,
+        entries: Vec<Result<Message, crate::protocol::jsonrpc::Refusal>>,
+    ) -> Option<Bytes> {
+        let version = self.protocol_version();
+        if !version.is_some_and(allows_batches) {
+            return Some(encode_error(
+                None,
+                &RpcError::invalid_request(format!(
+                    "JSON-RPC batches are only accepted on a session that negotiated 2025-03-26 (this one: {})",
+                    version.unwrap_or("not initialized")
+                )),
+            ));
+        }
+        let mut replies = Vec::new();
+        for entry in entries {
+            let reply = match entry {
+                Ok(message) => self.handle_message(message).await,
+                Err(refusal) => Some(encode_error(refusal.id.as_ref(), &refusal.error)),
+            };
+            replies.extend(reply);
+        }
+        (!replies.is_empty()).then(|| encode_batch(&replies))
+    }
+
+    async fn handle_message(self: &Rc<Self>, message: Message) -> Option<Bytes> {
+        match message {
+            Message::Request { id, method, params } => {
+                self.handle_request(id, &method, params).await
+            }
+            Message::Notification { method, params } => {
+                self.handle_notification(&method, params.as_ref());
+                None
+            }
+            Message::Response { id, result } => {
+                self.answer_client_request(&id, Ok(result));
+                None
+            }
+            Message::ErrorResponse {
+                id: Some(id),
+                error,
+            } => {
+                self.answer_client_request(&id, Err(error));
+                None
+            }
+            Message::ErrorResponse { id: None, error } => {
+                tracing::warn!(code = error.code, message = %error.message, "client reported an error");
+                None
+            }
+        }
+    }
+
+    async fn handle_request(
+        self: &Rc<Self>,
+        id: Id,
+        method: &str,
+        params: Option<Value>,
+    ) -> Option<Bytes> {
+        let cancel = Event::new();
+        {
+            let mut in_flight = self.in_flight.borrow_mut();
+            if in_flight.contains_key(&id) {
+                let error = RpcError::invalid_request(format!(
+                    "request id {id} is already in use by a running request"
+                ));
+                return Some(encode_error(Some(&id), &error));
+            }
+            if in_flight.len() >= self.limits.in_flight_max {
+                let error = RpcError::new(
+                    SERVER_ERROR,
+                    format!(
+                        "too many requests in flight on this session (at most {})",
+                        self.limits.in_flight_max
+                    ),
+                );
+                return Some(encode_error(Some(&id), &error));
+            }
+            in_flight.insert(id.clone(), cancel.clone());
+        }
+        let work = catch_panic(self.dispatch(&id, method, params, cancel.clone()));
+        // A listen stays open, and a task result is awaited, as long as the
+        // client wants: no timeout for those.
+        let unbounded = matches!(method, "subscriptions/listen" | "tasks/result");
+        let timer = (!unbounded).then(|| self.clock.sleep(self.limits.request_timeout));
+        // Cancellation is polled first: when it and the work become ready
+        // together (a handler that stops because it was cancelled), it wins.
+        let outcome = future::or(
+            async {
+                cancel.wait().await;
+                None
+            },
+            future::or(async { Some(work.await) }, async {
+                match timer {
+                    Some(timer) => timer.await,
+                    None => future::pending::<()>().await,
+                }
+                Some(Ok(Err(RpcError::internal(format!(
+                    "{method} did not finish within {} ms",
+                    self.limits.request_timeout.as_millis()
+                )))))
+            }),
+        )
+        .await;
+        self.in_flight.borrow_mut().remove(&id);
+        let cancelled = cancel.is_set();
+        // A handler still running after its timeout is told to stop.
+        cancel.set();
+        match outcome {
+            // Cancelled: the spec says the receiver sends no response.
+            None => None,
+            Some(_) if cancelled => None,
+            Some(Ok(Ok(result))) => Some(encode_result(&id, &result)),
+            Some(Ok(Err(error))) => Some(encode_error(Some(&id), &error)),
+            Some(Err(panic)) => {
+                tracing::error!(%id, method, %panic, "handler panicked");
+                Some(encode_error(
+                    Some(&id),
+                    &RpcError::internal(format!("internal error while handling {method}")),
+                ))
+            }
+        }
+    }
+
+    fn handle_notification(&self, method: &str, params: Option<&Value>) {
+        match method {
+            "notifications/initialized" => {
+                if self.phase.get() == Phase::Initialized {
+                    self.phase.set(Phase::Ready);
+                } else {
+                    tracing::warn!(phase = ?self.phase.get(), "notifications/initialized out of order; ignored");
+                }
+            }
+            "notifications/cancelled" => {
+                let request = params
+                    .and_then(|p| p.get("requestId"))
+                    .and_then(|raw| match raw {
+                        Value::String(s) => Some(Id::Str(s.as_str().into())),
+                        Value::Number(n) => {
+                            n.as_i64().map(Id::Int).or_else(|| n.as_u64().map(Id::Uint))
+                        }
+                        _ => None,
+                    });
+                let cancel = request
+                    .as_ref()
+                    .and_then(|id| self.in_flight.borrow().get(id).cloned());
+                match (request, cancel) {
+                    (Some(_), Some(cancel)) => cancel.set(),
+                    // Unknown or finished requests: the spec says ignore.
+                    (request, None) => tracing::debug!(
+                        ?request,
+                        "cancellation of a request that is not running; ignored"
+                    ),
+                    (None, Some(_)) => {}
+                }
+            }
+            other => tracing::debug!(method = other, "notification not handled; ignored"),
+        }
+    }
+
+    async fn dispatch(
+        self: &Rc<Self>,
+        id: &Id,
+        method: &str,
+        params: Option<Value>,
+        cancel: Event,
+    ) -> Result<Value, RpcError> {
+        if self.era_of_request(method, params.as_ref())? == Era::Stateless {
+            return self.dispatch_stateless(id, method, params, cancel).await;
+        }
+        match method {
+            "initialize" => return self.initialize(params.as_ref()),
+            "ping" => return Ok(json!({})),
+            _ => {}
+        }
+        if self.phase.get() == Phase::AwaitingInitialize {
+            return Err(RpcError::invalid_request(format!(
+                "the session is not initialized: send initialize before {method}"
+            )));
+        }
+        let server = &self.server;
+        let has_tools = !server.tools().is_empty();
+        let has_resources = !server.resources().is_empty() || !server.templates().is_empty();
+        let has_prompts = !server.prompts().is_empty();
+        match method {
+            "tools/list" if has_tools => self.tools_list(params.as_ref()),
+            "tools/call" if has_tools => self.tools_call(id, params, cancel).await,
+            "logging/setLevel" if has_tools => self.set_level(params.as_ref()),
+            "tasks/get" if server.has_task_tools() => self.tasks.get(task_id(params.as_ref())?),
+            "tasks/result" if server.has_task_tools() => {
+                self.tasks.result(task_id(params.as_ref())?).await
+            }
+            "tasks/cancel" if server.has_task_tools() => {
+                self.tasks.cancel(task_id(params.as_ref())?)
+            }
+            "tasks/list" if server.has_task_tools() => {
+                let (start, _, _) = page(params.as_ref(), usize::MAX, self.limits.page_size)?;
+                let (entries, total) = self.tasks.list(start, self.limits.page_size);
+                let mut result = json!({"tasks": entries});
+                let end = start.saturating_add(self.limits.page_size);
+                if end < total {
+                    result["nextCursor"] = Value::String(format!("{CURSOR_PREFIX}{end:x}"));
+                }
+                Ok(result)
+            }
+            "resources/list" if has_resources => self.resources_list(params.as_ref()),
+            "resources/templates/list" if has_resources => self.templates_list(params.as_ref()),
+            "resources/read" if has_resources => self.resources_read(params.as_ref()).await,
+            "resources/subscribe" if has_resources => self.subscribe(params.as_ref(), true),
+            "resources/unsubscribe" if has_resources => self.subscribe(params.as_ref(), false),
+            "prompts/list" if has_prompts => self.prompts_list(params.as_ref()),
+            "prompts/get" if has_prompts => self.prompts_get(params.as_ref()).await,
+            "completion/complete" => self.complete(params.as_ref()),
+            // Unknown, or a feature this server does not offer.
+            other => Err(RpcError::method_not_found(other)),
+        }
+    }
+
+    fn initialize(&self, params: Option<&Value>) -> Result<Value, RpcError> {
+        if self.phase.get() != Phase::AwaitingInitialize {
+            return Err(RpcError::invalid_request(
+                "the session is already initialized",
+            ));
+        }
+        let params = params_object(params)?;
+        let requested = params
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                RpcError::invalid_params("initialize needs params.protocolVersion (a string)")
+            })?;
+        let client_capabilities = match params.get("capabilities") {
+            Some(Value::Object(caps)) => Value::Object(caps.clone()),
+            None => Value::Object(Map::new()),
+            Some(_) => {
+                return Err(RpcError::invalid_params(
+                    "params.capabilities must be an object",
+                ))
+            }
+        };
+        let client_info = match params.get("clientInfo") {
+            Some(info @ Value::Object(_)) => info.clone(),
+            _ => {
+                return Err(RpcError::invalid_params(
+                    "initialize needs params.clientInfo (name and version)",
+                ))
+            }
+        };
+        let version = negotiate(requested);
+        *self.negotiated.borrow_mut() = Some(Negotiated {
+            version,
+            client_info,
+            client_capabilities,
+        });
+        self.phase.set(Phase::Initialized);
+        self.era.set(Some(Era::Handshake));
+        let mut result = Map::new();
+        result.insert("protocolVersion".into(), Value::String(version.to_string()));
+        result.insert("capabilities".into(), self.server.capabilities());
+        result.insert("serverInfo".into(), self.server.info().to_value());
+        if let Some(instructions) = self.server.instructions() {
+            result.insert(
+                "instructions".into(),
+                Value::String(instructions.to_string()),
+            );
+        }
+        Ok(Value::Object(result))
+    }
+}
+
+async fn run_tool(tool: &Tool, call: ToolCall) -> Result<Value, RpcError> {
+    match tool.call(call).await {
+        Ok(result) => {
+            tool.check_result(&result)?;
+            Ok(result.to_value())
+        }
+        Err(ToolError::Failed(message)) => Ok(crate::server::ToolResult::error(message).to_value()),
+        Err(ToolError::Protocol(error)) => Err(error),
+    }
+}
+
+fn task_id(params: Option<&Value>) -> Result<&str, RpcError> {
+    required_str(params, "taskId", "tasks/*")
+}
+
+fn required_str<'a>(
+    params: Option<&'a Value>,
+    key: &str,
+    method: &str,
+) -> Result<&'a str, RpcError> {
+    params_object(params)?
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| RpcError::invalid_params(format!("{method} needs params.{key} (a string)")))
+}
+
+/// Handshake-era "resource not found" (-32002, with the URI in `data`).
+fn resource_not_found(uri: &str) -> RpcError {
+    RpcError::new(RESOURCE_NOT_FOUND, format!("resource not found: {uri}"))
+        .with_data(json!({"uri": uri}))
+}
+
+/// One page of a list result under `key`, with `nextCursor` when more follow.
+fn listing(
+    key: &str,
+    params: Option<&Value>,
+    total: usize,
+    page_size: usize,
+    entries: impl FnOnce(std::ops::Range<usize>) -> Vec<Value>,
+) -> Result<Value, RpcError> {
+    let (start, end, next) = page(params, total, page_size)?;
+    let mut result = Map::new();
+    result.insert(key.into(), Value::Array(entries(start..end)));
+    if let Some(next) = next {
+        result.insert("nextCursor".into(), Value::String(next));
+    }
+    Ok(Value::Object(result))
+}
+
+const CURSOR_PREFIX: &str = "c1.";
+
+/// The slice of a list one page covers, and the cursor of the next page.
+fn page(
+    params: Option<&Value>,
+    total: usize,
+    page_size: usize,
+) -> Result<(usize, usize, Option<String>), RpcError> {
+    let start = match params.and_then(|p| p.get("cursor")) {
+        None | Some(Value::Null) => 0,
+        Some(Value::String(cursor)) => cursor
+            .strip_prefix(CURSOR_PREFIX)
+            .and_then(|offset| usize::from_str_radix(offset, 16).ok())
+            .filter(|&offset| offset <= total)
+            .ok_or_else(|| RpcError::invalid_params(format!("invalid cursor: {cursor}")))?,
+        Some(_) => return Err(RpcError::invalid_params("cursor must be a string")),
+    };
+    let end = start.saturating_add(page_size.max(1)).min(total);
+    let next = (end < total).then(|| format!("{CURSOR_PREFIX}{end:x}"));
+    Ok((start, end, next))
+}
+
+mod client;
+mod features;
+mod stateless_era;
+
+#[cfg(test)]
+mod tests;
