@@ -1,6 +1,13 @@
-//! One MCP session in the handshake era: lifecycle (initialize, version
-//! negotiation, initialized), request dispatch to the server, cancellation and
-//! the in-flight table. No I/O: frames in, frames out.
+//! One MCP session, in either era: frames in, frames out, no I/O.
+//!
+//! - here: the lifecycle (initialize, version negotiation, initialized),
+//!   decoding and dispatch, the in-flight table, cancellation, timeouts, and
+//!   the outbox every frame for the client goes through;
+//! - `features`: tools, resources, prompts, completion, logging level;
+//! - `client`: requests to the client (sampling, elicitation, roots) and the
+//!   handler's view of the session;
+//! - `stateless_era`: 2026-07-28 requests, discover, listen, and
+//!   `InputRequiredResult` rounds.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
