@@ -84,6 +84,9 @@ pub struct ListenConfig {
     /// Newline-delimited JSON-RPC over TCP. Empty string disables it. Port 0
     /// picks a free port once for all shards.
     pub tcp: String,
+    /// Streamable HTTP at `/mcp`. Empty string disables it. Port 0 picks a
+    /// free port once for all shards.
+    pub http: String,
     /// Pending connections the kernel queues per shard listener (capped by
     /// net.core.somaxconn).
     pub backlog: u32,
@@ -93,6 +96,7 @@ impl Default for ListenConfig {
     fn default() -> Self {
         ListenConfig {
             tcp: "127.0.0.1:8081".to_string(),
+            http: "127.0.0.1:8080".to_string(),
             backlog: 4_096,
         }
     }
@@ -316,6 +320,12 @@ impl Config {
                 "listen.backlog",
                 "must be between 1 and 2147483647",
             ));
+        }
+        if !self.listen.http.is_empty() {
+            self.listen
+                .http
+                .parse::<SocketAddr>()
+                .map_err(|e| invalid("listen.http", format!("`{}`: {e}", self.listen.http)))?;
         }
         if !self.listen.tcp.is_empty() {
             self.listen

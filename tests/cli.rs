@@ -45,6 +45,8 @@ fn serve_prints_its_listener_answers_and_drains_on_sigterm_with_exit_0() {
             "3",
             "--tcp",
             "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
             "--log",
             "warn",
         ])
@@ -54,12 +56,24 @@ fn serve_prints_its_listener_answers_and_drains_on_sigterm_with_exit_0() {
         .expect("binary runs");
     let mut server = Server(child);
     let mut stdout = BufReader::new(server.0.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    // One line per listener (tcp and http, in the order they came up).
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        lines.push(line);
+    }
     assert!(
-        line.starts_with("shardmcp: tcp listening on 127.0.0.1:"),
-        "{line}"
+        lines
+            .iter()
+            .any(|l| l.starts_with("shardmcp: http listening on 127.0.0.1:")),
+        "{lines:?}"
     );
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("shardmcp: tcp listening on 127.0.0.1:"))
+        .expect("a tcp listener line")
+        .clone();
     assert!(line.contains("(2 shards, SO_REUSEPORT)"), "{line}");
     let addr: SocketAddr = line.split_whitespace().nth(4).unwrap().parse().unwrap();
 
@@ -130,7 +144,15 @@ fn a_port_in_use_is_reported_not_retried_forever() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let child = shardmcp()
-        .args(["serve", "--shards", "1", "--tcp", &addr.to_string()])
+        .args([
+            "serve",
+            "--shards",
+            "1",
+            "--http",
+            "",
+            "--tcp",
+            &addr.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

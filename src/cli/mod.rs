@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// [default: 127.0.0.1:8081].
     #[arg(long, value_name = "ADDR")]
     pub tcp: Option<String>,
+    /// Streamable HTTP listen address (`/mcp`); "" disables it
+    /// [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,

@@ -32,6 +32,9 @@ pub fn effective_config(args: &ServeArgs) -> Result<Config, ConfigError> {
     if let Some(tcp) = &args.tcp {
         config.listen.tcp = tcp.clone();
     }
+    if let Some(http) = &args.http {
+        config.listen.http = http.clone();
+    }
     config.validate()?;
     Ok(config)
 }

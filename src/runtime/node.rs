@@ -117,6 +117,14 @@ impl NodeHandle {
         self.shards
     }
 
+    /// The HTTP listener's address, if one is configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.kind == "http")
+            .map(|l| l.addr)
+    }
+
     /// The TCP listener's address, if one is configured.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.listeners
@@ -239,6 +247,7 @@ struct Node {
     shards: usize,
     cpus: Vec<usize>,
     tcp: Option<SocketAddr>,
+    http: Option<SocketAddr>,
     slots: Vec<ShardSlot>,
     events_tx: Sender<ShardEvent>,
     observer: Sender<NodeEvent>,
@@ -252,23 +261,27 @@ impl Node {
         let shards = config.shard_count(cpus.len());
 
         let mut reservations = Vec::new();
-        let tcp = if config.listen.tcp.is_empty() {
-            None
-        } else {
-            let wanted: SocketAddr = config.listen.tcp.parse().map_err(|_| NodeError::Reserve {
-                kind: "tcp",
-                addr: config.listen.tcp.clone(),
-                source: std::io::Error::other("not an address"),
-            })?;
-            let socket = reserve("tcp", wanted)?;
-            let bound = socket
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .unwrap_or(wanted);
-            reservations.push(socket);
-            Some(bound)
-        };
+        let mut reserve_listener =
+            |kind: &'static str, text: &str| -> Result<Option<SocketAddr>, NodeError> {
+                if text.is_empty() {
+                    return Ok(None);
+                }
+                let wanted: SocketAddr = text.parse().map_err(|_| NodeError::Reserve {
+                    kind,
+                    addr: text.to_string(),
+                    source: std::io::Error::other("not an address"),
+                })?;
+                let socket = reserve(kind, wanted)?;
+                let bound = socket
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .unwrap_or(wanted);
+                reservations.push(socket);
+                Ok(Some(bound))
+            };
+        let tcp = reserve_listener("tcp", &config.listen.tcp)?;
+        let http = reserve_listener("http", &config.listen.http)?;
 
         let (events_tx, events_rx) = bounded(SHARD_EVENTS_CAPACITY);
         let (observer_tx, observer_rx) = bounded(OBSERVER_EVENTS_CAPACITY);
@@ -281,6 +294,7 @@ impl Node {
             shards,
             cpus,
             tcp,
+            http,
             slots: Vec::with_capacity(shards),
             events_tx,
             observer: observer_tx,
@@ -330,6 +344,7 @@ impl Node {
             shards: self.shards,
             config: self.config.clone(),
             tcp: self.tcp,
+            http: self.http,
             server: self.server.clone(),
             state_key: self.state_key.clone(),
             mesh: ends,
@@ -347,11 +362,18 @@ impl Node {
     }
 
     fn await_ready(&self, events: &Receiver<ShardEvent>) -> Result<Vec<Listener>, NodeError> {
-        let expected = usize::from(self.tcp.is_some());
+        let expected = |shard: usize| {
+            usize::from(self.tcp.is_some())
+                + usize::from(self.http.is_some() && shard == shard::HTTP_SHARD.index())
+        };
         let mut ready = vec![0usize; self.slots.len()];
         let mut listeners: Vec<Listener> = Vec::new();
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while ready.iter().any(|&n| n < expected) {
+        while ready
+            .iter()
+            .enumerate()
+            .any(|(shard, &n)| n < expected(shard))
+        {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match events.recv_timeout(remaining) {
                 Ok(ShardEvent::Listening { shard, kind, addr }) => {

@@ -38,7 +38,10 @@ use crate::supervision::{
 use crate::sync::Event;
 use crate::time::{SharedClock, SystemClock};
 use crate::transport::sockets;
-use crate::transport::tcp::{self, TcpService};
+use crate::transport::tcp::{self, TcpService, Wire};
+
+/// The shard that serves Streamable HTTP (see `build_tree`).
+pub const HTTP_SHARD: ShardId = ShardId(0);
 
 /// What crosses the mesh between shards.
 pub enum ShardMessage {
@@ -114,6 +117,7 @@ pub struct ShardStart {
     pub shards: usize,
     pub config: Arc<Config>,
     pub tcp: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
     pub server: ServerFactory,
     /// Seals stateless `requestState`: one key for the whole node.
     pub state_key: StateKey,
@@ -230,7 +234,14 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         resource_updates: resource_update_hook(&ctx, start.shards),
         mailbox_capacity: config.limits.session_mailbox_capacity,
     });
-    let root = match build_tree(&ctx, &sessions, start.tcp, start.control, start.events) {
+    let root = match build_tree(
+        &ctx,
+        &sessions,
+        start.tcp,
+        start.http,
+        start.control,
+        start.events,
+    ) {
         Ok(spec) => spec,
         Err(error) => return ShardExit::StartFailed(format!("invalid supervision tree: {error}")),
     };
@@ -251,6 +262,7 @@ fn build_tree(
     ctx: &Rc<ShardContext>,
     sessions: &Rc<SessionEnv>,
     tcp: Option<SocketAddr>,
+    http: Option<SocketAddr>,
     control: Receiver<ShardControl>,
     events: Sender<ShardEvent>,
 ) -> Result<SupervisorSpec, SpecError> {
@@ -265,9 +277,20 @@ fn build_tree(
     let services = SupervisorSpec::new("services", service_flags).child(control_worker);
 
     let mut listeners = SupervisorSpec::new("listeners", service_flags);
-    if let Some(addr) = tcp {
+    let wires = [
+        tcp.map(|addr| (addr, Wire::NewlineJson)),
+        // HTTP sessions are served where they were created, and requests for a
+        // session must reach its owner: until they are forwarded over the
+        // mesh, shard 0 alone serves HTTP.
+        http.filter(|_| ctx.shard == HTTP_SHARD)
+            .map(|addr| (addr, Wire::Http(Rc::default()))),
+    ];
+    for (addr, wire) in wires.into_iter().flatten() {
         let shard = ctx.shard;
+        let kind = wire.name();
+        let events = events.clone();
         let service = Rc::new(TcpService {
+            wire,
             registry: ctx.registry.clone(),
             pools: ctx.pools.clone(),
             sessions: sessions.clone(),
@@ -280,11 +303,7 @@ fn build_tree(
                 ctx.config.limits.connections_per_shard_max as u64,
             )),
             on_listening: Rc::new(move |addr| {
-                let _ = events.send(ShardEvent::Listening {
-                    shard,
-                    kind: "tcp",
-                    addr,
-                });
+                let _ = events.send(ShardEvent::Listening { shard, kind, addr });
             }),
         });
         listeners = listeners.child(tcp::listener_spec(addr, service));

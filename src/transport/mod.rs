@@ -3,5 +3,6 @@
 //! a connection lives and dies on the shard that accepted it. Transports see
 //! sessions, never tools.
 
+pub mod http;
 pub mod sockets;
 pub mod tcp;

@@ -27,8 +27,26 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// waits, so it is kept small.
 const READ_CHUNK_BYTES: usize = 4 << 10;
 
-/// What the TCP listener needs from its shard.
+/// What a listener speaks on its connections.
+pub enum Wire {
+    /// Newline-delimited JSON-RPC, one session per connection.
+    NewlineJson,
+    /// Streamable HTTP at `/mcp` (sessions by `Mcp-Session-Id`).
+    Http(Rc<super::http::HttpSessions>),
+}
+
+impl Wire {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Wire::NewlineJson => "tcp",
+            Wire::Http(_) => "http",
+        }
+    }
+}
+
+/// What a listener needs from its shard.
 pub struct TcpService {
+    pub wire: Wire,
     pub registry: Rc<SessionRegistry>,
     pub pools: Rc<PoolSet>,
     pub sessions: Rc<SessionEnv>,
@@ -48,7 +66,8 @@ pub struct TcpService {
 
 /// The listener as a transient child: restarted only if it fails.
 pub fn listener_spec(addr: SocketAddr, service: Rc<TcpService>) -> ChildSpec {
-    ChildSpec::worker("tcp", move |ctx| accept_loop(addr, service.clone(), ctx))
+    let name = service.wire.name();
+    ChildSpec::worker(name, move |ctx| accept_loop(addr, service.clone(), ctx))
         .restart(Restart::Transient)
         .shutdown(Shutdown::TimeoutMs(1_000))
 }
@@ -58,10 +77,11 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
         Ok(bound) => bound,
         Err(error) => return ExitReason::Error(format!("cannot listen on tcp {addr}: {error}")),
     };
-    match listener.local_addr() {
-        Ok(local) => (service.on_listening)(local),
+    let local = match listener.local_addr() {
+        Ok(local) => local,
         Err(error) => return ExitReason::Error(format!("tcp listener has no address: {error}")),
-    }
+    };
+    (service.on_listening)(local);
     let mut errors_in_a_row = 0u32;
     loop {
         // Take the permit before accepting: at the cap, clients wait in the
@@ -92,7 +112,21 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
                 let _ = stream.set_nodelay(true);
                 let service_for_connection = service.clone();
                 let spawned = service.connections.spawn(async move {
-                    serve_connection(stream, service_for_connection).await;
+                    match &service_for_connection.wire {
+                        Wire::NewlineJson => {
+                            serve_connection(stream, service_for_connection.clone()).await
+                        }
+                        Wire::Http(sessions) => {
+                            let sessions = sessions.clone();
+                            super::http::serve_connection(
+                                stream,
+                                service_for_connection.clone(),
+                                sessions,
+                                local,
+                            )
+                            .await
+                        }
+                    }
                     drop(permit);
                 });
                 match spawned {

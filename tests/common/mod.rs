@@ -19,6 +19,7 @@ pub fn test_config(shards: usize, pools: usize) -> Config {
     config.runtime.control_poll_ms = 1;
     config.runtime.drain_deadline_ms = 5_000;
     config.listen.tcp = "127.0.0.1:0".to_string();
+    config.listen.http = "127.0.0.1:0".to_string();
     config
 }
 

@@ -1,0 +1,433 @@
+//! Streamable HTTP (first slice): `POST /mcp` carries JSON-RPC and answers a
+//! request with an SSE stream (the request's notifications and server
+//! requests, then its response) or with JSON when the client accepts only
+//! JSON; notifications and responses get 202; `Mcp-Session-Id` is issued at
+//! `initialize`; `DELETE` ends a session; `GET` is answered 405 (no
+//! standalone stream yet). Host and Origin are checked against the localhost
+//! forms (DNS-rebinding protection). Requests for a session owned by another
+//! shard are answered 404 for now: forwarding over the mesh, resumable
+//! streams, the GET stream and the 2026-07-28 header checks come with the
+//! transports issue.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::TcpStream;
+
+use crate::protocol::jsonrpc::{decode, Id, Incoming, Message};
+use crate::protocol::version::{era_of, HANDSHAKE_VERSIONS};
+use crate::registry::SessionId;
+use crate::session::{self, OutFrame, SessionHandle};
+
+use super::sockets;
+use super::tcp::TcpService;
+
+/// Largest request head (request line and headers).
+const HEAD_BYTES_MAX: usize = 16 << 10;
+const HEADERS_MAX: usize = 64;
+/// Frames waiting for one request's SSE stream.
+const STREAM_FRAMES_MAX: usize = 256;
+
+/// Routes a session's outbox frames to the POST stream of the request they
+/// belong to; frames for no open stream are dropped (there is no GET stream).
+#[derive(Default)]
+struct Router {
+    streams: RefCell<HashMap<Id, Rc<LocalSender<Bytes>>>>,
+}
+
+/// The routers of this shard's HTTP sessions.
+#[derive(Default)]
+pub struct HttpSessions {
+    routers: RefCell<HashMap<String, Rc<Router>>>,
+}
+
+impl HttpSessions {
+    fn router(&self, handle: &SessionHandle) -> Rc<Router> {
+        let key = handle.id().to_string();
+        if let Some(router) = self.routers.borrow().get(&key) {
+            return router.clone();
+        }
+        let router = Rc::new(Router::default());
+        if let Some(outbox) = handle.take_outbox() {
+            let routing = router.clone();
+            glommio::spawn_local(route_frames(outbox, routing)).detach();
+        }
+        self.routers.borrow_mut().insert(key, router.clone());
+        router
+    }
+
+    fn forget(&self, id: &SessionId) {
+        self.routers.borrow_mut().remove(&id.to_string());
+    }
+}
+
+async fn route_frames(outbox: LocalReceiver<OutFrame>, router: Rc<Router>) {
+    while let Some(frame) = outbox.recv().await {
+        let Some(related) = frame.related else {
+            continue;
+        };
+        let stream = router.streams.borrow().get(&related).cloned();
+        if let Some(stream) = stream {
+            let _ = stream.send(frame.frame).await;
+        }
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+    keep_alive: bool,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Serves one HTTP/1.1 connection (keep-alive, one request at a time).
+pub async fn serve_connection(
+    mut stream: TcpStream,
+    service: Rc<TcpService>,
+    sessions: Rc<HttpSessions>,
+    own: SocketAddr,
+) {
+    let tracked = sockets::track(stream.as_raw_fd());
+    let mut buffer = BytesMut::with_capacity(4 << 10);
+    loop {
+        let request =
+            match read_request(&mut stream, &mut buffer, service.limits.message_bytes_max).await {
+                Ok(Some(request)) => request,
+                Ok(None) => break,
+                Err(status) => {
+                    let _ = respond(&mut stream, status, &[], b"", false).await;
+                    break;
+                }
+            };
+        let keep_alive = request.keep_alive && !service.drain.is_set();
+        if handle(&mut stream, request, &service, &sessions, own, keep_alive)
+            .await
+            .is_err()
+            || !keep_alive
+        {
+            break;
+        }
+    }
+    drop(tracked);
+    let _ = stream.close().await;
+}
+
+async fn read_request(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    body_max: usize,
+) -> Result<Option<Request>, &'static str> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(buffer) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let method = parsed.method.unwrap_or("").to_string();
+                let path = parsed.path.unwrap_or("").to_string();
+                let version = parsed.version.unwrap_or(1);
+                let headers: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let length = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.trim().parse::<usize>().map_err(|_| "400 Bad Request"))
+                    .transpose()?
+                    .unwrap_or(0);
+                if length > body_max {
+                    return Err("413 Payload Too Large");
+                }
+                let connection = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("connection"))
+                    .map(|(_, v)| v.to_ascii_lowercase());
+                let keep_alive = match connection.as_deref() {
+                    Some("close") => false,
+                    Some("keep-alive") => true,
+                    _ => version == 1,
+                };
+                let _ = buffer.split_to(head_len);
+                while buffer.len() < length {
+                    read_more(stream, buffer)
+                        .await
+                        .map_err(|_| "400 Bad Request")?;
+                }
+                let body = buffer.split_to(length).freeze();
+                return Ok(Some(Request {
+                    method,
+                    path,
+                    headers,
+                    body,
+                    keep_alive,
+                }));
+            }
+            Ok(httparse::Status::Partial) => {
+                if buffer.len() > HEAD_BYTES_MAX {
+                    return Err("431 Request Header Fields Too Large");
+                }
+                match read_more(stream, buffer).await {
+                    Ok(()) => {}
+                    Err(_) if buffer.is_empty() => return Ok(None),
+                    Err(_) => return Err("400 Bad Request"),
+                }
+            }
+            Err(_) => return Err("400 Bad Request"),
+        }
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut) -> std::io::Result<()> {
+    let mut chunk = [0u8; 4 << 10];
+    let read = stream.read(&mut chunk).await?;
+    if read == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    buffer.extend_from_slice(&chunk[..read]);
+    Ok(())
+}
+
+/// Host and Origin must name this machine (DNS-rebinding protection).
+fn trusted(request: &Request) -> bool {
+    fn local(authority: &str) -> bool {
+        let host = authority
+            .trim()
+            .trim_start_matches("http://")
+            .trim_start_matches("https://");
+        let host = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(""),
+            None => host.split(':').next().unwrap_or(""),
+        };
+        matches!(host, "localhost" | "127.0.0.1" | "::1")
+    }
+    request.header("host").is_some_and(local) && request.header("origin").is_none_or(local)
+}
+
+async fn handle(
+    stream: &mut TcpStream,
+    request: Request,
+    service: &Rc<TcpService>,
+    sessions: &Rc<HttpSessions>,
+    _own: SocketAddr,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    if !trusted(&request) {
+        return respond(
+            stream,
+            "403 Forbidden",
+            &[],
+            b"host or origin not allowed",
+            keep_alive,
+        )
+        .await;
+    }
+    if request.path.split('?').next() != Some("/mcp") {
+        return respond(stream, "404 Not Found", &[], b"", keep_alive).await;
+    }
+    if let Some(version) = request.header("mcp-protocol-version") {
+        if era_of(version).is_none() {
+            let body = format!(
+                "unsupported MCP-Protocol-Version {version}; served: {}",
+                HANDSHAKE_VERSIONS.join(", ")
+            );
+            return respond(stream, "400 Bad Request", &[], body.as_bytes(), keep_alive).await;
+        }
+    }
+    let session_header = request.header("mcp-session-id").map(str::to_string);
+    match request.method.as_str() {
+        "POST" => {}
+        "DELETE" => {
+            let Some(id) = session_header.and_then(|text| SessionId::parse(&text).ok()) else {
+                return respond(
+                    stream,
+                    "400 Bad Request",
+                    &[],
+                    b"missing Mcp-Session-Id",
+                    keep_alive,
+                )
+                .await;
+            };
+            if service.registry.contains(&id) {
+                session::close(&service.registry, &id);
+                sessions.forget(&id);
+                return respond(stream, "200 OK", &[], b"", keep_alive).await;
+            }
+            return respond(stream, "404 Not Found", &[], b"", keep_alive).await;
+        }
+        _ => {
+            return respond(
+                stream,
+                "405 Method Not Allowed",
+                &[("Allow", "POST, DELETE")],
+                b"",
+                keep_alive,
+            )
+            .await
+        }
+    }
+    // What the body holds decides the answer: requests get one, the rest 202.
+    let first_request = match decode(&request.body, service.limits.message_bytes_max) {
+        Ok(Incoming::Single(Message::Request { id, method, .. })) => Some((id, method)),
+        _ => None,
+    };
+    let handle = match session_header {
+        Some(text) => match SessionId::parse(&text)
+            .ok()
+            .and_then(|id| service.registry.get(&id))
+        {
+            Some(handle) => handle,
+            None => {
+                return respond(stream, "404 Not Found", &[], b"unknown session", keep_alive).await
+            }
+        },
+        None if first_request
+            .as_ref()
+            .is_some_and(|(_, method)| method == "initialize") =>
+        {
+            match session::open(&service.registry, &service.pools, &service.sessions) {
+                Ok(handle) => handle,
+                Err(error) => {
+                    let body = error.to_string();
+                    return respond(
+                        stream,
+                        "503 Service Unavailable",
+                        &[],
+                        body.as_bytes(),
+                        keep_alive,
+                    )
+                    .await;
+                }
+            }
+        }
+        None => {
+            return respond(
+                stream,
+                "400 Bad Request",
+                &[],
+                b"missing Mcp-Session-Id",
+                keep_alive,
+            )
+            .await
+        }
+    };
+    let session_id = handle.id().to_string();
+    let router = sessions.router(&handle);
+    let Some((id, _)) = first_request else {
+        let _ = handle.request(request.body).await;
+        return respond(
+            stream,
+            "202 Accepted",
+            &[("Mcp-Session-Id", &session_id)],
+            b"",
+            keep_alive,
+        )
+        .await;
+    };
+    let wants_sse = request
+        .header("accept")
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    if !wants_sse {
+        let reply = handle
+            .request(request.body)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Mcp-Session-Id", session_id.as_str()),
+        ];
+        return respond(stream, "200 OK", &headers, &reply, keep_alive).await;
+    }
+    let (frames_tx, frames) = local_channel::new_bounded(STREAM_FRAMES_MAX);
+    router
+        .streams
+        .borrow_mut()
+        .insert(id.clone(), Rc::new(frames_tx));
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nMcp-Session-Id: {session_id}\r\nTransfer-Encoding: chunked\r\nConnection: {}\r\n\r\n",
+        if keep_alive { "keep-alive" } else { "close" }
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let reply = handle.request(request.body);
+    futures_lite::pin!(reply);
+    let outcome = loop {
+        let next = future::or(async { Err(frames.recv().await) }, async {
+            Ok((&mut reply).await)
+        })
+        .await;
+        match next {
+            Err(Some(frame)) => write_event(stream, &frame).await?,
+            Err(None) => {}
+            Ok(reply) => break reply,
+        }
+    };
+    router.streams.borrow_mut().remove(&id);
+    // Frames queued before the reply still go out first.
+    while let Ok(Some(frame)) = future::or(async { Ok(frames.recv().await) }, async {
+        futures_lite::future::yield_now().await;
+        Err(())
+    })
+    .await
+    {
+        write_event(stream, &frame).await?;
+    }
+    if let Ok(Some(reply)) = outcome {
+        write_event(stream, &reply).await?;
+    }
+    stream.write_all(b"0\r\n\r\n").await
+}
+
+async fn write_event(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<()> {
+    let mut event = Vec::with_capacity(frame.len() + 32);
+    event.extend_from_slice(b"event: message\ndata: ");
+    event.extend_from_slice(frame);
+    event.extend_from_slice(b"\n\n");
+    let mut chunk = format!("{:x}\r\n", event.len()).into_bytes();
+    chunk.extend_from_slice(&event);
+    chunk.extend_from_slice(b"\r\n");
+    stream.write_all(&chunk).await
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let mut out = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(if keep_alive {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await
+}
