@@ -127,6 +127,55 @@ fn a_session_is_opened_used_over_sse_and_deleted() {
 }
 
 #[test]
+fn requests_for_a_session_on_another_shard_are_forwarded_with_their_streams() {
+    use shardmcp::ids::ShardId;
+    let node = runtime::start(test_config(2, 2), demo::factory()).unwrap();
+    let addr = node.http_addr().unwrap();
+    let json = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json"),
+    ];
+    let init = http(addr, "POST", &json, INIT);
+    let session = init.header("mcp-session-id").expect("a session id");
+    let forwarded = || {
+        node.query(ShardId(0)).unwrap().http_forwarded
+            + node.query(ShardId(1)).unwrap().http_forwarded
+    };
+    // Each request comes on a fresh connection, which the kernel hands to
+    // either shard: keep going until some went to the other one.
+    let mut calls = 0;
+    while calls < 200 && (calls < 8 || forwarded() == 0) {
+        calls += 1;
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+            ("Mcp-Session-Id", session.as_str()),
+        ];
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{calls},"method":"tools/call","params":{{"name":"slow","arguments":{{"ms":4}},"_meta":{{"progressToken":{calls}}}}}}}"#
+        );
+        let call = http(addr, "POST", &headers, &body);
+        assert_eq!(call.status, 200, "{}", call.head);
+        let progress_at = call
+            .body
+            .find("notifications/progress")
+            .expect("progress streamed back");
+        let result_at = call.body.find(r#""result""#).expect("the result");
+        assert!(progress_at < result_at);
+    }
+    assert!(forwarded() > 0, "some requests crossed the mesh");
+    // A DELETE that lands on the other shard ends the session too.
+    let headers = [("Mcp-Session-Id", session.as_str())];
+    let mut deleted = http(addr, "DELETE", &headers, "");
+    while deleted.status == 200 {
+        deleted = http(addr, "DELETE", &headers, "");
+    }
+    assert_eq!(deleted.status, 404, "gone, whichever shard is asked");
+    node.drain();
+    node.join().unwrap();
+}
+
+#[test]
 fn every_refusal_has_its_status() {
     let mut config = test_config(1, 1);
     config.limits.message_bytes_max = 1_024;

@@ -362,18 +362,11 @@ impl Node {
     }
 
     fn await_ready(&self, events: &Receiver<ShardEvent>) -> Result<Vec<Listener>, NodeError> {
-        let expected = |shard: usize| {
-            usize::from(self.tcp.is_some())
-                + usize::from(self.http.is_some() && shard == shard::HTTP_SHARD.index())
-        };
+        let expected = usize::from(self.tcp.is_some()) + usize::from(self.http.is_some());
         let mut ready = vec![0usize; self.slots.len()];
         let mut listeners: Vec<Listener> = Vec::new();
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while ready
-            .iter()
-            .enumerate()
-            .any(|(shard, &n)| n < expected(shard))
-        {
+        while ready.iter().any(|&n| n < expected) {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match events.recv_timeout(remaining) {
                 Ok(ShardEvent::Listening { shard, kind, addr }) => {

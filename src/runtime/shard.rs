@@ -12,6 +12,7 @@
 //! the mesh port, the pool handles) belongs to the shard, not to a worker.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use futures_lite::future;
+use glommio::channels::local_channel::{self, LocalSender};
 use glommio::sync::{Gate, Semaphore};
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -37,11 +39,9 @@ use crate::supervision::{
 };
 use crate::sync::Event;
 use crate::time::{SharedClock, SystemClock};
+use crate::transport::http::{Forward, HttpSessions};
 use crate::transport::sockets;
 use crate::transport::tcp::{self, TcpService, Wire};
-
-/// The shard that serves Streamable HTTP (see `build_tree`).
-pub const HTTP_SHARD: ShardId = ShardId(0);
 
 /// What crosses the mesh between shards.
 pub enum ShardMessage {
@@ -53,6 +53,18 @@ pub enum ShardMessage {
     SessionUnknown,
     /// A resource changed: tell this shard's sessions that follow it.
     ResourceUpdated(String),
+    /// An HTTP body for a session owned by the receiving shard; the frames
+    /// of the request stream back as `StreamFrame`s tagged `stream`, then the
+    /// call is answered with `SessionReply` (or `SessionUnknown`).
+    HttpForward {
+        session: SessionId,
+        body: Bytes,
+        stream: u64,
+    },
+    /// One frame of a forwarded request's stream, for the shard it came from.
+    StreamFrame { stream: u64, frame: Bytes },
+    /// End a session owned by the receiving shard (HTTP DELETE elsewhere).
+    DeleteSession(SessionId),
 }
 
 /// Faults the node can inject into a shard (tests, and chaos later).
@@ -72,6 +84,8 @@ pub struct ShardReport {
     pub pool_sessions: Vec<usize>,
     pub restarts: RestartSummary,
     pub mesh_full_events: u64,
+    /// HTTP requests sent to the shard owning their session.
+    pub http_forwarded: u64,
     pub tree: TreeNode,
 }
 
@@ -168,6 +182,13 @@ pub struct ShardContext {
     pub mesh: Rc<MeshPort<ShardMessage>>,
     pub drain: Event,
     pub connections: Rc<Gate>,
+    /// This shard's HTTP sessions (their stream routers).
+    pub http: Rc<HttpSessions>,
+    /// Streams of requests this shard forwarded, by stream number.
+    forwarded: RefCell<HashMap<u64, Rc<LocalSender<Bytes>>>>,
+    next_stream: std::cell::Cell<u64>,
+    /// HTTP requests this shard sent to their session's owner.
+    forwarded_total: std::cell::Cell<u64>,
     root: RefCell<Option<Supervisor>>,
     stop: Event,
     draining: std::cell::Cell<bool>,
@@ -201,11 +222,18 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         mesh: mesh.clone(),
         drain: Event::new(),
         connections: Rc::new(Gate::new()),
+        http: Rc::default(),
+        forwarded: RefCell::new(HashMap::new()),
+        next_stream: std::cell::Cell::new(0),
+        forwarded_total: std::cell::Cell::new(0),
         root: RefCell::new(None),
         stop: Event::new(),
         draining: std::cell::Cell::new(false),
     });
     install_mesh_handler(&ctx);
+    ctx.http.set_forward(Rc::new(MeshForward {
+        ctx: Rc::downgrade(&ctx),
+    }));
     // Queues work at once; doorbells connect in the background.
     drop(mesh.connect(start.mesh));
 
@@ -279,11 +307,7 @@ fn build_tree(
     let mut listeners = SupervisorSpec::new("listeners", service_flags);
     let wires = [
         tcp.map(|addr| (addr, Wire::NewlineJson)),
-        // HTTP sessions are served where they were created, and requests for a
-        // session must reach its owner: until they are forwarded over the
-        // mesh, shard 0 alone serves HTTP.
-        http.filter(|_| ctx.shard == HTTP_SHARD)
-            .map(|addr| (addr, Wire::Http(Rc::default()))),
+        http.map(|addr| (addr, Wire::Http(ctx.http.clone()))),
     ];
     for (addr, wire) in wires.into_iter().flatten() {
         let shard = ctx.shard;
@@ -345,28 +369,183 @@ fn install_mesh_handler(ctx: &Rc<ShardContext>) {
     ctx.mesh
         .set_handler(move |incoming: Incoming<ShardMessage>| {
             let Some(ctx) = weak.upgrade() else { return };
-            if let ShardMessage::ResourceUpdated(uri) = &incoming.body {
-                crate::session::deliver_resource_updated(&ctx.registry, uri);
-                return;
+            let from = incoming.from;
+            match incoming.body {
+                ShardMessage::ResourceUpdated(uri) => {
+                    crate::session::deliver_resource_updated(&ctx.registry, &uri);
+                }
+                ShardMessage::StreamFrame { stream, frame } => {
+                    let target = ctx.forwarded.borrow().get(&stream).cloned();
+                    if let Some(target) = target {
+                        glommio::spawn_local(async move {
+                            let _ = target.send(frame).await;
+                        })
+                        .detach();
+                    }
+                }
+                ShardMessage::HttpForward {
+                    session,
+                    body,
+                    stream,
+                } => {
+                    if let Some(reply_to) = incoming.reply_to {
+                        glommio::spawn_local(serve_forwarded(
+                            ctx, from, reply_to, session, body, stream,
+                        ))
+                        .detach();
+                    }
+                }
+                ShardMessage::DeleteSession(session) => {
+                    if let Some(reply_to) = incoming.reply_to {
+                        let known = ctx.registry.contains(&session);
+                        if known {
+                            crate::session::close(&ctx.registry, &session);
+                            ctx.http.forget_session(&session);
+                        }
+                        glommio::spawn_local(async move {
+                            let answer = if known {
+                                ShardMessage::SessionReply(None)
+                            } else {
+                                ShardMessage::SessionUnknown
+                            };
+                            let _ = ctx.mesh.reply(reply_to, answer).await;
+                        })
+                        .detach();
+                    }
+                }
+                body => {
+                    let Some(reply_to) = incoming.reply_to else {
+                        return;
+                    };
+                    let ShardMessage::SessionRequest { session, message } = body else {
+                        return;
+                    };
+                    glommio::spawn_local(async move {
+                        let answer = match ctx.registry.get(&session) {
+                            Some(handle) => match handle.request(message).await {
+                                Ok(reply) => ShardMessage::SessionReply(reply),
+                                Err(_) => ShardMessage::SessionUnknown,
+                            },
+                            None => ShardMessage::SessionUnknown,
+                        };
+                        let _ = ctx.mesh.reply(reply_to, answer).await;
+                    })
+                    .detach();
+                }
             }
-            let Some(reply_to) = incoming.reply_to else {
-                return;
-            };
-            let ShardMessage::SessionRequest { session, message } = incoming.body else {
-                return;
-            };
-            glommio::spawn_local(async move {
-                let answer = match ctx.registry.get(&session) {
-                    Some(handle) => match handle.request(message).await {
-                        Ok(reply) => ShardMessage::SessionReply(reply),
-                        Err(_) => ShardMessage::SessionUnknown,
-                    },
-                    None => ShardMessage::SessionUnknown,
-                };
-                let _ = ctx.mesh.reply(reply_to, answer).await;
-            })
-            .detach();
         });
+}
+
+/// Runs, on the owning shard, a request another shard received over HTTP:
+/// its frames go back as `StreamFrame` casts, then the reply answers the call
+/// (the queue back is FIFO, so the frames arrive first).
+async fn serve_forwarded(
+    ctx: Rc<ShardContext>,
+    origin: ShardId,
+    reply_to: crate::mesh::ReplyTo,
+    session: SessionId,
+    body: Bytes,
+    stream: u64,
+) {
+    let Some(handle) = ctx.registry.get(&session) else {
+        let _ = ctx.mesh.reply(reply_to, ShardMessage::SessionUnknown).await;
+        return;
+    };
+    let request_id =
+        match crate::protocol::jsonrpc::decode(&body, ctx.config.limits.message_bytes_max) {
+            Ok(crate::protocol::jsonrpc::Incoming::Single(
+                crate::protocol::jsonrpc::Message::Request { id, .. },
+            )) => Some(id),
+            _ => None,
+        };
+    let pump = request_id.as_ref().map(|id| {
+        let (frames_tx, frames) = local_channel::new_bounded::<Bytes>(256);
+        ctx.http.open_stream(&handle, id.clone(), frames_tx);
+        let mesh = ctx.mesh.clone();
+        glommio::spawn_local(async move {
+            while let Some(frame) = frames.recv().await {
+                if mesh
+                    .cast(origin, ShardMessage::StreamFrame { stream, frame })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    });
+    let reply = handle.request(body).await;
+    if let Some(id) = &request_id {
+        // Closing the stream ends the pump once it has sent what is queued.
+        ctx.http.end_stream(&handle, id);
+    }
+    if let Some(pump) = pump {
+        pump.await;
+    }
+    let answer = match reply {
+        Ok(reply) => ShardMessage::SessionReply(reply),
+        Err(_) => ShardMessage::SessionUnknown,
+    };
+    let _ = ctx.mesh.reply(reply_to, answer).await;
+}
+
+/// HTTP's way to sessions on other shards: one mesh call per request, with
+/// the request's frames streamed back as casts.
+struct MeshForward {
+    ctx: std::rc::Weak<ShardContext>,
+}
+
+impl Forward for MeshForward {
+    fn forward(
+        &self,
+        session: SessionId,
+        body: Bytes,
+        frames: LocalSender<Bytes>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Option<Bytes>>>>> {
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            let ctx = ctx.upgrade()?;
+            let stream = ctx.next_stream.get();
+            ctx.next_stream.set(stream.wrapping_add(1));
+            ctx.forwarded_total.set(ctx.forwarded_total.get() + 1);
+            ctx.forwarded.borrow_mut().insert(stream, Rc::new(frames));
+            let timeout = Duration::from_millis(ctx.config.limits.request_timeout_ms);
+            let message = ShardMessage::HttpForward {
+                session,
+                body,
+                stream,
+            };
+            let answer = ctx.mesh.call(session.shard(), message, timeout).await;
+            ctx.forwarded.borrow_mut().remove(&stream);
+            match answer {
+                Ok(ShardMessage::SessionReply(reply)) => Some(reply),
+                _ => None,
+            }
+        })
+    }
+
+    fn delete(
+        &self,
+        session: SessionId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool>>> {
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            let Some(ctx) = ctx.upgrade() else {
+                return false;
+            };
+            let timeout = Duration::from_millis(ctx.config.runtime.mesh_call_timeout_ms);
+            matches!(
+                ctx.mesh
+                    .call(
+                        session.shard(),
+                        ShardMessage::DeleteSession(session),
+                        timeout
+                    )
+                    .await,
+                Ok(ShardMessage::SessionReply(_))
+            )
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -435,6 +614,7 @@ impl ShardContext {
             pool_sessions: self.pools.session_counts(),
             restarts,
             mesh_full_events: self.mesh.full_events(),
+            http_forwarded: self.forwarded_total.get(),
             tree,
         }
     }

@@ -4,10 +4,10 @@
 //! JSON; notifications and responses get 202; `Mcp-Session-Id` is issued at
 //! `initialize`; `DELETE` ends a session; `GET` is answered 405 (no
 //! standalone stream yet). Host and Origin are checked against the localhost
-//! forms (DNS-rebinding protection). Requests for a session owned by another
-//! shard are answered 404 for now: forwarding over the mesh, resumable
-//! streams, the GET stream and the 2026-07-28 header checks come with the
-//! transports issue.
+//! forms (DNS-rebinding protection). A request for a session owned by
+//! another shard goes there through [`Forward`] (the mesh), and its frames
+//! come back on this connection. Resumable streams, the GET stream and the
+//! 2026-07-28 header checks come with the transports issue.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -41,13 +41,54 @@ struct Router {
     streams: RefCell<HashMap<Id, Rc<LocalSender<Bytes>>>>,
 }
 
-/// The routers of this shard's HTTP sessions.
+/// Reaches sessions owned by other shards (the runtime implements it over
+/// the mesh).
+pub trait Forward {
+    /// Hands `body` to `session` on its owning shard. The frames of the
+    /// request go to `frames` as they come; the future gives the reply
+    /// (`None` for a notification), or `None` when the session is unknown.
+    fn forward(
+        &self,
+        session: SessionId,
+        body: Bytes,
+        frames: LocalSender<Bytes>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Option<Bytes>>>>>;
+    /// Ends `session` on its owning shard; false when it is unknown.
+    fn delete(
+        &self,
+        session: SessionId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool>>>;
+}
+
+/// The routers of this shard's HTTP sessions, and the way to other shards'.
 #[derive(Default)]
 pub struct HttpSessions {
     routers: RefCell<HashMap<String, Rc<Router>>>,
+    forward: RefCell<Option<Rc<dyn Forward>>>,
 }
 
 impl HttpSessions {
+    pub fn set_forward(&self, forward: Rc<dyn Forward>) {
+        *self.forward.borrow_mut() = Some(forward);
+    }
+
+    /// Starts streaming request `id` of a local session: its frames go to
+    /// `frames` until `end_stream` (used for requests forwarded here).
+    pub fn open_stream(&self, handle: &SessionHandle, id: Id, frames: LocalSender<Bytes>) {
+        self.router(handle)
+            .streams
+            .borrow_mut()
+            .insert(id, Rc::new(frames));
+    }
+
+    pub fn end_stream(&self, handle: &SessionHandle, id: &Id) {
+        self.router(handle).streams.borrow_mut().remove(id);
+    }
+
+    pub fn forget_session(&self, id: &SessionId) {
+        self.forget(id);
+    }
+
     fn router(&self, handle: &SessionHandle) -> Rc<Router> {
         let key = handle.id().to_string();
         if let Some(router) = self.routers.borrow().get(&key) {
@@ -269,6 +310,15 @@ async fn handle(
                 )
                 .await;
             };
+            let forward = sessions.forward.borrow().clone();
+            if let Some(forward) = forward.filter(|_| id.shard() != service.registry.shard()) {
+                let status = if forward.delete(id).await {
+                    "200 OK"
+                } else {
+                    "404 Not Found"
+                };
+                return respond(stream, status, &[], b"", keep_alive).await;
+            }
             if service.registry.contains(&id) {
                 session::close(&service.registry, &id);
                 sessions.forget(&id);
@@ -292,6 +342,23 @@ async fn handle(
         Ok(Incoming::Single(Message::Request { id, method, .. })) => Some((id, method)),
         _ => None,
     };
+    // A session owned by another shard: its requests go there over the mesh.
+    let foreign = session_header
+        .as_deref()
+        .and_then(|text| SessionId::parse(text).ok())
+        .filter(|id| id.shard() != service.registry.shard());
+    let forward = sessions.forward.borrow().clone();
+    if let (Some(id), Some(forward)) = (foreign, forward) {
+        return forwarded(
+            stream,
+            request,
+            forward,
+            id,
+            first_request.map(|(id, _)| id),
+            keep_alive,
+        )
+        .await;
+    }
     let handle = match session_header {
         Some(text) => match SessionId::parse(&text)
             .ok()
@@ -398,6 +465,96 @@ async fn handle(
         write_event(stream, &reply).await?;
     }
     stream.write_all(b"0\r\n\r\n").await
+}
+
+/// Serves a request for a session another shard owns.
+async fn forwarded(
+    stream: &mut TcpStream,
+    request: Request,
+    forward: Rc<dyn Forward>,
+    session: SessionId,
+    request_id: Option<Id>,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let session_text = session.to_string();
+    let wants_sse = request
+        .header("accept")
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    let (frames_tx, frames) = local_channel::new_bounded(STREAM_FRAMES_MAX);
+    let reply = forward.forward(session, request.body, frames_tx);
+    if request_id.is_none() || !wants_sse {
+        let Some(reply) = reply.await else {
+            return respond(stream, "404 Not Found", &[], b"unknown session", keep_alive).await;
+        };
+        return match reply {
+            Some(reply) if request_id.is_some() => {
+                let headers = [
+                    ("Content-Type", "application/json"),
+                    ("Mcp-Session-Id", session_text.as_str()),
+                ];
+                respond(stream, "200 OK", &headers, &reply, keep_alive).await
+            }
+            _ => {
+                respond(
+                    stream,
+                    "202 Accepted",
+                    &[("Mcp-Session-Id", &session_text)],
+                    b"",
+                    keep_alive,
+                )
+                .await
+            }
+        };
+    }
+    futures_lite::pin!(reply);
+    let mut head_written = false;
+    let outcome = loop {
+        let next = future::or(async { Err(frames.recv().await) }, async {
+            Ok((&mut reply).await)
+        })
+        .await;
+        match next {
+            Err(Some(frame)) => {
+                if !head_written {
+                    write_sse_head(stream, &session_text, keep_alive).await?;
+                    head_written = true;
+                }
+                write_event(stream, &frame).await?;
+            }
+            Err(None) => {}
+            Ok(reply) => break reply,
+        }
+    };
+    let Some(reply) = outcome else {
+        return respond(stream, "404 Not Found", &[], b"unknown session", keep_alive).await;
+    };
+    if !head_written {
+        write_sse_head(stream, &session_text, keep_alive).await?;
+    }
+    while let Ok(Some(frame)) = future::or(async { Ok(frames.recv().await) }, async {
+        futures_lite::future::yield_now().await;
+        Err(())
+    })
+    .await
+    {
+        write_event(stream, &frame).await?;
+    }
+    if let Some(reply) = reply {
+        write_event(stream, &reply).await?;
+    }
+    stream.write_all(b"0\r\n\r\n").await
+}
+
+async fn write_sse_head(
+    stream: &mut TcpStream,
+    session: &str,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nMcp-Session-Id: {session}\r\nTransfer-Encoding: chunked\r\nConnection: {}\r\n\r\n",
+        if keep_alive { "keep-alive" } else { "close" }
+    );
+    stream.write_all(head.as_bytes()).await
 }
 
 async fn write_event(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<()> {
