@@ -27,12 +27,12 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
 use crate::ids::ShardId;
-use crate::mesh::{Incoming, MeshError, MeshPort, PeerEnds, PollPolicy, ShardEnds};
+use crate::mesh::{Incoming, MeshPort, PeerEnds, PollPolicy, ShardEnds};
 use crate::pool::PoolSet;
 use crate::protocol::request_state::StateKey;
 use crate::registry::{Registry, SessionId};
 use crate::server::ServerFactory;
-use crate::session::{SessionEnv, SessionError, SessionLimits, SessionRegistry};
+use crate::session::{SessionEnv, SessionLimits, SessionRegistry};
 use crate::supervision::{
     panic_message, ChildContext, ChildSpec, ExitReason, RestartSummary, SpecError, Strategy,
     SupFlags, Supervisor, SupervisorEnv, SupervisorSpec, TreeNode,
@@ -45,8 +45,6 @@ use crate::transport::tcp::{self, TcpService, Wire};
 
 /// What crosses the mesh between shards.
 pub enum ShardMessage {
-    /// A message for a session owned by the receiving shard.
-    SessionRequest { session: SessionId, message: Bytes },
     /// The owner's answer (`None` for a notification).
     SessionReply(Option<Bytes>),
     /// The session does not exist (any more) on its owner.
@@ -413,25 +411,8 @@ fn install_mesh_handler(ctx: &Rc<ShardContext>) {
                         .detach();
                     }
                 }
-                body => {
-                    let Some(reply_to) = incoming.reply_to else {
-                        return;
-                    };
-                    let ShardMessage::SessionRequest { session, message } = body else {
-                        return;
-                    };
-                    glommio::spawn_local(async move {
-                        let answer = match ctx.registry.get(&session) {
-                            Some(handle) => match handle.request(message).await {
-                                Ok(reply) => ShardMessage::SessionReply(reply),
-                                Err(_) => ShardMessage::SessionUnknown,
-                            },
-                            None => ShardMessage::SessionUnknown,
-                        };
-                        let _ = ctx.mesh.reply(reply_to, answer).await;
-                    })
-                    .detach();
-                }
+                // Replies are taken by the mesh itself; nothing else is sent here.
+                ShardMessage::SessionReply(_) | ShardMessage::SessionUnknown => {}
             }
         });
 }
@@ -548,47 +529,7 @@ impl Forward for MeshForward {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RouteError {
-    #[error(transparent)]
-    Session(#[from] SessionError),
-    #[error("session {0} is not known to its shard")]
-    UnknownSession(SessionId),
-    #[error("forwarding to the owning shard failed: {0}")]
-    Mesh(String),
-}
-
 impl ShardContext {
-    /// Delivers a message to a session wherever it lives: locally if this
-    /// shard owns it, else with one call over the mesh to its owner.
-    pub async fn route(
-        &self,
-        session: SessionId,
-        message: Bytes,
-    ) -> Result<Option<Bytes>, RouteError> {
-        if session.shard() == self.shard {
-            let handle = self
-                .registry
-                .get(&session)
-                .ok_or(RouteError::UnknownSession(session))?;
-            return Ok(handle.request(message).await?);
-        }
-        let timeout = Duration::from_millis(self.config.runtime.mesh_call_timeout_ms);
-        let reply = self
-            .mesh
-            .call(
-                session.shard(),
-                ShardMessage::SessionRequest { session, message },
-                timeout,
-            )
-            .await
-            .map_err(|error: MeshError<ShardMessage>| RouteError::Mesh(error.to_string()))?;
-        match reply {
-            ShardMessage::SessionReply(reply) => Ok(reply),
-            _ => Err(RouteError::UnknownSession(session)),
-        }
-    }
-
     pub fn report(&self) -> ShardReport {
         let root = self.root.borrow().clone();
         let (tree, restarts) = match root {
