@@ -433,38 +433,10 @@ async fn handle(
         .streams
         .borrow_mut()
         .insert(id.clone(), Rc::new(frames_tx));
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nMcp-Session-Id: {session_id}\r\nTransfer-Encoding: chunked\r\nConnection: {}\r\n\r\n",
-        if keep_alive { "keep-alive" } else { "close" }
-    );
-    stream.write_all(head.as_bytes()).await?;
-    let reply = handle.request(request.body);
-    futures_lite::pin!(reply);
-    let outcome = loop {
-        let next = future::or(async { Err(frames.recv().await) }, async {
-            Ok((&mut reply).await)
-        })
-        .await;
-        match next {
-            Err(Some(frame)) => write_event(stream, &frame).await?,
-            Err(None) => {}
-            Ok(reply) => break reply,
-        }
-    };
+    let reply = async { handle.request(request.body).await.ok() };
+    let streamed = stream_until_reply(stream, &frames, reply, &session_id, keep_alive).await;
     router.streams.borrow_mut().remove(&id);
-    // Frames queued before the reply still go out first.
-    while let Ok(Some(frame)) = future::or(async { Ok(frames.recv().await) }, async {
-        futures_lite::future::yield_now().await;
-        Err(())
-    })
-    .await
-    {
-        write_event(stream, &frame).await?;
-    }
-    if let Ok(Some(reply)) = outcome {
-        write_event(stream, &reply).await?;
-    }
-    stream.write_all(b"0\r\n\r\n").await
+    streamed
 }
 
 /// Serves a request for a session another shard owns.
@@ -506,6 +478,19 @@ async fn forwarded(
             }
         };
     }
+    stream_until_reply(stream, &frames, reply, &session_text, keep_alive).await
+}
+
+/// Streams a request's frames as SSE events until its reply comes, then the
+/// frames still queued, then the reply. The head goes out with the first
+/// event, so a `None` reply (unknown session) can still be answered 404.
+async fn stream_until_reply(
+    stream: &mut TcpStream,
+    frames: &LocalReceiver<Bytes>,
+    reply: impl std::future::Future<Output = Option<Option<Bytes>>>,
+    session: &str,
+    keep_alive: bool,
+) -> std::io::Result<()> {
     futures_lite::pin!(reply);
     let mut head_written = false;
     let outcome = loop {
@@ -516,7 +501,7 @@ async fn forwarded(
         match next {
             Err(Some(frame)) => {
                 if !head_written {
-                    write_sse_head(stream, &session_text, keep_alive).await?;
+                    write_sse_head(stream, session, keep_alive).await?;
                     head_written = true;
                 }
                 write_event(stream, &frame).await?;
@@ -526,11 +511,15 @@ async fn forwarded(
         }
     };
     let Some(reply) = outcome else {
+        if head_written {
+            return stream.write_all(b"0\r\n\r\n").await;
+        }
         return respond(stream, "404 Not Found", &[], b"unknown session", keep_alive).await;
     };
     if !head_written {
-        write_sse_head(stream, &session_text, keep_alive).await?;
+        write_sse_head(stream, session, keep_alive).await?;
     }
+    // Frames queued before the reply still go out first.
     while let Ok(Some(frame)) = future::or(async { Ok(frames.recv().await) }, async {
         futures_lite::future::yield_now().await;
         Err(())
