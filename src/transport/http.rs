@@ -301,14 +301,7 @@ async fn handle(
         "POST" => {}
         "DELETE" => {
             let Some(id) = session_header.and_then(|text| SessionId::parse(&text).ok()) else {
-                return respond(
-                    stream,
-                    "400 Bad Request",
-                    &[],
-                    b"missing Mcp-Session-Id",
-                    keep_alive,
-                )
-                .await;
+                return missing_session(stream, keep_alive).await;
             };
             let forward = sessions.forward.borrow().clone();
             if let Some(forward) = forward.filter(|_| id.shard() != service.registry.shard()) {
@@ -388,16 +381,7 @@ async fn handle(
                 }
             }
         }
-        None => {
-            return respond(
-                stream,
-                "400 Bad Request",
-                &[],
-                b"missing Mcp-Session-Id",
-                keep_alive,
-            )
-            .await
-        }
+        None => return missing_session(stream, keep_alive).await,
     };
     let session_id = handle.id().to_string();
     let router = sessions.router(&handle);
@@ -532,6 +516,17 @@ async fn stream_until_reply(
         write_event(stream, &reply).await?;
     }
     stream.write_all(b"0\r\n\r\n").await
+}
+
+async fn missing_session(stream: &mut TcpStream, keep_alive: bool) -> std::io::Result<()> {
+    respond(
+        stream,
+        "400 Bad Request",
+        &[],
+        b"missing Mcp-Session-Id",
+        keep_alive,
+    )
+    .await
 }
 
 async fn write_sse_head(

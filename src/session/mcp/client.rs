@@ -98,19 +98,7 @@ pub(super) struct RequestPeer {
 
 impl Peer for RequestPeer {
     fn notify(&self, method: &'static str, params: Value) -> Pin<Box<dyn Future<Output = ()>>> {
-        let session = self.session.clone();
-        let related = self.related.clone();
-        Box::pin(async move {
-            if let Some(session) = session.upgrade() {
-                let frame = encode_request(None, method, Some(&params));
-                session
-                    .push(OutFrame {
-                        related: Some(related),
-                        frame,
-                    })
-                    .await;
-            }
-        })
+        notify_related(&self.session, &self.related, method, params)
     }
 
     fn log_enabled(&self, level: LogLevel) -> bool {
@@ -120,9 +108,7 @@ impl Peer for RequestPeer {
     }
 
     fn resource_updated(&self, uri: &str) {
-        if let Some(session) = self.session.upgrade() {
-            session.announce_resource_updated(uri);
-        }
+        announce_from(&self.session, uri);
     }
 
     fn request(
@@ -138,6 +124,36 @@ impl Peer for RequestPeer {
                 .ok_or_else(|| RpcError::internal("the session has ended"))?;
             session.request_client(related, method, params).await
         })
+    }
+}
+
+/// Queues a notification about request `related`, if its session still lives
+/// (waits while the outbox is full).
+pub(super) fn notify_related(
+    session: &Weak<McpSession>,
+    related: &Id,
+    method: &'static str,
+    params: Value,
+) -> Pin<Box<dyn Future<Output = ()>>> {
+    let session = session.clone();
+    let related = related.clone();
+    Box::pin(async move {
+        if let Some(session) = session.upgrade() {
+            let frame = encode_request(None, method, Some(&params));
+            session
+                .push(OutFrame {
+                    related: Some(related),
+                    frame,
+                })
+                .await;
+        }
+    })
+}
+
+/// Announces a changed resource through the session's hook, if it still lives.
+pub(super) fn announce_from(session: &Weak<McpSession>, uri: &str) {
+    if let Some(session) = session.upgrade() {
+        session.announce_resource_updated(uri);
     }
 }
 

@@ -2,7 +2,7 @@
 //! enveloped dispatch, `server/discover`, `subscriptions/listen`, and
 //! `InputRequiredResult` rounds (`StatelessPeer`).
 
-use super::client::check_capability;
+use super::client::{announce_from, check_capability, notify_related};
 use super::*;
 
 impl McpSession {
@@ -281,19 +281,7 @@ pub(super) struct StatelessPeer {
 
 impl Peer for StatelessPeer {
     fn notify(&self, method: &'static str, params: Value) -> Pin<Box<dyn Future<Output = ()>>> {
-        let session = self.session.clone();
-        let related = self.related.clone();
-        Box::pin(async move {
-            if let Some(session) = session.upgrade() {
-                let frame = encode_request(None, method, Some(&params));
-                session
-                    .push(OutFrame {
-                        related: Some(related),
-                        frame,
-                    })
-                    .await;
-            }
-        })
+        notify_related(&self.session, &self.related, method, params)
     }
 
     fn log_enabled(&self, level: LogLevel) -> bool {
@@ -301,9 +289,7 @@ impl Peer for StatelessPeer {
     }
 
     fn resource_updated(&self, uri: &str) {
-        if let Some(session) = self.session.upgrade() {
-            session.announce_resource_updated(uri);
-        }
+        announce_from(&self.session, uri);
     }
 
     fn request(
