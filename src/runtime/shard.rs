@@ -5,7 +5,7 @@
 //! shard-N (one_for_one)
 //! ├── services (one_for_one): control (commands from the node)
 //! ├── pools (one_for_one) ── pool-0..P-1 (simple_one_for_one) ── sessions (temporary)
-//! └── listeners (one_for_one): tcp (transient)
+//! └── listeners (one_for_one): tcp, http (transient)
 //! ```
 //!
 //! State that must outlive a restart of the worker serving it (the registry,
