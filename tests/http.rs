@@ -238,3 +238,104 @@ fn every_refusal_has_its_status() {
     node.drain();
     node.join().unwrap();
 }
+
+/// A 2026-07-28 request body with its envelope.
+fn modern(id: u64, method: &str, extra: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{{{extra}"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{{}},"progressToken":{id}}}}}}}"#
+    )
+}
+
+#[test]
+fn stateless_requests_need_no_session_and_follow_the_revisions_header_rules() {
+    let node = runtime::start(test_config(2, 2), demo::factory()).unwrap();
+    let addr = node.http_addr().unwrap();
+    let headers = |method: &'static str, name: Option<&'static str>| {
+        let mut headers = vec![
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", method),
+        ];
+        if let Some(name) = name {
+            headers.push(("Mcp-Name", name));
+        }
+        headers
+    };
+    let discover = http(
+        addr,
+        "POST",
+        &headers("server/discover", None),
+        &modern(1, "server/discover", ""),
+    );
+    assert_eq!(discover.status, 200, "{}", discover.body);
+    assert!(
+        discover.header("mcp-session-id").is_none(),
+        "no session in this revision"
+    );
+    assert!(discover
+        .body
+        .contains(r#""supportedVersions":["2026-07-28"]"#));
+    assert!(discover.body.contains(r#""resultType":"complete""#));
+
+    let add = http(
+        addr,
+        "POST",
+        &headers("tools/call", Some("add")),
+        &modern(
+            2,
+            "tools/call",
+            r#""name":"add","arguments":{"a":1,"b":2},"#,
+        ),
+    );
+    assert_eq!(add.status, 200);
+    assert!(
+        add.body.contains(r#""structuredContent":{"sum":3.0}"#),
+        "{}",
+        add.body
+    );
+
+    let wrong_method = http(
+        addr,
+        "POST",
+        &headers("tools/list", None),
+        &modern(3, "server/discover", ""),
+    );
+    assert_eq!(wrong_method.status, 400);
+    assert!(wrong_method.body.contains("-32020"));
+    let no_name = http(
+        addr,
+        "POST",
+        &headers("tools/call", None),
+        &modern(
+            4,
+            "tools/call",
+            r#""name":"add","arguments":{"a":1,"b":2},"#,
+        ),
+    );
+    assert_eq!(no_name.status, 400, "Mcp-Name is required for tools/call");
+    let removed = http(addr, "POST", &headers("ping", None), &modern(5, "ping", ""));
+    assert_eq!(removed.status, 404);
+    assert!(removed.body.contains("-32601"));
+
+    // A handler that reports progress answers with SSE: progress, then the result.
+    let slow = http(
+        addr,
+        "POST",
+        &headers("tools/call", Some("slow")),
+        &modern(6, "tools/call", r#""name":"slow","arguments":{"ms":8},"#),
+    );
+    assert_eq!(slow.status, 200);
+    assert_eq!(
+        slow.header("content-type").as_deref(),
+        Some("text/event-stream")
+    );
+    let progress_at = slow.body.find("notifications/progress").expect("progress");
+    let result_at = slow
+        .body
+        .find(r#""resultType":"complete""#)
+        .expect("result");
+    assert!(progress_at < result_at);
+    node.drain();
+    node.join().unwrap();
+}

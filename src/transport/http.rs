@@ -331,10 +331,30 @@ async fn handle(
         }
     }
     // What the body holds decides the answer: requests get one, the rest 202.
-    let first_request = match decode(&request.body, service.limits.message_bytes_max) {
-        Ok(Incoming::Single(Message::Request { id, method, .. })) => Some((id, method)),
-        _ => None,
+    let (first_request, enveloped) = match decode(&request.body, service.limits.message_bytes_max) {
+        Ok(Incoming::Single(Message::Request { id, method, params })) => {
+            let enveloped =
+                crate::protocol::stateless::is_enveloped(params.as_ref()) && method != "initialize";
+            (Some((id, method, params)), enveloped)
+        }
+        _ => (None, false),
     };
+    // A 2026-07-28 request needs no session: served here, with no mesh hop.
+    if session_header.is_none() && enveloped {
+        if let Some((id, method, params)) = first_request {
+            return stateless(
+                stream,
+                request,
+                service,
+                id,
+                &method,
+                params.as_ref(),
+                keep_alive,
+            )
+            .await;
+        }
+    }
+    let first_request = first_request.map(|(id, method, _)| (id, method));
     // A session owned by another shard: its requests go there over the mesh.
     let foreign = session_header
         .as_deref()
@@ -476,34 +496,162 @@ async fn stream_until_reply(
     keep_alive: bool,
 ) -> std::io::Result<()> {
     futures_lite::pin!(reply);
-    let mut head_written = false;
-    let outcome = loop {
+    let first = future::or(async { Err(frames.recv().await) }, async {
+        Ok((&mut reply).await)
+    })
+    .await;
+    match first {
+        Ok(None) => respond(stream, "404 Not Found", &[], b"unknown session", keep_alive).await,
+        Ok(Some(done)) => {
+            write_sse_head(stream, session, keep_alive).await?;
+            stream_frames(stream, frames, async { done }).await
+        }
+        Err(frame) => {
+            write_sse_head(stream, session, keep_alive).await?;
+            if let Some(frame) = frame {
+                write_event(stream, &frame).await?;
+            }
+            stream_frames(stream, frames, async { reply.await.flatten() }).await
+        }
+    }
+}
+
+/// Serves one 2026-07-28 request: the revision's header checks, then a
+/// session-less run on this shard. Errors get the statuses the revision
+/// asks for (400 for -32020..-32022 and a bad envelope, 404 for -32601);
+/// a request whose handler streams notifications is answered with SSE.
+#[allow(clippy::too_many_arguments)]
+async fn stateless(
+    stream: &mut TcpStream,
+    request: Request,
+    service: &Rc<TcpService>,
+    id: Id,
+    method: &str,
+    params: Option<&serde_json::Value>,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    use crate::protocol::jsonrpc::{encode_error, RpcError, HEADER_MISMATCH};
+    use crate::protocol::stateless::META_PROTOCOL_VERSION;
+    let version = params
+        .and_then(|p| p.get("_meta"))
+        .and_then(|meta| meta.get(META_PROTOCOL_VERSION))
+        .and_then(serde_json::Value::as_str);
+    let name = match method {
+        "tools/call" | "prompts/get" => params.and_then(|p| p.get("name")),
+        "resources/read" => params.and_then(|p| p.get("uri")),
+        _ => None,
+    }
+    .and_then(serde_json::Value::as_str);
+    let mismatch = if request.header("mcp-protocol-version") != version {
+        Some("MCP-Protocol-Version must be present and equal params._meta's protocol version")
+    } else if request.header("mcp-method") != Some(method) {
+        Some("Mcp-Method must be present and equal the body's method")
+    } else if name.is_some() && request.header("mcp-name") != name {
+        Some("Mcp-Name must be present and equal the body's name or uri")
+    } else {
+        None
+    };
+    if let Some(reason) = mismatch {
+        let body = encode_error(Some(&id), &RpcError::new(HEADER_MISMATCH, reason));
+        let headers = [("Content-Type", "application/json")];
+        return respond(stream, "400 Bad Request", &headers, &body, keep_alive).await;
+    }
+    let env = &service.sessions;
+    let session = crate::session::McpSession::new(
+        env.server.clone(),
+        env.limits,
+        env.clock.clone(),
+        env.state_key.clone(),
+    );
+    session.set_update_hook(env.resource_updates.clone());
+    let Some(outbox) = session.take_outbox() else {
+        return respond(stream, "500 Internal Server Error", &[], b"", keep_alive).await;
+    };
+    let wants_sse = request
+        .header("accept")
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    let reply = session.handle_frame(&request.body);
+    futures_lite::pin!(reply);
+    // Until the first notification, the answer may still be plain JSON.
+    let first = future::or(async { Err(outbox.recv().await) }, async {
+        Ok((&mut reply).await)
+    })
+    .await;
+    match first {
+        Ok(reply) => {
+            let reply = reply.unwrap_or_default();
+            let status = match serde_json::from_slice::<serde_json::Value>(&reply)
+                .ok()
+                .and_then(|value| {
+                    value
+                        .pointer("/error/code")
+                        .and_then(serde_json::Value::as_i64)
+                }) {
+                Some(-32601) => "404 Not Found",
+                Some(-32602 | -32020 | -32021 | -32022 | -32600 | -32700) => "400 Bad Request",
+                _ => "200 OK",
+            };
+            respond(
+                stream,
+                status,
+                &[("Content-Type", "application/json")],
+                &reply,
+                keep_alive,
+            )
+            .await
+        }
+        Err(frame) if wants_sse => {
+            write_sse_head(stream, "", keep_alive).await?;
+            if let Some(frame) = frame {
+                write_event(stream, &frame.frame).await?;
+            }
+            let (frames_tx, frames) = local_channel::new_bounded(STREAM_FRAMES_MAX);
+            let pump = glommio::spawn_local(async move {
+                while let Some(frame) = outbox.recv().await {
+                    if frames_tx.send(frame.frame).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let outcome = stream_frames(stream, &frames, reply).await;
+            session.close();
+            drop(pump);
+            outcome
+        }
+        // A client that takes only JSON gets the result; notifications are dropped.
+        Err(_) => {
+            let reply = reply.await.unwrap_or_default();
+            respond(
+                stream,
+                "200 OK",
+                &[("Content-Type", "application/json")],
+                &reply,
+                keep_alive,
+            )
+            .await
+        }
+    }
+}
+
+/// After the head: events until the reply, the queued rest, the reply, the end.
+async fn stream_frames(
+    stream: &mut TcpStream,
+    frames: &LocalReceiver<Bytes>,
+    reply: impl std::future::Future<Output = Option<Bytes>>,
+) -> std::io::Result<()> {
+    futures_lite::pin!(reply);
+    let reply = loop {
         let next = future::or(async { Err(frames.recv().await) }, async {
             Ok((&mut reply).await)
         })
         .await;
         match next {
-            Err(Some(frame)) => {
-                if !head_written {
-                    write_sse_head(stream, session, keep_alive).await?;
-                    head_written = true;
-                }
-                write_event(stream, &frame).await?;
-            }
-            Err(None) => {}
+            Err(Some(frame)) => write_event(stream, &frame).await?,
+            // The sender is gone: no frame can come; only the reply is left.
+            Err(None) => break (&mut reply).await,
             Ok(reply) => break reply,
         }
     };
-    let Some(reply) = outcome else {
-        if head_written {
-            return stream.write_all(b"0\r\n\r\n").await;
-        }
-        return respond(stream, "404 Not Found", &[], b"unknown session", keep_alive).await;
-    };
-    if !head_written {
-        write_sse_head(stream, session, keep_alive).await?;
-    }
-    // Frames queued before the reply still go out first.
     while let Ok(Some(frame)) = future::or(async { Ok(frames.recv().await) }, async {
         futures_lite::future::yield_now().await;
         Err(())
@@ -535,7 +683,8 @@ async fn write_sse_head(
     keep_alive: bool,
 ) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nMcp-Session-Id: {session}\r\nTransfer-Encoding: chunked\r\nConnection: {}\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n{}Transfer-Encoding: chunked\r\nConnection: {}\r\n\r\n",
+        if session.is_empty() { String::new() } else { format!("Mcp-Session-Id: {session}\r\n") },
         if keep_alive { "keep-alive" } else { "close" }
     );
     stream.write_all(head.as_bytes()).await
