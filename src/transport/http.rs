@@ -11,7 +11,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
@@ -142,7 +141,6 @@ pub async fn serve_connection(
     mut stream: TcpStream,
     service: Rc<TcpService>,
     sessions: Rc<HttpSessions>,
-    own: SocketAddr,
 ) {
     let tracked = sockets::track(stream.as_raw_fd());
     let mut buffer = BytesMut::with_capacity(4 << 10);
@@ -157,7 +155,7 @@ pub async fn serve_connection(
                 }
             };
         let keep_alive = request.keep_alive && !service.drain.is_set();
-        if handle(&mut stream, request, &service, &sessions, own, keep_alive)
+        if handle(&mut stream, request, &service, &sessions, keep_alive)
             .await
             .is_err()
             || !keep_alive
@@ -271,7 +269,6 @@ async fn handle(
     request: Request,
     service: &Rc<TcpService>,
     sessions: &Rc<HttpSessions>,
-    _own: SocketAddr,
     keep_alive: bool,
 ) -> std::io::Result<()> {
     if !trusted(&request) {

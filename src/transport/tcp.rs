@@ -122,7 +122,6 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
                                 stream,
                                 service_for_connection.clone(),
                                 sessions,
-                                local,
                             )
                             .await
                         }
