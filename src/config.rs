@@ -90,6 +90,9 @@ pub struct ListenConfig {
     /// Pending connections the kernel queues per shard listener (capped by
     /// net.core.somaxconn).
     pub backlog: u32,
+    /// Host names HTTP requests may name in `Host` and `Origin` (DNS-rebinding
+    /// protection); anything else gets 403.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ListenConfig {
@@ -98,6 +101,7 @@ impl Default for ListenConfig {
             tcp: "127.0.0.1:8081".to_string(),
             http: "127.0.0.1:8080".to_string(),
             backlog: 4_096,
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
         }
     }
 }
@@ -138,6 +142,27 @@ pub struct LimitsConfig {
     pub request_timeout_ms: u64,
     /// Connections one shard serves at once; more wait in the kernel backlog.
     pub connections_per_shard_max: usize,
+    /// How long an HTTP connection may sit idle between requests.
+    pub http_idle_timeout_ms: u64,
+    /// How long a client may take to send a whole request once it started
+    /// (slow clients are answered 408 and cut off).
+    pub http_read_timeout_ms: u64,
+    /// How long one write to a client may wait for it to read.
+    pub http_write_timeout_ms: u64,
+    /// An HTTP session nobody used (and nobody watches a stream of) for this
+    /// long is closed; its id then gets 404.
+    pub http_session_idle_ms: u64,
+    /// A quiet SSE stream gets a comment line this often.
+    pub sse_keepalive_ms: u64,
+    /// The `retry` hint each SSE stream opens with: how long a client waits
+    /// before it reconnects.
+    pub sse_retry_ms: u64,
+    /// SSE events one stream keeps so that a client can resume it.
+    pub event_store_events_per_stream: usize,
+    /// Bytes of SSE history one shard keeps in all.
+    pub event_store_bytes_max: usize,
+    /// How long a stream nobody is connected to stays resumable.
+    pub event_store_retention_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -158,6 +183,15 @@ impl Default for LimitsConfig {
             task_ttl_ms_max: 3_600_000,
             request_timeout_ms: 30_000,
             connections_per_shard_max: 65_536,
+            http_idle_timeout_ms: 60_000,
+            http_read_timeout_ms: 10_000,
+            http_write_timeout_ms: 10_000,
+            http_session_idle_ms: 1_800_000,
+            sse_keepalive_ms: 15_000,
+            sse_retry_ms: 1_000,
+            event_store_events_per_stream: 256,
+            event_store_bytes_max: 64 << 20,
+            event_store_retention_ms: 300_000,
         }
     }
 }
@@ -388,10 +422,43 @@ impl Config {
                 "must be greater than 0",
             ));
         }
-        if l.request_timeout_ms == 0 {
+        for (key, value) in [
+            ("limits.request_timeout_ms", l.request_timeout_ms),
+            ("limits.http_idle_timeout_ms", l.http_idle_timeout_ms),
+            ("limits.http_read_timeout_ms", l.http_read_timeout_ms),
+            ("limits.http_write_timeout_ms", l.http_write_timeout_ms),
+            ("limits.http_session_idle_ms", l.http_session_idle_ms),
+            ("limits.sse_keepalive_ms", l.sse_keepalive_ms),
+            (
+                "limits.event_store_retention_ms",
+                l.event_store_retention_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if l.event_store_events_per_stream == 0 {
             return Err(invalid(
-                "limits.request_timeout_ms",
-                "must be greater than 0",
+                "limits.event_store_events_per_stream",
+                "must be at least 1",
+            ));
+        }
+        if l.event_store_bytes_max < 64 << 10 {
+            return Err(invalid(
+                "limits.event_store_bytes_max",
+                "must be at least 65536",
+            ));
+        }
+        let bare_host = |host: &str| {
+            !host.is_empty()
+                && !host.contains(|c: char| c.is_whitespace() || c == '/')
+                && (!host.contains(':') || host.parse::<std::net::Ipv6Addr>().is_ok())
+        };
+        if !self.listen.allowed_hosts.iter().all(|host| bare_host(host)) {
+            return Err(invalid(
+                "listen.allowed_hosts",
+                "each entry is a bare host name or address, without scheme or port",
             ));
         }
         let s = &self.supervision;

@@ -329,6 +329,10 @@ fn oversized_and_malformed_lines_get_clear_errors_and_the_session_lives_on() {
         .as_str()
         .unwrap()
         .contains("message_bytes_max"));
+    assert!(
+        client.ping(),
+        "the session lives on after an oversized line"
+    );
     node.drain();
     node.join().unwrap();
 }

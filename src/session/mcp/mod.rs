@@ -141,11 +141,29 @@ pub struct McpSession {
 pub type UpdateHook = Rc<dyn Fn(&str)>;
 
 /// A frame for the client, tagged with the request it belongs to (if any),
-/// so a transport with one stream per request can route it.
+/// so a transport with one stream per request can route it. An empty frame
+/// carries no message: it asks the transport to close the stream of
+/// `related` (see [`OutFrame::close_stream`]).
 #[derive(Debug, Clone)]
 pub struct OutFrame {
     pub related: Option<Id>,
     pub frame: Bytes,
+}
+
+impl OutFrame {
+    /// Asks the transport to close the SSE stream request `related` answers
+    /// on, while the request goes on (the client resumes the stream).
+    pub fn close_stream(related: Id) -> Self {
+        OutFrame {
+            related: Some(related),
+            frame: Bytes::new(),
+        }
+    }
+
+    /// Whether this frame only asks to close a stream.
+    pub fn is_close_stream(&self) -> bool {
+        self.frame.is_empty()
+    }
 }
 
 impl McpSession {
