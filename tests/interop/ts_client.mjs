@@ -325,8 +325,16 @@ async function connect(args) {
   } else {
     throw new Error(`unknown transport ${args.transport}`);
   }
+  // The client hands the negotiated version to transports that want it (HTTP
+  // headers); catching it here tells it on every transport.
+  let protocolVersion = null;
+  const setProtocolVersion = transport.setProtocolVersion?.bind(transport);
+  transport.setProtocolVersion = (version) => {
+    protocolVersion = version;
+    setProtocolVersion?.(version);
+  };
   await client.connect(transport);
-  return { client, transport };
+  return { client, transport, protocolVersion };
 }
 
 async function main() {
@@ -346,7 +354,7 @@ async function main() {
     report("connect", {
       ok: true,
       server: info.name,
-      protocolVersion: connection.transport.protocolVersion ?? null,
+      protocolVersion: connection.protocolVersion,
       sessionId: connection.transport.sessionId != null,
       capabilities: Object.keys(capabilities).sort(),
     });
@@ -356,6 +364,7 @@ async function main() {
   }
   const wanted = args.steps ? new Set(args.steps) : null;
   for (const step of STEPS) {
+    if (step.transports && !step.transports.includes(args.transport)) continue;
     if (wanted && !wanted.has(step.name)) continue;
     try {
       const details = await step.run(connection.client);
