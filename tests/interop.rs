@@ -401,13 +401,20 @@ fn assert_common(run: &Run, sdk: Sdk) {
     assert_eq!(run.step("cancel")["stopped"], 1);
 }
 
+/// The server closed the reconnection fixture's stream before answering: the
+/// SDK got the answer only by resuming it with `Last-Event-ID`.
+fn assert_resumed(run: &Run) {
+    assert_eq!(run.step("resume")["text"], "Reconnection test completed");
+}
+
 #[test]
 fn typescript_sdk_over_http_handshake_era() {
     let server = Server::start();
     let mut steps = common_steps();
-    steps.push("ping");
+    steps.extend(["resume", "ping"]);
     let run = Run::of(Sdk::Ts, Transport::Http, &server, &steps);
     run.assert_all_ok(&steps);
+    assert_resumed(&run);
     let connect = run.step("connect");
     assert_eq!(connect["sdk"], "1.32.2");
     assert_eq!(connect["server"], "shardmcp");
@@ -452,9 +459,10 @@ fn python_sdk_over_http_2026_07_28() {
 fn python_sdk_over_http_handshake_era() {
     let server = Server::start();
     let mut steps = common_steps();
-    steps.push("ping");
+    steps.extend(["resume", "ping"]);
     let run = Run::of(Sdk::PyLegacy, Transport::Http, &server, &steps);
     run.assert_all_ok(&steps);
+    assert_resumed(&run);
     let connect = run.step("connect");
     assert_eq!(connect["sdk"], "2.3.0");
     assert_eq!(connect["server"], "shardmcp");
@@ -463,13 +471,10 @@ fn python_sdk_over_http_handshake_era() {
     server.stop_cleanly();
 }
 
-// What the clients do that the server cannot serve over HTTP yet. Each is a
-// known gap in src/transport/http.rs (being rewritten); run them with
-// `cargo test --release --test interop -- --ignored` once it lands.
+// What only HTTP has: the GET stream, listens without a session, and
+// cancellation by closing a 2026-07-28 stream.
 
 #[test]
-#[ignore = "no GET stream yet: http.rs drops frames that belong to no request (route_frames), so \
-            resources/updated for a handshake-era subscription never reaches an HTTP client"]
 fn handshake_era_subscriptions_over_http_reach_the_client() {
     for sdk in [Sdk::Ts, Sdk::PyLegacy] {
         let server = Server::start();
@@ -481,9 +486,6 @@ fn handshake_era_subscriptions_over_http_reach_the_client() {
 }
 
 #[test]
-#[ignore = "http.rs serves a 2026-07-28 request on an McpSession it never registers, so \
-            session::deliver_resource_updated (which walks the registry) never finds the listen; \
-            the abandoned listen also keeps its connection open until the drain deadline"]
 fn stateless_listen_over_http_carries_resource_updates() {
     let server = Server::start();
     let run = Run::of(Sdk::PyModern, Transport::Http, &server, &["listen"]);
@@ -493,9 +495,6 @@ fn stateless_listen_over_http_carries_resource_updates() {
 }
 
 #[test]
-#[ignore = "http.rs does not watch the connection while a 2026-07-28 request runs: a closed \
-            stream is noticed only at the handler's next write, so a handler that writes nothing \
-            runs to its end"]
 fn closing_a_quiet_stateless_stream_cancels_its_handler() {
     let server = Server::start();
     let run = Run::of(Sdk::PyModern, Transport::Http, &server, &["cancel-quiet"]);

@@ -369,6 +369,7 @@ fn resource_update_hook(ctx: &Rc<ShardContext>, shards: usize) -> crate::session
     Rc::new(move |uri: &str| {
         let Some(ctx) = weak.upgrade() else { return };
         crate::session::deliver_resource_updated(&ctx.registry, uri);
+        ctx.http.deliver_resource_updated(uri);
         for peer in (0..shards)
             .map(|index| ShardId(index as u16))
             .filter(|&peer| peer != ctx.shard)
@@ -404,6 +405,7 @@ fn install_mesh_handler(ctx: &Rc<ShardContext>) {
             match incoming.body {
                 ShardMessage::ResourceUpdated(uri) => {
                     crate::session::deliver_resource_updated(&ctx.registry, &uri);
+                    ctx.http.deliver_resource_updated(&uri);
                 }
                 ShardMessage::StreamFrame { stream, frame } => {
                     let target = ctx.forwarded.borrow().get(&stream).cloned();

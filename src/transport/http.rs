@@ -35,7 +35,7 @@ use crate::config::LimitsConfig;
 use crate::protocol::jsonrpc::{decode, Id, Incoming, Message};
 use crate::protocol::version::{era_of, HANDSHAKE_VERSIONS};
 use crate::registry::{IdHasher, SessionId};
-use crate::session::{self, OutFrame, SessionHandle, SessionRegistry};
+use crate::session::{self, McpSession, OutFrame, SessionHandle, SessionRegistry};
 use crate::sync::Event;
 use crate::time::SharedClock;
 
@@ -121,6 +121,25 @@ pub struct HttpSessions {
     forward: RefCell<Option<Rc<dyn Forward>>>,
     clock: SharedClock,
     session_idle: Duration,
+    /// 2026-07-28 `subscriptions/listen` requests running on this shard:
+    /// they have no registry entry, so resource updates reach them here.
+    listening: RefCell<Vec<Weak<McpSession>>>,
+}
+
+/// Keeps a stateless session in [`HttpSessions::deliver_resource_updated`]'s
+/// reach while it lives.
+struct Listening<'a> {
+    sessions: &'a HttpSessions,
+    session: Weak<McpSession>,
+}
+
+impl Drop for Listening<'_> {
+    fn drop(&mut self) {
+        self.sessions
+            .listening
+            .borrow_mut()
+            .retain(|other| !other.ptr_eq(&self.session) && other.strong_count() > 0);
+    }
 }
 
 impl HttpSessions {
@@ -140,6 +159,30 @@ impl HttpSessions {
             forward: RefCell::new(None),
             clock,
             session_idle: Duration::from_millis(limits.http_session_idle_ms),
+            listening: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Tells this shard's running 2026-07-28 listens that `uri` changed
+    /// (sessions in the registry are told by the runtime).
+    pub fn deliver_resource_updated(&self, uri: &str) {
+        let listening: Vec<Rc<McpSession>> = self
+            .listening
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for session in listening {
+            session.deliver_resource_updated(uri);
+        }
+    }
+
+    fn listen(&self, session: &Rc<McpSession>) -> Listening<'_> {
+        let session = Rc::downgrade(session);
+        self.listening.borrow_mut().push(session.clone());
+        Listening {
+            sessions: self,
+            session,
         }
     }
 
@@ -406,9 +449,16 @@ pub async fn serve_connection(
             }
         };
         let keep_alive = request.keep_alive && !service.drain.is_set();
-        if handle(&mut stream, request, &service, &sessions, keep_alive)
-            .await
-            .is_err()
+        if handle(
+            &mut stream,
+            &mut buffer,
+            request,
+            &service,
+            &sessions,
+            keep_alive,
+        )
+        .await
+        .is_err()
             || !keep_alive
         {
             break;
@@ -558,6 +608,7 @@ fn trusted(request: &Request, allowed: &[String]) -> bool {
 
 async fn handle(
     stream: &mut TcpStream,
+    buffer: &mut BytesMut,
     request: Request,
     service: &Rc<TcpService>,
     sessions: &Rc<HttpSessions>,
@@ -575,9 +626,11 @@ async fn handle(
     }
     let route = request.path.split('?').next().unwrap_or("");
     match (route, request.method.as_str()) {
-        ("/mcp", _) => mcp(stream, request, service, sessions, keep_alive).await,
-        ("/sse", "GET") => legacy_open(stream, service, sessions, keep_alive).await,
-        ("/messages", "POST") => legacy_post(stream, request, service, sessions, keep_alive).await,
+        ("/mcp", _) => mcp(stream, buffer, request, service, sessions, keep_alive).await,
+        ("/sse", "GET") => legacy_open(stream, buffer, service, sessions, keep_alive).await,
+        ("/messages", "POST") => {
+            legacy_post(stream, buffer, request, service, sessions, keep_alive).await
+        }
         ("/sse", _) | ("/messages", _) => {
             let allow = if route == "/sse" { "GET" } else { "POST" };
             respond(
@@ -596,6 +649,7 @@ async fn handle(
 /// The Streamable HTTP endpoint.
 async fn mcp(
     stream: &mut TcpStream,
+    buffer: &mut BytesMut,
     request: Request,
     service: &Rc<TcpService>,
     sessions: &Rc<HttpSessions>,
@@ -663,7 +717,7 @@ async fn mcp(
             return missing_session(stream, keep_alive).await;
         };
         let answer = run_exchange(sessions, service, id, exchange).await;
-        return write_answer(stream, answer, &id.to_string(), service, keep_alive).await;
+        return write_answer(stream, buffer, answer, &id.to_string(), service, keep_alive).await;
     }
     if let Some(content_type) = request.header("content-type") {
         if !content_type
@@ -705,6 +759,8 @@ async fn mcp(
             if crate::protocol::stateless::is_enveloped(params.as_ref()) && method != "initialize" {
                 return stateless(
                     stream,
+                    buffer,
+                    sessions,
                     &request,
                     service,
                     id.clone(),
@@ -749,7 +805,7 @@ async fn mcp(
         sse,
     };
     let answer = run_exchange(sessions, service, id, exchange).await;
-    write_answer(stream, answer, &id.to_string(), service, keep_alive).await
+    write_answer(stream, buffer, answer, &id.to_string(), service, keep_alive).await
 }
 
 /// Runs an exchange where the session lives: here, or over the mesh.
@@ -783,6 +839,7 @@ fn foreign_forward(
 
 async fn write_answer(
     stream: &mut TcpStream,
+    buffer: &mut BytesMut,
     answer: Answer,
     session: &str,
     service: &TcpService,
@@ -808,7 +865,7 @@ async fn write_answer(
         }
         Answer::Stream(events) => {
             write_sse_head(stream, session, keep_alive).await?;
-            write_events(stream, &events, service).await
+            write_events(stream, buffer, &events, service).await
         }
         Answer::Refused(status, reason) => {
             respond(stream, status, &[], reason.as_bytes(), keep_alive).await
@@ -824,6 +881,7 @@ async fn write_answer(
 /// The session ends with the stream.
 async fn legacy_open(
     stream: &mut TcpStream,
+    buffer: &mut BytesMut,
     service: &Rc<TcpService>,
     sessions: &Rc<HttpSessions>,
     keep_alive: bool,
@@ -853,7 +911,7 @@ async fn legacy_open(
     let outcome = async {
         write_sse_head(stream, "", keep_alive).await?;
         write_chunk(stream, endpoint.as_bytes()).await?;
-        write_events(stream, &events, service).await
+        write_events(stream, buffer, &events, service).await
     }
     .await;
     session::close(&service.registry, &id);
@@ -865,6 +923,7 @@ async fn legacy_open(
 /// goes to the session's SSE stream.
 async fn legacy_post(
     stream: &mut TcpStream,
+    buffer: &mut BytesMut,
     request: Request,
     service: &Rc<TcpService>,
     sessions: &Rc<HttpSessions>,
@@ -892,7 +951,7 @@ async fn legacy_post(
     .await;
     match answer {
         Answer::Reply(_) => respond(stream, "202 Accepted", &[], b"Accepted", keep_alive).await,
-        other => write_answer(stream, other, "", service, keep_alive).await,
+        other => write_answer(stream, buffer, other, "", service, keep_alive).await,
     }
 }
 
@@ -903,6 +962,8 @@ async fn legacy_post(
 #[allow(clippy::too_many_arguments)]
 async fn stateless(
     stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    sessions: &HttpSessions,
     request: &Request,
     service: &Rc<TcpService>,
     id: Id,
@@ -937,7 +998,7 @@ async fn stateless(
         return respond(stream, "400 Bad Request", &headers, &body, keep_alive).await;
     }
     let env = &service.sessions;
-    let session = crate::session::McpSession::new(
+    let session = McpSession::new(
         env.server.clone(),
         env.limits,
         env.clock.clone(),
@@ -947,13 +1008,25 @@ async fn stateless(
     let Some(outbox) = session.take_outbox() else {
         return respond(stream, "500 Internal Server Error", &[], b"", keep_alive).await;
     };
+    // A listen hears the shard's resource updates while it runs.
+    let _listening = (method == "subscriptions/listen").then(|| sessions.listen(&session));
     let reply = session.handle_frame(&request.body);
     futures_lite::pin!(reply);
-    // Until the first notification, the answer may still be plain JSON.
-    let first = future::or(async { Err(outbox.recv().await) }, async {
-        Ok((&mut reply).await)
-    })
+    let pipelined_max = service.limits.message_bytes_max + HEAD_BYTES_MAX;
+    // Until the first notification, the answer may still be plain JSON. In
+    // this revision a client that goes away cancels its request.
+    let first = future::or(
+        async { Some(Err(outbox.recv().await)) },
+        future::or(async { Some(Ok((&mut reply).await)) }, async {
+            until_gone(stream, buffer, pipelined_max).await;
+            None
+        }),
+    )
     .await;
+    let Some(first) = first else {
+        session.close();
+        return Err(std::io::ErrorKind::ConnectionAborted.into());
+    };
     match first {
         Ok(reply) => {
             let reply = reply.unwrap_or_default();
@@ -990,13 +1063,18 @@ async fn stateless(
                         Some(_) => {}
                         None => break,
                     }
-                    frame = match future::or(async { Err(outbox.recv().await) }, async {
-                        Ok((&mut reply).await)
-                    })
-                    .await
-                    {
-                        Err(next) => next,
-                        Ok(done) => {
+                    let next = future::or(
+                        async { Some(Err(outbox.recv().await)) },
+                        future::or(async { Some(Ok((&mut reply).await)) }, async {
+                            until_gone(stream, buffer, pipelined_max).await;
+                            None
+                        }),
+                    )
+                    .await;
+                    frame = match next {
+                        None => return Err(std::io::ErrorKind::ConnectionAborted.into()),
+                        Some(Err(next)) => next,
+                        Some(Ok(done)) => {
                             // The handler is done: what it queued, then its answer.
                             while let Some(Some(out)) = future::poll_once(outbox.recv()).await {
                                 if !out.frame.is_empty() {
@@ -1036,29 +1114,54 @@ async fn stateless(
 /// client is found out), then ends the chunked body.
 async fn write_events(
     stream: &mut TcpStream,
+    buffer: &mut BytesMut,
     events: &LocalReceiver<Bytes>,
     service: &TcpService,
 ) -> std::io::Result<()> {
     let keepalive = Duration::from_millis(service.limits.sse_keepalive_ms);
+    let pipelined_max = service.limits.message_bytes_max + HEAD_BYTES_MAX;
     loop {
         let quiet = service.clock.sleep(keepalive);
         let drained = service.drain.wait();
-        let next = future::or(async { Some(events.recv().await) }, async {
+        let next = future::or(async { Wake::Event(events.recv().await) }, async {
             quiet.await;
-            None
+            Wake::Quiet
         });
         let next = future::or(next, async {
             drained.await;
-            Some(None)
+            Wake::Event(None)
+        });
+        // A client that hangs up frees its connection at once.
+        let next = future::or(next, async {
+            until_gone(stream, buffer, pipelined_max).await;
+            Wake::Gone
         })
         .await;
         match next {
-            Some(Some(event)) => write_chunk(stream, &event).await?,
-            Some(None) => break,
-            None => write_chunk(stream, b": keepalive\n\n").await?,
+            Wake::Event(Some(event)) => write_chunk(stream, &event).await?,
+            Wake::Event(None) => break,
+            Wake::Quiet => write_chunk(stream, b": keepalive\n\n").await?,
+            Wake::Gone => return Err(std::io::ErrorKind::ConnectionAborted.into()),
         }
     }
     stream.write_all(b"0\r\n\r\n").await
+}
+
+/// What woke a stream writer.
+enum Wake {
+    Event(Option<Bytes>),
+    Quiet,
+    Gone,
+}
+
+/// Completes when the client has hung up. Bytes it sends meanwhile (its next
+/// request, pipelined) are kept in `buffer`, up to `max`; then it is no
+/// longer watched.
+async fn until_gone(stream: &mut TcpStream, buffer: &mut BytesMut, max: usize) {
+    if buffer.len() < max && read_more(stream, buffer).await.is_err() {
+        return;
+    }
+    future::pending::<()>().await;
 }
 
 fn message_event(frame: &[u8]) -> Vec<u8> {

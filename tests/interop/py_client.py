@@ -318,6 +318,15 @@ async def step_cancel_quiet(ctx: Ctx) -> dict[str, Any]:
     return {"stopped": 1, "polls": polls}
 
 
+async def step_resume(ctx: Ctx) -> dict[str, Any]:
+    # The server closes this call's SSE stream before it answers (SEP-1699);
+    # the SDK must resume the stream with Last-Event-ID to get the answer.
+    result = await ctx.client.call_tool("test_reconnection", {})
+    text = result.content[0].text
+    same(text, "Reconnection test completed", "the answer after resuming")
+    return {"text": text}
+
+
 async def step_ping(ctx: Ctx) -> dict[str, Any]:
     same(await ctx.client.send_ping(), types.EmptyResult(), "ping result")
     return {}
@@ -335,6 +344,7 @@ STEPS = [
     Step("elicitation", step_elicitation),
     Step("sampling", step_sampling),
     Step("cancel", step_cancel),
+    Step("resume", step_resume, modes=("legacy",), transports=("http",)),
     Step("subscribe", step_subscribe, modes=("legacy",)),
     Step("listen", step_listen, modes=(MODERN,), transports=("http",)),
     Step("cancel-quiet", step_cancel_quiet, modes=(MODERN,), transports=("http",)),

@@ -282,6 +282,18 @@ const STEPS = [
     },
   },
   {
+    // The server closes this call's SSE stream before it answers (SEP-1699);
+    // the SDK must resume the stream with Last-Event-ID to get the answer.
+    name: "resume",
+    transports: ["http"],
+    async run(client) {
+      const result = await client.callTool({ name: "test_reconnection", arguments: {} });
+      const text = result.content?.[0]?.text;
+      same(text, "Reconnection test completed", "the answer after resuming");
+      return { text };
+    },
+  },
+  {
     name: "ping",
     async run(client) {
       same(await client.ping(), {}, "ping result");
