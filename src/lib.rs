@@ -14,6 +14,7 @@
 //! - [`protocol`]: the JSON-RPC 2.0 codec (simd-json) and MCP versions and eras.
 //! - [`registry`]: session ids (owning shard + 128 random bits) and shard-local maps.
 //! - [`supervision`]: OTP child specs, strategies, intensity, restart timing, the tree.
+//! - [`observe`]: per-shard counters and histograms; Prometheus text and tree renderers.
 //! - [`config`]: every bound as a named, documented value; TOML with unknown keys refused.
 //! - [`time`], [`sync`]: injected clock and shard-local primitives underneath it all.
 
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod ids;
 pub mod mesh;
+pub mod observe;
 pub mod pool;
 pub mod protocol;
 pub mod registry;

@@ -28,14 +28,15 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::config::Config;
 use crate::ids::ShardId;
 use crate::mesh::{Incoming, MeshPort, PeerEnds, PollPolicy, ShardEnds};
+use crate::observe::MetricsSnapshot;
 use crate::pool::PoolSet;
 use crate::protocol::request_state::StateKey;
 use crate::registry::{Registry, SessionId};
 use crate::server::ServerFactory;
 use crate::session::{SessionEnv, SessionLimits, SessionRegistry};
 use crate::supervision::{
-    panic_message, ChildContext, ChildSpec, ExitReason, RestartSummary, SpecError, Strategy,
-    SupFlags, Supervisor, SupervisorEnv, SupervisorSpec, TreeNode,
+    panic_message, ChildContext, ChildSpec, ExitReason, RestartBuckets, RestartSummary, SpecError,
+    Strategy, SupFlags, Supervisor, SupervisorEnv, SupervisorSpec, TreeNode,
 };
 use crate::sync::Event;
 use crate::time::{SharedClock, SystemClock};
@@ -85,6 +86,16 @@ pub struct ShardReport {
     /// HTTP requests sent to the shard owning their session.
     pub http_forwarded: u64,
     pub tree: TreeNode,
+    /// Requests, sessions and connections as this shard counted them.
+    pub metrics: MetricsSnapshot,
+    /// Tasks held by this shard's sessions.
+    pub tasks: usize,
+    /// Messages waiting in this shard's mesh queue to each peer.
+    pub mesh_queue_depth: Vec<(ShardId, usize)>,
+    /// Mesh calls this shard has waiting for replies.
+    pub mesh_pending_calls: usize,
+    /// Restart durations, bucketed by `observe::metrics::RESTART_BUCKETS_NS`.
+    pub restart_durations: RestartBuckets,
 }
 
 /// Commands from the node. Control traffic only: nothing on the request path.
@@ -173,6 +184,8 @@ pub fn run(start: ShardStart) -> ShardExit {
 /// The shard's own state, shared by its workers; lives as long as the shard.
 pub struct ShardContext {
     pub shard: ShardId,
+    /// Shards in the node (this one's mesh peers are the others).
+    pub shards: usize,
     pub config: Arc<Config>,
     pub clock: SharedClock,
     pub registry: Rc<SessionRegistry>,
@@ -213,6 +226,7 @@ async fn run_tree(start: ShardStart) -> ShardExit {
     );
     let ctx = Rc::new(ShardContext {
         shard: start.shard,
+        shards: start.shards,
         config: config.clone(),
         clock: clock.clone(),
         registry: Rc::new(Registry::new(start.shard, sessions_max)),
@@ -259,6 +273,8 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         state_key: start.state_key.clone(),
         resource_updates: resource_update_hook(&ctx, start.shards),
         mailbox_capacity: config.limits.session_mailbox_capacity,
+        // Each listener gets a copy labelled with its own transport.
+        transport: "none",
     });
     let root = match build_tree(
         &ctx,
@@ -315,7 +331,10 @@ fn build_tree(
             wire,
             registry: ctx.registry.clone(),
             pools: ctx.pools.clone(),
-            sessions: sessions.clone(),
+            sessions: Rc::new(SessionEnv {
+                transport: kind,
+                ..SessionEnv::clone(sessions)
+            }),
             limits: ctx.config.limits.clone(),
             listen_backlog: ctx.config.listen.backlog as i32,
             clock: ctx.clock.clone(),
@@ -532,6 +551,14 @@ impl Forward for MeshForward {
 impl ShardContext {
     pub fn report(&self) -> ShardReport {
         let root = self.root.borrow().clone();
+        let restart_durations = root
+            .as_ref()
+            .map(|root| {
+                root.env()
+                    .stats
+                    .cumulative(crate::observe::metrics::RESTART_BUCKETS_NS)
+            })
+            .unwrap_or_default();
         let (tree, restarts) = match root {
             Some(root) => (root.tree(), root.env().stats.summary()),
             None => (
@@ -557,6 +584,20 @@ impl ShardContext {
             mesh_full_events: self.mesh.full_events(),
             http_forwarded: self.forwarded_total.get(),
             tree,
+            metrics: crate::observe::snapshot(),
+            tasks: self
+                .registry
+                .handles()
+                .iter()
+                .map(|handle| handle.task_count())
+                .sum(),
+            mesh_queue_depth: (0..self.shards)
+                .map(|index| ShardId(index as u16))
+                .filter(|&peer| peer != self.shard)
+                .map(|peer| (peer, self.mesh.queue_depth(peer)))
+                .collect(),
+            mesh_pending_calls: self.mesh.pending_calls(),
+            restart_durations,
         }
     }
 

@@ -111,6 +111,8 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
                 // Nagle plus delayed ACKs would add 40 ms to every reply.
                 let _ = stream.set_nodelay(true);
                 let service_for_connection = service.clone();
+                // Counted open until the task ends or is dropped.
+                let counted = crate::observe::connection_opened(service.wire.name());
                 let spawned = service.connections.spawn(async move {
                     match &service_for_connection.wire {
                         Wire::NewlineJson => {
@@ -126,6 +128,7 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
                             .await
                         }
                     }
+                    drop(counted);
                     drop(permit);
                 });
                 match spawned {

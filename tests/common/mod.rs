@@ -20,6 +20,8 @@ pub fn test_config(shards: usize, pools: usize) -> Config {
     config.runtime.drain_deadline_ms = 5_000;
     config.listen.tcp = "127.0.0.1:0".to_string();
     config.listen.http = "127.0.0.1:0".to_string();
+    // Every test node has its own admin port, so tests can run side by side.
+    config.listen.admin = "127.0.0.1:0".to_string();
     config
 }
 
