@@ -612,6 +612,59 @@ mod tests {
         assert!(error.contains("session_shutdown_ms"), "{error}");
     }
 
+    /// Every key of a TOML text, as `table.key`.
+    fn keys(text: &str) -> Vec<String> {
+        let value: toml::Value = toml::from_str(text).unwrap();
+        let mut keys = Vec::new();
+        for (table, entries) in value.as_table().unwrap() {
+            for key in entries.as_table().unwrap().keys() {
+                keys.push(format!("{table}.{key}"));
+            }
+        }
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults_and_names_every_key() {
+        let example = include_str!("../shardmcp.example.toml");
+        // No documented differences: the example is the defaults, spelled out.
+        assert_eq!(Config::parse(example).unwrap(), Config::default());
+        assert_eq!(keys(example), keys(&Config::default().to_toml()));
+    }
+
+    #[test]
+    fn admin_and_log_keys_are_checked_by_name() {
+        let error = Config::parse("[listen]\nadmin = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("config key `listen.admin`"), "{error}");
+        assert_eq!(
+            Config::parse("[admin]\nworkers = 0\n")
+                .unwrap_err()
+                .to_string(),
+            "config key `admin.workers`: must be between 1 and 64"
+        );
+        let error = Config::parse("[admin]\nshard_answer_timeout_ms = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("runtime.control_poll_ms"), "{error}");
+        let error = Config::parse("[log]\nformat = \"xml\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("xml"), "{error}");
+        let error = Config::parse("[log]\nlevel = \"shardmcp=loud\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("config key `log.level`"), "{error}");
+        let config = Config::parse("[log]\nformat = \"json\"\nlevel = \"warn\"\n").unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert!(
+            Config::parse("[listen]\nadmin = \"\"\n").is_ok(),
+            "empty disables"
+        );
+    }
+
     #[test]
     fn printed_config_parses_back_to_itself() {
         let mut config = Config::default();

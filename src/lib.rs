@@ -5,6 +5,7 @@
 //! after it, and only `runtime` wires parts together):
 //!
 //! - [`cli`]: the `shardmcp` subcommands and their flags.
+//! - [`doctor`]: host checks against what `serve` needs and what `tuning/` recommends.
 //! - [`runtime`]: the node (shards, signals, drain, shard restarts) and one shard's tree.
 //! - [`transport`]: listeners: bytes in, frames to session actors, bytes out.
 //! - [`pool`]: pool supervisors (bulkheads) and session placement by id hash.
@@ -22,6 +23,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod ids;
 pub mod mesh;
 pub mod observe;

@@ -207,6 +207,12 @@ fn with_transport(transport: &'static str, change: impl FnOnce(&mut TransportSta
     });
 }
 
+/// Makes a transport's series exist (at zero) before its first connection,
+/// so rates work from the start.
+pub fn declare_transport(transport: &'static str) {
+    with_transport(transport, |_| {});
+}
+
 pub fn record_session_opened(transport: &'static str) {
     with_transport(transport, |t| {
         t.sessions_open += 1;

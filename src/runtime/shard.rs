@@ -73,6 +73,9 @@ pub enum Fault {
     PanicShard,
     /// Kill pool `n` as a crash would; the pools supervisor restarts it empty.
     KillPool(usize),
+    /// Block the shard's thread for this long, as a handler stuck in a long
+    /// loop would: nothing on the shard runs, it answers no one.
+    Stall(Duration),
 }
 
 /// A shard's state as seen from outside, gathered on the shard.
@@ -685,6 +688,15 @@ fn inject(ctx: &Rc<ShardContext>, fault: Fault) {
         Fault::KillPool(index) => {
             tracing::warn!(shard = %ctx.shard, pool = index, "injected fault: kill pool");
             ctx.pools.kill_pool(index);
+        }
+        Fault::Stall(duration) => {
+            tracing::warn!(shard = %ctx.shard, ?duration, "injected fault: stall the shard");
+            // After a yield, so the node gets its acknowledgement first.
+            glommio::spawn_local(async move {
+                futures_lite::future::yield_now().await;
+                std::thread::sleep(duration);
+            })
+            .detach();
         }
     }
 }

@@ -81,6 +81,7 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
         Ok(local) => local,
         Err(error) => return ExitReason::Error(format!("tcp listener has no address: {error}")),
     };
+    crate::observe::declare_transport(service.wire.name());
     (service.on_listening)(local);
     let mut errors_in_a_row = 0u32;
     loop {
