@@ -228,7 +228,9 @@ fn http_post(addr: SocketAddr, session: Option<&str>, body: &str) -> (u16, Strin
 fn assert_histograms_are_consistent(metrics: &Metrics, family: &str) {
     assert_eq!(metrics.kind(family), "histogram");
     let (_, samples) = &metrics.families[family];
-    let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+    // Labels without `le` → (bound, cumulative count) per bucket.
+    type Labels = Vec<(String, String)>;
+    let mut series: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
     for sample in samples
         .iter()
         .filter(|s| s.name == format!("{family}_bucket"))
