@@ -151,8 +151,8 @@ pub struct NodeHandle {
     thread: Option<JoinHandle<Result<(), NodeError>>>,
     listeners: Vec<Listener>,
     shards: usize,
-    /// Declared after `thread`'s users: stopped once the node has stopped,
-    /// so it answers (503, draining) while a drain runs.
+    /// Dropped with the handle, after `Drop` has drained and joined the
+    /// node, so it answers (503, draining) while a drain runs.
     admin: Option<super::admin::AdminServer>,
 }
 
@@ -582,11 +582,9 @@ impl Node {
                                 continue;
                             }
                             tracing::error!(%shard, ?exit, "shard died; restarting it");
-                            if let Err(error) = self.restart_shard(shard, &exit) {
-                                tracing::error!(%error, "node giving up");
+                            if let Some(error) = self.restart_or_give_up(shard, &exit, drain_deadline) {
                                 failure = Some(error);
                                 draining_since = Some(Instant::now());
-                                self.drain_all(drain_deadline);
                             }
                         }
                         ShardEvent::Listening { shard, kind, .. } => {
@@ -629,11 +627,9 @@ impl Node {
                         let pending = if hold { None } else { slot.pending_restart.take() };
                         if let (Some(exit), None) = (pending, draining_since) {
                             tracing::info!(%shard, "restart released; restarting the shard");
-                            if let Err(error) = self.restart_shard(shard, &exit) {
-                                tracing::error!(%error, "node giving up");
+                            if let Some(error) = self.restart_or_give_up(shard, &exit, drain_deadline) {
                                 failure = Some(error);
                                 draining_since = Some(Instant::now());
-                                self.drain_all(drain_deadline);
                             }
                         }
                     }
@@ -641,6 +637,20 @@ impl Node {
                 default(tick) => {}
             }
         }
+    }
+
+    /// Restarts `shard`; past the restart intensity, starts draining every
+    /// shard and returns why the node gives up.
+    fn restart_or_give_up(
+        &mut self,
+        shard: ShardId,
+        exit: &ShardExit,
+        drain_deadline: Duration,
+    ) -> Option<NodeError> {
+        let error = self.restart_shard(shard, exit).err()?;
+        tracing::error!(%error, "node giving up");
+        self.drain_all(drain_deadline);
+        Some(error)
     }
 
     fn status(&self, draining: bool) -> NodeStatus {
