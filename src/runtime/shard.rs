@@ -28,14 +28,15 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::config::Config;
 use crate::ids::ShardId;
 use crate::mesh::{Incoming, MeshPort, PeerEnds, PollPolicy, ShardEnds};
+use crate::observe::MetricsSnapshot;
 use crate::pool::PoolSet;
 use crate::protocol::request_state::StateKey;
 use crate::registry::{Registry, SessionId};
 use crate::server::ServerFactory;
 use crate::session::{SessionEnv, SessionLimits, SessionRegistry};
 use crate::supervision::{
-    panic_message, ChildContext, ChildSpec, ExitReason, RestartSummary, SpecError, Strategy,
-    SupFlags, Supervisor, SupervisorEnv, SupervisorSpec, TreeNode,
+    panic_message, ChildContext, ChildSpec, ExitReason, RestartBuckets, RestartSummary, SpecError,
+    Strategy, SupFlags, Supervisor, SupervisorEnv, SupervisorSpec, TreeNode,
 };
 use crate::sync::Event;
 use crate::time::{SharedClock, SystemClock};
@@ -87,6 +88,9 @@ pub enum Fault {
     PanicShard,
     /// Kill pool `n` as a crash would; the pools supervisor restarts it empty.
     KillPool(usize),
+    /// Block the shard's thread for this long, as a handler stuck in a long
+    /// loop would: nothing on the shard runs, it answers no one.
+    Stall(Duration),
 }
 
 /// A shard's state as seen from outside, gathered on the shard.
@@ -100,6 +104,21 @@ pub struct ShardReport {
     /// HTTP requests sent to the shard owning their session.
     pub http_forwarded: u64,
     pub tree: TreeNode,
+    /// Requests, sessions and connections as this shard counted them.
+    pub metrics: MetricsSnapshot,
+    /// Tasks held by this shard's sessions.
+    pub tasks: usize,
+    /// Messages waiting in this shard's mesh queue to each peer.
+    pub mesh_queue_depth: Vec<(ShardId, usize)>,
+    /// Mesh calls this shard has waiting for replies.
+    pub mesh_pending_calls: usize,
+    /// Restart durations, bucketed by `observe::metrics::RESTART_BUCKETS_NS`.
+    pub restart_durations: RestartBuckets,
+    /// SSE streams open or kept for resumption, and the bytes of history kept.
+    pub event_store_streams: usize,
+    pub event_store_bytes: usize,
+    /// SSE connections dropped because their client read too slowly.
+    pub sse_slow_clients: u64,
 }
 
 /// Commands from the node. Control traffic only: nothing on the request path.
@@ -188,6 +207,8 @@ pub fn run(start: ShardStart) -> ShardExit {
 /// The shard's own state, shared by its workers; lives as long as the shard.
 pub struct ShardContext {
     pub shard: ShardId,
+    /// Shards in the node (this one's mesh peers are the others).
+    pub shards: usize,
     pub config: Arc<Config>,
     pub clock: SharedClock,
     pub registry: Rc<SessionRegistry>,
@@ -228,6 +249,7 @@ async fn run_tree(start: ShardStart) -> ShardExit {
     );
     let ctx = Rc::new(ShardContext {
         shard: start.shard,
+        shards: start.shards,
         config: config.clone(),
         clock: clock.clone(),
         registry: Rc::new(Registry::new(start.shard, sessions_max)),
@@ -274,6 +296,8 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         state_key: start.state_key.clone(),
         resource_updates: resource_update_hook(&ctx, start.shards),
         mailbox_capacity: config.limits.session_mailbox_capacity,
+        // Each listener gets a copy labelled with its own transport.
+        transport: "none",
     });
     let root = match build_tree(
         &ctx,
@@ -337,7 +361,10 @@ fn build_tree(
             allowed_hosts: ctx.config.listen.allowed_hosts.clone(),
             registry: ctx.registry.clone(),
             pools: ctx.pools.clone(),
-            sessions: sessions.clone(),
+            sessions: Rc::new(SessionEnv {
+                transport: kind,
+                ..SessionEnv::clone(sessions)
+            }),
             limits: ctx.config.limits.clone(),
             listen_backlog: ctx.config.listen.backlog as i32,
             clock: ctx.clock.clone(),
@@ -588,6 +615,14 @@ impl Forward for MeshForward {
 impl ShardContext {
     pub fn report(&self) -> ShardReport {
         let root = self.root.borrow().clone();
+        let restart_durations = root
+            .as_ref()
+            .map(|root| {
+                root.env()
+                    .stats
+                    .cumulative(crate::observe::metrics::RESTART_BUCKETS_NS)
+            })
+            .unwrap_or_default();
         let (tree, restarts) = match root {
             Some(root) => (root.tree(), root.env().stats.summary()),
             None => (
@@ -613,6 +648,23 @@ impl ShardContext {
             mesh_full_events: self.mesh.full_events(),
             http_forwarded: self.forwarded_total.get(),
             tree,
+            metrics: crate::observe::snapshot(),
+            tasks: self
+                .registry
+                .handles()
+                .iter()
+                .map(|handle| handle.task_count())
+                .sum(),
+            mesh_queue_depth: (0..self.shards)
+                .map(|index| ShardId(index as u16))
+                .filter(|&peer| peer != self.shard)
+                .map(|peer| (peer, self.mesh.queue_depth(peer)))
+                .collect(),
+            mesh_pending_calls: self.mesh.pending_calls(),
+            event_store_streams: self.http.store().streams(),
+            event_store_bytes: self.http.store().bytes(),
+            sse_slow_clients: self.http.store().slow_sinks(),
+            restart_durations,
         }
     }
 
@@ -700,6 +752,15 @@ fn inject(ctx: &Rc<ShardContext>, fault: Fault) {
         Fault::KillPool(index) => {
             tracing::warn!(shard = %ctx.shard, pool = index, "injected fault: kill pool");
             ctx.pools.kill_pool(index);
+        }
+        Fault::Stall(duration) => {
+            tracing::warn!(shard = %ctx.shard, ?duration, "injected fault: stall the shard");
+            // After a yield, so the node gets its acknowledgement first.
+            glommio::spawn_local(async move {
+                futures_lite::future::yield_now().await;
+                std::thread::sleep(duration);
+            })
+            .detach();
         }
     }
 }

@@ -83,6 +83,7 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
         Ok(local) => local,
         Err(error) => return ExitReason::Error(format!("tcp listener has no address: {error}")),
     };
+    crate::observe::declare_transport(service.wire.name());
     (service.on_listening)(local);
     let mut errors_in_a_row = 0u32;
     loop {
@@ -113,6 +114,8 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
                 // Nagle plus delayed ACKs would add 40 ms to every reply.
                 let _ = stream.set_nodelay(true);
                 let service_for_connection = service.clone();
+                // Counted open until the task ends or is dropped.
+                let counted = crate::observe::connection_opened(service.wire.name());
                 let spawned = service.connections.spawn(async move {
                     match &service_for_connection.wire {
                         Wire::NewlineJson => {
@@ -128,6 +131,7 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
                             .await
                         }
                     }
+                    drop(counted);
                     drop(permit);
                 });
                 match spawned {
