@@ -58,7 +58,7 @@ fn pool_spec(id: &str, children_max: usize) -> SupervisorSpec {
 
 fn session_env() -> Rc<SessionEnv> {
     Rc::new(SessionEnv {
-        server: Rc::new(demo::build().expect("demo server")),
+        server: shardmcp::server::LiveServer::new(demo::build().expect("demo server")),
         limits: SessionLimits::default(),
         clock: shardmcp::time::SystemClock::shared(),
         state_key: shardmcp::protocol::request_state::StateKey::random(),

@@ -138,6 +138,10 @@ pub struct LimitsConfig {
     pub request_timeout_ms: u64,
     /// Connections one shard serves at once; more wait in the kernel backlog.
     pub connections_per_shard_max: usize,
+    /// Definitions of one kind (tools, resources, resource templates,
+    /// prompts) a shard's server may hold after runtime additions; an
+    /// addition past it is refused (`ServerError::TooManyDefinitions`).
+    pub definitions_per_kind_max: usize,
 }
 
 impl Default for LimitsConfig {
@@ -158,6 +162,7 @@ impl Default for LimitsConfig {
             task_ttl_ms_max: 3_600_000,
             request_timeout_ms: 30_000,
             connections_per_shard_max: 65_536,
+            definitions_per_kind_max: 10_000,
         }
     }
 }
@@ -358,6 +363,10 @@ impl Config {
             (
                 "limits.client_requests_per_session_max",
                 l.client_requests_per_session_max,
+            ),
+            (
+                "limits.definitions_per_kind_max",
+                l.definitions_per_kind_max,
             ),
         ] {
             if value == 0 {

@@ -5,7 +5,7 @@ mod common;
 use common::{forget_events, test_config, wait_for, Client};
 use shardmcp::ids::ShardId;
 use shardmcp::runtime::{self, Fault, NodeError, NodeEvent, ShardEvent, ShardExit};
-use shardmcp::server::demo;
+use shardmcp::server::{demo, Change, ServerError, Tool, ToolResult};
 
 #[test]
 fn node_restarts_a_dead_shard_while_the_other_keeps_serving() {
@@ -269,6 +269,121 @@ fn a_resource_change_reaches_subscribers_on_every_shard_through_the_mesh() {
         let update = subscriber.read_frame().expect("an update on every shard");
         assert_eq!(update["method"], "notifications/resources/updated");
         assert_eq!(update["params"]["uri"], "demo://notes/shared");
+    }
+    node.drain();
+    node.join().unwrap();
+}
+
+/// Initialized TCP clients until both shards hold some (at least `min`).
+fn clients_on_both_shards(node: &runtime::NodeHandle, min: usize) -> Vec<Client> {
+    let addr = node.tcp_addr().unwrap();
+    let mut clients = Vec::new();
+    while clients.len() < 64
+        && (clients.len() < min
+            || node.query(ShardId(0)).unwrap().sessions == 0
+            || node.query(ShardId(1)).unwrap().sessions == 0)
+    {
+        let mut client = Client::connect(addr).unwrap();
+        client.initialize();
+        clients.push(client);
+    }
+    assert!(
+        node.query(ShardId(0)).unwrap().sessions > 0
+            && node.query(ShardId(1)).unwrap().sessions > 0,
+        "connections never reached both shards"
+    );
+    clients
+}
+
+fn listed_tools(client: &mut Client) -> Vec<String> {
+    let reply = client
+        .exchange(r#"{"jsonrpc":"2.0","id":"l","method":"tools/list"}"#)
+        .unwrap();
+    reply["result"]["tools"]
+        .as_array()
+        .expect("a tool list")
+        .iter()
+        .map(|tool| tool["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn shout() -> Change {
+    Change::add_tool(|| {
+        Tool::builder("shout", "Upper-cases its text (added node-wide).")
+            .input_schema(serde_json::json!({
+                "type": "object",
+                "properties": {"text": {"type": "string"}},
+                "required": ["text"]
+            }))
+            .handler(|call| async move {
+                Ok(ToolResult::text(
+                    call.str_arg("text").unwrap_or_default().to_uppercase(),
+                ))
+            })
+    })
+}
+
+#[test]
+fn a_node_wide_tool_reaches_sessions_on_every_shard_and_a_restarted_shard_keeps_it() {
+    let node = runtime::start(test_config(2, 2), demo::factory()).unwrap();
+    let addr = node.tcp_addr().unwrap();
+    let mut clients = clients_on_both_shards(&node, 4);
+
+    // A change that does not build is refused before any shard sees it.
+    let broken = Change::add_tool(|| Err(ServerError::InvalidName(String::new())));
+    assert!(matches!(
+        node.change(vec![shout(), broken]),
+        Err(NodeError::Definitions(ServerError::InvalidName(_)))
+    ));
+    assert!(!listed_tools(&mut clients[0]).contains(&"shout".to_string()));
+
+    node.change(vec![shout()]).expect("applied on every shard");
+    for client in &mut clients {
+        let notice = client.read_frame().expect("a list change on every shard");
+        assert_eq!(
+            notice,
+            serde_json::json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        );
+        assert!(listed_tools(client).contains(&"shout".to_string()));
+        let shouted = client
+            .exchange(r#"{"jsonrpc":"2.0","id":"s","method":"tools/call","params":{"name":"shout","arguments":{"text":"hi"}}}"#)
+            .unwrap();
+        assert_eq!(shouted["result"]["content"][0]["text"], "HI");
+    }
+
+    // Shard 0 dies and is restarted from the factory: the node replays the change.
+    forget_events(&node);
+    node.inject(ShardId(0), Fault::PanicShard).unwrap();
+    wait_for(&node, |e| {
+        matches!(
+            e,
+            NodeEvent::Shard(ShardEvent::Listening {
+                shard: ShardId(0),
+                ..
+            })
+        )
+    });
+    let mut fresh = Vec::new();
+    while fresh.len() < 64 && (fresh.len() < 4 || node.query(ShardId(0)).unwrap().sessions == 0) {
+        let mut client = Client::connect(addr).unwrap();
+        client.initialize();
+        fresh.push(client);
+    }
+    assert!(
+        node.query(ShardId(0)).unwrap().sessions > 0,
+        "no session on the restarted shard"
+    );
+    for client in &mut fresh {
+        assert!(listed_tools(client).contains(&"shout".to_string()));
+    }
+
+    // Removed node-wide: every live session is told, and it is gone.
+    node.change(vec![Change::RemoveTool("shout".into())])
+        .unwrap();
+    for client in &mut fresh {
+        let notice = client.read_frame().expect("a list change");
+        assert_eq!(notice["method"], "notifications/tools/list_changed");
+        assert!(!listed_tools(client).contains(&"shout".to_string()));
     }
     node.drain();
     node.join().unwrap();

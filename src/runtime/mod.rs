@@ -5,5 +5,8 @@
 pub mod node;
 pub mod shard;
 
-pub use node::{available_cpus, start, Drainer, Listener, NodeError, NodeEvent, NodeHandle};
+pub use node::{
+    available_cpus, start, Drainer, Listener, NodeError, NodeEvent, NodeHandle,
+    CHANGES_PER_CALL_MAX, CHANGE_LOG_KEYS_MAX,
+};
 pub use shard::{Fault, ShardEvent, ShardExit, ShardReport};

@@ -31,7 +31,7 @@ use crate::mesh::{Incoming, MeshPort, PeerEnds, PollPolicy, ShardEnds};
 use crate::pool::PoolSet;
 use crate::protocol::request_state::StateKey;
 use crate::registry::{Registry, SessionId};
-use crate::server::ServerFactory;
+use crate::server::{Change, LiveServer, ServerError, ServerFactory};
 use crate::session::{SessionEnv, SessionLimits, SessionRegistry};
 use crate::supervision::{
     panic_message, ChildContext, ChildSpec, ExitReason, RestartSummary, SpecError, Strategy,
@@ -89,10 +89,30 @@ pub struct ShardReport {
 
 /// Commands from the node. Control traffic only: nothing on the request path.
 pub enum ShardControl {
-    Drain { deadline: Duration },
+    Drain {
+        deadline: Duration,
+    },
     Attach(PeerEnds<ShardMessage>),
     Fault(Fault, Sender<()>),
     Query(Sender<ShardReport>),
+    /// Node-wide definition changes: built and applied on this shard as one
+    /// edit (its sessions hear once per list), then acknowledged.
+    Change(Vec<Change>, Sender<ChangeReply>),
+}
+
+/// How a node-wide change went, as the node and its shards report it.
+#[derive(Debug)]
+pub enum ChangeReply {
+    /// The node recorded the change and queued it to these shards; those
+    /// in `missed` had a full control queue (they get it when restarted).
+    Queued {
+        shards: Vec<ShardId>,
+        missed: Vec<ShardId>,
+    },
+    /// The node refused the change (its change log is full).
+    Refused(ServerError),
+    /// A shard applied the change, or could not.
+    Applied(ShardId, Result<(), ServerError>),
 }
 
 /// Why a shard's thread ended.
@@ -131,6 +151,9 @@ pub struct ShardStart {
     pub tcp: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub server: ServerFactory,
+    /// Node-wide changes made since the node started, replayed on top of
+    /// what the factory builds (a restarted shard matches the others).
+    pub changes: Vec<Change>,
     /// Seals stateless `requestState`: one key for the whole node.
     pub state_key: StateKey,
     pub mesh: ShardEnds<ShardMessage>,
@@ -177,6 +200,8 @@ pub struct ShardContext {
     pub clock: SharedClock,
     pub registry: Rc<SessionRegistry>,
     pub pools: Rc<PoolSet>,
+    /// The shard's server definitions as they are now.
+    pub server: Rc<LiveServer>,
     pub mesh: Rc<MeshPort<ShardMessage>>,
     pub drain: Event,
     pub connections: Rc<Gate>,
@@ -211,12 +236,26 @@ async fn run_tree(start: ShardStart) -> ShardExit {
             batch_max: config.runtime.mesh_batch_max,
         },
     );
+    let server = match (start.server)() {
+        Ok(server) => {
+            LiveServer::with_definitions_max(server, config.limits.definitions_per_kind_max)
+        }
+        Err(error) => return ShardExit::StartFailed(format!("server definition: {error}")),
+    };
+    // One at a time: a change this shard cannot take (its own additions
+    // reached the bound) must not undo the others.
+    for change in &start.changes {
+        if let Err(error) = server.apply(std::slice::from_ref(change)) {
+            tracing::warn!(shard = %start.shard, ?change, %error, "node-wide change not replayed");
+        }
+    }
     let ctx = Rc::new(ShardContext {
         shard: start.shard,
         config: config.clone(),
         clock: clock.clone(),
         registry: Rc::new(Registry::new(start.shard, sessions_max)),
         pools: PoolSet::new(config.runtime.pools),
+        server: server.clone(),
         mesh: mesh.clone(),
         drain: Event::new(),
         connections: Rc::new(Gate::new()),
@@ -235,10 +274,6 @@ async fn run_tree(start: ShardStart) -> ShardExit {
     // Queues work at once; doorbells connect in the background.
     drop(mesh.connect(start.mesh));
 
-    let server = match (start.server)() {
-        Ok(server) => Rc::new(server),
-        Err(error) => return ShardExit::StartFailed(format!("server definition: {error}")),
-    };
     let sessions = Rc::new(SessionEnv {
         server,
         limits: SessionLimits {
@@ -346,7 +381,7 @@ fn resource_update_hook(ctx: &Rc<ShardContext>, shards: usize) -> crate::session
     let weak = Rc::downgrade(ctx);
     Rc::new(move |uri: &str| {
         let Some(ctx) = weak.upgrade() else { return };
-        crate::session::deliver_resource_updated(&ctx.registry, uri);
+        ctx.server.resource_updated(uri);
         for peer in (0..shards)
             .map(|index| ShardId(index as u16))
             .filter(|&peer| peer != ctx.shard)
@@ -369,9 +404,7 @@ fn install_mesh_handler(ctx: &Rc<ShardContext>) {
             let Some(ctx) = weak.upgrade() else { return };
             let from = incoming.from;
             match incoming.body {
-                ShardMessage::ResourceUpdated(uri) => {
-                    crate::session::deliver_resource_updated(&ctx.registry, &uri);
-                }
+                ShardMessage::ResourceUpdated(uri) => ctx.server.resource_updated(&uri),
                 ShardMessage::StreamFrame { stream, frame } => {
                     let target = ctx.forwarded.borrow().get(&stream).cloned();
                     if let Some(target) = target {
@@ -608,6 +641,10 @@ async fn control_loop(
                 }
                 ShardControl::Query(reply) => {
                     let _ = reply.send(ctx.report());
+                }
+                ShardControl::Change(changes, done) => {
+                    let applied = ctx.server.apply(&changes).map(|_| ());
+                    let _ = done.send(ChangeReply::Applied(ctx.shard, applied));
                 }
             }
         }

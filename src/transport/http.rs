@@ -553,14 +553,7 @@ async fn stateless(
         let headers = [("Content-Type", "application/json")];
         return respond(stream, "400 Bad Request", &headers, &body, keep_alive).await;
     }
-    let env = &service.sessions;
-    let session = crate::session::McpSession::new(
-        env.server.clone(),
-        env.limits,
-        env.clock.clone(),
-        env.state_key.clone(),
-    );
-    session.set_update_hook(env.resource_updates.clone());
+    let session = service.sessions.new_session();
     let Some(outbox) = session.take_outbox() else {
         return respond(stream, "500 Internal Server Error", &[], b"", keep_alive).await;
     };
