@@ -337,7 +337,11 @@ fn a_node_wide_tool_reaches_sessions_on_every_shard_and_a_restarted_shard_keeps_
     ));
     assert!(!listed_tools(&mut clients[0]).contains(&"shout".to_string()));
 
+    let tools_before = node.query(ShardId(0)).unwrap().tools;
     node.change(vec![shout()]).expect("applied on every shard");
+    for shard in [ShardId(0), ShardId(1)] {
+        assert_eq!(node.query(shard).unwrap().tools, tools_before + 1);
+    }
     for client in &mut clients {
         let notice = client.read_frame().expect("a list change on every shard");
         assert_eq!(
@@ -384,6 +388,49 @@ fn a_node_wide_tool_reaches_sessions_on_every_shard_and_a_restarted_shard_keeps_
         let notice = client.read_frame().expect("a list change");
         assert_eq!(notice["method"], "notifications/tools/list_changed");
         assert!(!listed_tools(client).contains(&"shout".to_string()));
+    }
+    node.drain();
+    node.join().unwrap();
+}
+
+#[test]
+fn tasks_live_in_the_shard_store_counted_in_its_report_until_their_session_ends() {
+    let node = runtime::start(test_config(2, 2), demo::factory()).unwrap();
+    let addr = node.tcp_addr().unwrap();
+    let held = |node: &runtime::NodeHandle| -> usize {
+        (0..2)
+            .map(|shard| node.query(ShardId(shard)).unwrap().tasks)
+            .sum()
+    };
+    let mut client = Client::connect(addr).unwrap();
+    client.initialize();
+    let created = client
+        .exchange(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow","arguments":{"ms":60000},"task":{"ttl":60000}}}"#)
+        .unwrap();
+    assert_eq!(created["result"]["task"]["status"], "working", "{created}");
+    assert_eq!(held(&node), 1);
+    let listed = client
+        .exchange(r#"{"jsonrpc":"2.0","id":2,"method":"tasks/list"}"#)
+        .unwrap();
+    assert_eq!(listed["result"]["tasks"].as_array().map(Vec::len), Some(1));
+    let mut other = Client::connect(addr).unwrap();
+    other.initialize();
+    let theirs = other
+        .exchange(r#"{"jsonrpc":"2.0","id":3,"method":"tasks/list"}"#)
+        .unwrap();
+    assert_eq!(
+        theirs["result"]["tasks"],
+        serde_json::json!([]),
+        "only the caller's"
+    );
+    drop(client);
+    let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
+    while held(&node) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ended session's task stayed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     node.drain();
     node.join().unwrap();

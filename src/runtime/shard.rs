@@ -32,6 +32,7 @@ use crate::pool::PoolSet;
 use crate::protocol::request_state::StateKey;
 use crate::registry::{Registry, SessionId};
 use crate::server::{Change, LiveServer, ServerError, ServerFactory};
+use crate::session::tasks::TaskStore;
 use crate::session::{SessionEnv, SessionLimits, SessionRegistry};
 use crate::supervision::{
     panic_message, ChildContext, ChildSpec, ExitReason, RestartSummary, SpecError, Strategy,
@@ -84,6 +85,10 @@ pub struct ShardReport {
     pub mesh_full_events: u64,
     /// HTTP requests sent to the shard owning their session.
     pub http_forwarded: u64,
+    /// Tasks in the shard's task store (all sessions, until their ttl).
+    pub tasks: usize,
+    /// Tools the shard's server holds now (runtime changes included).
+    pub tools: usize,
     pub tree: TreeNode,
 }
 
@@ -202,6 +207,8 @@ pub struct ShardContext {
     pub pools: Rc<PoolSet>,
     /// The shard's server definitions as they are now.
     pub server: Rc<LiveServer>,
+    /// Task-augmented calls of the shard's sessions.
+    pub tasks: Rc<TaskStore>,
     pub mesh: Rc<MeshPort<ShardMessage>>,
     pub drain: Event,
     pub connections: Rc<Gate>,
@@ -256,6 +263,11 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         registry: Rc::new(Registry::new(start.shard, sessions_max)),
         pools: PoolSet::new(config.runtime.pools),
         server: server.clone(),
+        tasks: TaskStore::new(
+            config.limits.tasks_per_shard_max,
+            config.limits.tasks_per_session_max,
+            Duration::from_millis(config.limits.task_ttl_ms_max),
+        ),
         mesh: mesh.clone(),
         drain: Event::new(),
         connections: Rc::new(Gate::new()),
@@ -276,6 +288,7 @@ async fn run_tree(start: ShardStart) -> ShardExit {
 
     let sessions = Rc::new(SessionEnv {
         server,
+        tasks: ctx.tasks.clone(),
         limits: SessionLimits {
             message_bytes_max: config.limits.message_bytes_max,
             page_size: config.limits.page_size,
@@ -589,6 +602,8 @@ impl ShardContext {
             restarts,
             mesh_full_events: self.mesh.full_events(),
             http_forwarded: self.forwarded_total.get(),
+            tasks: self.tasks.len(),
+            tools: self.server.current().tools().len(),
             tree,
         }
     }

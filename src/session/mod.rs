@@ -106,6 +106,8 @@ impl SessionHandle {
 pub struct SessionEnv {
     /// The shard's server as it is now; sessions subscribe to its changes.
     pub server: Rc<LiveServer>,
+    /// The shard's tasks, each owned by the session that created it.
+    pub tasks: Rc<tasks::TaskStore>,
     pub limits: SessionLimits,
     pub clock: SharedClock,
     /// Seals `requestState` for stateless multi-round calls (node-wide).
@@ -119,8 +121,9 @@ pub struct SessionEnv {
 impl SessionEnv {
     /// A new MCP session of this shard, announcing resource changes node-wide.
     pub fn new_session(&self) -> Rc<McpSession> {
-        let session = McpSession::new(
+        let session = McpSession::with_task_store(
             self.server.clone(),
+            &self.tasks,
             self.limits,
             self.clock.clone(),
             self.state_key.clone(),

@@ -35,7 +35,7 @@ use crate::server::{
     TaskSupport, Tool, ToolCall, ToolError,
 };
 
-use super::tasks::TaskTable;
+use super::tasks::{TaskStore, TaskTable};
 use crate::sync::{catch_panic, oneshot, Event, OneshotSender};
 use crate::time::SharedClock;
 
@@ -141,7 +141,7 @@ pub struct McpSession {
     clock: SharedClock,
     outbox: LocalSender<OutFrame>,
     outbox_receiver: RefCell<Option<LocalReceiver<OutFrame>>>,
-    /// Task-augmented calls of this session.
+    /// Task-augmented calls of this session, in the shard's task store.
     tasks: TaskTable,
     /// Which era this session speaks, once its first request fixed it.
     era: Cell<Option<Era>>,
@@ -171,9 +171,23 @@ pub struct OutFrame {
 }
 
 impl McpSession {
-    /// A session of `live`'s shard, subscribed to its changes until dropped.
+    /// A session of `live`'s shard, subscribed to its changes until
+    /// dropped, with a task store of its own (a shard passes its store to
+    /// [`Self::with_task_store`]).
     pub fn new(
         live: Rc<LiveServer>,
+        limits: SessionLimits,
+        clock: SharedClock,
+        state_key: StateKey,
+    ) -> Rc<Self> {
+        let tasks = TaskStore::new(limits.tasks_max, limits.tasks_max, limits.task_ttl_max);
+        Self::with_task_store(live, &tasks, limits, clock, state_key)
+    }
+
+    /// A session whose tasks live in the shard's `tasks` store.
+    pub fn with_task_store(
+        live: Rc<LiveServer>,
+        tasks: &Rc<TaskStore>,
         limits: SessionLimits,
         clock: SharedClock,
         state_key: StateKey,
@@ -192,7 +206,7 @@ impl McpSession {
             clock,
             outbox,
             outbox_receiver: RefCell::new(Some(outbox_receiver)),
-            tasks: TaskTable::new(limits.tasks_max, limits.task_ttl_max),
+            tasks: tasks.table(),
             era: Cell::new(None),
             state_key,
             update_hook: RefCell::new(None),
