@@ -197,8 +197,10 @@ impl NodeHandle {
     /// list. Returns when every running shard has applied it. The node
     /// records the change, so a shard it restarts later has it too.
     ///
-    /// Each addition is first built once here, to check it and learn its
-    /// key; a bad one refuses the whole call before any shard sees it.
+    /// Each addition is first built once here, on the calling thread, to
+    /// check it and learn its key (so its factory must not need a shard's
+    /// executor to build); a bad one refuses the whole call before any
+    /// shard sees it.
     pub fn change(&self, changes: Vec<Change>) -> Result<(), NodeError> {
         if changes.len() > CHANGES_PER_CALL_MAX {
             return Err(NodeError::TooManyChanges {

@@ -207,9 +207,7 @@ pub fn build() -> Result<Server, ServerError> {
                 if server.remove_tool(TOGGLED_TOOL) {
                     return Ok(ToolResult::text(format!("removed {TOGGLED_TOOL}")));
                 }
-                server
-                    .add_tool(reverse_tool().map_err(|error| ToolError::Failed(error.to_string()))?)
-                    .map_err(|error| ToolError::Failed(error.to_string()))?;
+                server.add_tool(reverse_tool()?)?;
                 Ok(ToolResult::text(format!("added {TOGGLED_TOOL}")))
             })?,
         );

@@ -4,7 +4,7 @@
 //! subscribed session, once per list, which lists changed; requests
 //! already running keep the snapshot they started with.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
 use slab::Slab;
@@ -43,6 +43,9 @@ pub trait Subscriber {
 /// ```
 pub struct LiveServer {
     current: RefCell<Rc<Server>>,
+    /// Set while an edit runs: an edit from inside it would be lost when
+    /// the outer one swaps in its copy, so it is refused.
+    editing: Cell<bool>,
     definitions_max: usize,
     subscribers: RefCell<Slab<Weak<dyn Subscriber>>>,
 }
@@ -151,6 +154,7 @@ impl LiveServer {
     pub fn with_definitions_max(server: Server, definitions_max: usize) -> Rc<LiveServer> {
         Rc::new(LiveServer {
             current: RefCell::new(Rc::new(server)),
+            editing: Cell::new(false),
             definitions_max,
             subscribers: RefCell::new(Slab::new()),
         })
@@ -164,17 +168,31 @@ impl LiveServer {
     /// Edits the definitions: `edit` works on a copy, which replaces the
     /// current snapshot only if it returns `Ok`. Then every subscribed
     /// session hears, once per list, which lists changed. Returns what
-    /// `edit` returned and the lists that changed.
+    /// `edit` returned and the lists that changed. An edit started from
+    /// inside another is refused ([`ServerError::NestedEdit`]).
     pub fn edit<R>(
         &self,
         edit: impl FnOnce(&mut ServerEdit) -> Result<R, ServerError>,
     ) -> Result<(R, Lists), ServerError> {
+        if self.editing.replace(true) {
+            return Err(ServerError::NestedEdit);
+        }
+        // Cleared however `edit` ends, a panic included.
+        struct Editing<'a>(&'a Cell<bool>);
+        impl Drop for Editing<'_> {
+            fn drop(&mut self) {
+                self.0.set(false);
+            }
+        }
+        let guard = Editing(&self.editing);
         let mut draft = ServerEdit {
             server: (*self.current()).clone(),
             changed: Lists::NONE,
             definitions_max: self.definitions_max,
         };
-        let out = edit(&mut draft)?;
+        let out = edit(&mut draft);
+        drop(guard);
+        let out = out?;
         let changed = draft.changed;
         if changed.any() {
             *self.current.borrow_mut() = Rc::new(draft.server);
@@ -349,6 +367,11 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(names(&live.current()), ["a", "b"]);
         assert_eq!(recorder.lists.borrow().len(), 1);
+
+        // An edit from inside an edit would be lost: refused.
+        let nested = live.edit(|_draft| live.add_tool(tool("c", "3")).map(|_| ()));
+        assert_eq!(nested.unwrap_err(), ServerError::NestedEdit);
+        assert_eq!(names(&live.current()), ["a", "b"]);
 
         // Removing nothing is no change.
         assert!(!live.remove_prompt("nope"));

@@ -50,6 +50,8 @@ pub enum ServerError {
     Duplicate { kind: &'static str, name: String },
     #[error("icon `{src}`: {reason}")]
     InvalidIcon { src: String, reason: String },
+    #[error("a server edit was started from inside another edit of it")]
+    NestedEdit,
     #[error("the server already holds its maximum of {max} {kind} definitions")]
     TooManyDefinitions { kind: &'static str, max: usize },
 }

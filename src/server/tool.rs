@@ -33,6 +33,14 @@ pub enum ToolError {
     UrlElicitationRequired(Vec<UrlElicitation>),
 }
 
+/// A definition that cannot be built or added (say, from a handler that
+/// changes the server) fails the call in its own domain.
+impl From<ServerError> for ToolError {
+    fn from(error: ServerError) -> Self {
+        ToolError::Failed(error.to_string())
+    }
+}
+
 /// A URL-mode elicitation: the user is sent to `url` out of band.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UrlElicitation {
