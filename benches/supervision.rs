@@ -58,7 +58,8 @@ fn pool_spec(id: &str, children_max: usize) -> SupervisorSpec {
 
 fn session_env() -> Rc<SessionEnv> {
     Rc::new(SessionEnv {
-        server: Rc::new(demo::build().expect("demo server")),
+        server: shardmcp::server::LiveServer::new(demo::build().expect("demo server")),
+        tasks: shardmcp::session::tasks::TaskStore::new(64, 64, std::time::Duration::from_secs(60)),
         limits: SessionLimits::default(),
         clock: shardmcp::time::SystemClock::shared(),
         state_key: shardmcp::protocol::request_state::StateKey::random(),

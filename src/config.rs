@@ -203,6 +203,10 @@ pub struct LimitsConfig {
     pub request_state_ttl_ms: u64,
     /// Tasks one session may hold; creating more gets -32000.
     pub tasks_per_session_max: usize,
+    /// Tasks one shard's task store holds, of all its sessions; creating
+    /// more (after expired ones are swept) gets -32000. At least
+    /// `tasks_per_session_max`.
+    pub tasks_per_shard_max: usize,
     /// Longest lifetime a task may have; longer requested ttls are cut to it.
     pub task_ttl_ms_max: u64,
     /// How long one request may run before the caller gets a timeout error.
@@ -230,6 +234,10 @@ pub struct LimitsConfig {
     pub event_store_bytes_max: usize,
     /// How long a stream nobody is connected to stays resumable.
     pub event_store_retention_ms: u64,
+    /// Definitions of one kind (tools, resources, resource templates,
+    /// prompts) a shard's server may hold after runtime additions; an
+    /// addition past it is refused (`ServerError::TooManyDefinitions`).
+    pub definitions_per_kind_max: usize,
 }
 
 impl Default for LimitsConfig {
@@ -247,6 +255,7 @@ impl Default for LimitsConfig {
             input_rounds_max: 8,
             request_state_ttl_ms: 600_000,
             tasks_per_session_max: 64,
+            tasks_per_shard_max: 65_536,
             task_ttl_ms_max: 3_600_000,
             request_timeout_ms: 30_000,
             connections_per_shard_max: 65_536,
@@ -259,6 +268,7 @@ impl Default for LimitsConfig {
             event_store_events_per_stream: 256,
             event_store_bytes_max: 64 << 20,
             event_store_retention_ms: 300_000,
+            definitions_per_kind_max: 10_000,
         }
     }
 }
@@ -499,9 +509,14 @@ impl Config {
             ),
             ("limits.session_outbox_capacity", l.session_outbox_capacity),
             ("limits.tasks_per_session_max", l.tasks_per_session_max),
+            ("limits.tasks_per_shard_max", l.tasks_per_shard_max),
             (
                 "limits.client_requests_per_session_max",
                 l.client_requests_per_session_max,
+            ),
+            (
+                "limits.definitions_per_kind_max",
+                l.definitions_per_kind_max,
             ),
         ] {
             if value == 0 {
@@ -515,6 +530,12 @@ impl Config {
             return Err(invalid(
                 "limits.input_rounds_max",
                 "must be between 1 and 64",
+            ));
+        }
+        if l.tasks_per_shard_max < l.tasks_per_session_max {
+            return Err(invalid(
+                "limits.tasks_per_shard_max",
+                "must be at least limits.tasks_per_session_max",
             ));
         }
         if l.task_ttl_ms_max == 0 {

@@ -352,7 +352,15 @@ fn metrics_parse_with_the_prometheus_parser_and_counters_move_after_traffic() {
                 .any(|t| t.transport == "tcp" && t.sessions_open == 1)
         })
         .expect("the TCP session's shard");
-    node.inject(ShardId(tcp_shard), Fault::KillPool(0)).unwrap();
+    // Not the HTTP session's pool: the gauges below still count it.
+    let http_session = shardmcp::registry::SessionId::parse(&session).unwrap();
+    let pool = (0..3)
+        .find(|&pool| {
+            http_session.shard() != ShardId(tcp_shard) || http_session.pool_index(3) != pool
+        })
+        .unwrap();
+    node.inject(ShardId(tcp_shard), Fault::KillPool(pool))
+        .unwrap();
 
     let after = scrape(admin);
     assert_eq!(after.kind("shardmcp_requests"), "counter");

@@ -23,7 +23,7 @@ async fn suite_session() -> (
     glommio::channels::local_channel::LocalReceiver<OutFrame>,
 ) {
     let session = McpSession::new(
-        Rc::new(demo::build().unwrap()),
+        shardmcp::server::LiveServer::new(demo::build().unwrap()),
         SessionLimits::default(),
         SystemClock::shared(),
         StateKey::random(),

@@ -336,3 +336,63 @@ fn stateless_requests_need_no_session_and_follow_the_revisions_header_rules() {
     node.drain();
     node.join().unwrap();
 }
+
+/// Reads from `stream` until `needle` has arrived; everything read so far.
+fn read_until(stream: &mut TcpStream, seen: &mut String, needle: &str) {
+    let mut buffer = [0u8; 4096];
+    while !seen.contains(needle) {
+        let read = stream.read(&mut buffer).expect("the stream stays open");
+        assert!(read > 0, "stream ended before {needle}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+}
+
+#[test]
+fn a_stateless_listen_stream_hears_node_wide_list_changes() {
+    use shardmcp::server::{Change, Tool, ToolResult};
+    let mut config = test_config(2, 2);
+    // The open listen holds its connection until the drain deadline.
+    config.runtime.drain_deadline_ms = 200;
+    let node = runtime::start(config, demo::factory()).unwrap();
+    let addr = node.http_addr().unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let body = modern(
+        41,
+        "subscriptions/listen",
+        r#""notifications":{"toolsListChanged":true,"resourcesListChanged":true},"#,
+    );
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n\
+         Mcp-Method: subscriptions/listen\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut seen = String::new();
+    read_until(
+        &mut stream,
+        &mut seen,
+        "notifications/subscriptions/acknowledged",
+    );
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(
+        seen.contains(r#""notifications":{"resourcesListChanged":true,"toolsListChanged":true}"#),
+        "{seen}"
+    );
+
+    node.change(vec![Change::add_tool(|| {
+        Tool::builder("late", "Added node-wide.")
+            .handler(|_call| async { Ok(ToolResult::text("here")) })
+    })])
+    .unwrap();
+    read_until(&mut stream, &mut seen, "notifications/tools/list_changed");
+    let notice = &seen[seen.find("notifications/tools/list_changed").unwrap()..];
+    assert!(
+        notice.contains(r#""io.modelcontextprotocol/subscriptionId":41"#),
+        "{notice}"
+    );
+    drop(stream);
+    node.drain();
+    node.join().unwrap();
+}

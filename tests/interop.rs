@@ -96,6 +96,8 @@ impl Server {
                 "",
                 "--http",
                 "127.0.0.1:0",
+                "--admin",
+                "",
                 "--log",
                 "warn",
             ])

@@ -5,7 +5,7 @@ mod common;
 use common::{forget_events, test_config, wait_for, Client};
 use shardmcp::ids::ShardId;
 use shardmcp::runtime::{self, Fault, NodeError, NodeEvent, ShardEvent, ShardExit};
-use shardmcp::server::demo;
+use shardmcp::server::{demo, Change, ServerError, Tool, ToolResult};
 
 #[test]
 fn node_restarts_a_dead_shard_while_the_other_keeps_serving() {
@@ -283,6 +283,168 @@ fn a_resource_change_reaches_subscribers_on_every_shard_through_the_mesh() {
         let update = subscriber.read_frame().expect("an update on every shard");
         assert_eq!(update["method"], "notifications/resources/updated");
         assert_eq!(update["params"]["uri"], "demo://notes/shared");
+    }
+    node.drain();
+    node.join().unwrap();
+}
+
+/// Initialized TCP clients until both shards hold some (at least `min`).
+fn clients_on_both_shards(node: &runtime::NodeHandle, min: usize) -> Vec<Client> {
+    let addr = node.tcp_addr().unwrap();
+    let mut clients = Vec::new();
+    while clients.len() < 64
+        && (clients.len() < min
+            || node.query(ShardId(0)).unwrap().sessions == 0
+            || node.query(ShardId(1)).unwrap().sessions == 0)
+    {
+        let mut client = Client::connect(addr).unwrap();
+        client.initialize();
+        clients.push(client);
+    }
+    assert!(
+        node.query(ShardId(0)).unwrap().sessions > 0
+            && node.query(ShardId(1)).unwrap().sessions > 0,
+        "connections never reached both shards"
+    );
+    clients
+}
+
+fn listed_tools(client: &mut Client) -> Vec<String> {
+    let reply = client
+        .exchange(r#"{"jsonrpc":"2.0","id":"l","method":"tools/list"}"#)
+        .unwrap();
+    reply["result"]["tools"]
+        .as_array()
+        .expect("a tool list")
+        .iter()
+        .map(|tool| tool["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn shout() -> Change {
+    Change::add_tool(|| {
+        Tool::builder("shout", "Upper-cases its text (added node-wide).")
+            .input_schema(serde_json::json!({
+                "type": "object",
+                "properties": {"text": {"type": "string"}},
+                "required": ["text"]
+            }))
+            .handler(|call| async move {
+                Ok(ToolResult::text(
+                    call.str_arg("text").unwrap_or_default().to_uppercase(),
+                ))
+            })
+    })
+}
+
+#[test]
+fn a_node_wide_tool_reaches_sessions_on_every_shard_and_a_restarted_shard_keeps_it() {
+    let node = runtime::start(test_config(2, 2), demo::factory()).unwrap();
+    let addr = node.tcp_addr().unwrap();
+    let mut clients = clients_on_both_shards(&node, 4);
+
+    // A change that does not build is refused before any shard sees it.
+    let broken = Change::add_tool(|| Err(ServerError::InvalidName(String::new())));
+    assert!(matches!(
+        node.change(vec![shout(), broken]),
+        Err(NodeError::Definitions(ServerError::InvalidName(_)))
+    ));
+    assert!(!listed_tools(&mut clients[0]).contains(&"shout".to_string()));
+
+    let tools_before = node.query(ShardId(0)).unwrap().tools;
+    node.change(vec![shout()]).expect("applied on every shard");
+    for shard in [ShardId(0), ShardId(1)] {
+        assert_eq!(node.query(shard).unwrap().tools, tools_before + 1);
+    }
+    for client in &mut clients {
+        let notice = client.read_frame().expect("a list change on every shard");
+        assert_eq!(
+            notice,
+            serde_json::json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        );
+        assert!(listed_tools(client).contains(&"shout".to_string()));
+        let shouted = client
+            .exchange(r#"{"jsonrpc":"2.0","id":"s","method":"tools/call","params":{"name":"shout","arguments":{"text":"hi"}}}"#)
+            .unwrap();
+        assert_eq!(shouted["result"]["content"][0]["text"], "HI");
+    }
+
+    // Shard 0 dies and is restarted from the factory: the node replays the change.
+    forget_events(&node);
+    node.inject(ShardId(0), Fault::PanicShard).unwrap();
+    wait_for(&node, |e| {
+        matches!(
+            e,
+            NodeEvent::Shard(ShardEvent::Listening {
+                shard: ShardId(0),
+                ..
+            })
+        )
+    });
+    let mut fresh = Vec::new();
+    while fresh.len() < 64 && (fresh.len() < 4 || node.query(ShardId(0)).unwrap().sessions == 0) {
+        let mut client = Client::connect(addr).unwrap();
+        client.initialize();
+        fresh.push(client);
+    }
+    assert!(
+        node.query(ShardId(0)).unwrap().sessions > 0,
+        "no session on the restarted shard"
+    );
+    for client in &mut fresh {
+        assert!(listed_tools(client).contains(&"shout".to_string()));
+    }
+
+    // Removed node-wide: every live session is told, and it is gone.
+    node.change(vec![Change::RemoveTool("shout".into())])
+        .unwrap();
+    for client in &mut fresh {
+        let notice = client.read_frame().expect("a list change");
+        assert_eq!(notice["method"], "notifications/tools/list_changed");
+        assert!(!listed_tools(client).contains(&"shout".to_string()));
+    }
+    node.drain();
+    node.join().unwrap();
+}
+
+#[test]
+fn tasks_live_in_the_shard_store_counted_in_its_report_until_their_session_ends() {
+    let node = runtime::start(test_config(2, 2), demo::factory()).unwrap();
+    let addr = node.tcp_addr().unwrap();
+    let held = |node: &runtime::NodeHandle| -> usize {
+        (0..2)
+            .map(|shard| node.query(ShardId(shard)).unwrap().tasks)
+            .sum()
+    };
+    let mut client = Client::connect(addr).unwrap();
+    client.initialize();
+    let created = client
+        .exchange(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow","arguments":{"ms":60000},"task":{"ttl":60000}}}"#)
+        .unwrap();
+    assert_eq!(created["result"]["task"]["status"], "working", "{created}");
+    assert_eq!(held(&node), 1);
+    let listed = client
+        .exchange(r#"{"jsonrpc":"2.0","id":2,"method":"tasks/list"}"#)
+        .unwrap();
+    assert_eq!(listed["result"]["tasks"].as_array().map(Vec::len), Some(1));
+    let mut other = Client::connect(addr).unwrap();
+    other.initialize();
+    let theirs = other
+        .exchange(r#"{"jsonrpc":"2.0","id":3,"method":"tasks/list"}"#)
+        .unwrap();
+    assert_eq!(
+        theirs["result"]["tasks"],
+        serde_json::json!([]),
+        "only the caller's"
+    );
+    drop(client);
+    let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
+    while held(&node) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ended session's task stayed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     node.drain();
     node.join().unwrap();

@@ -503,10 +503,7 @@ pub fn metrics_text(gathered: &Gathered, process: &ProcessFigures) -> String {
         "shardmcp_http_forwarded_total",
         "HTTP requests the shard sent over the mesh to the shard owning their session.",
     );
-    let mut tasks = Family::gauge(
-        "shardmcp_tasks",
-        "Tasks held by the shard's sessions.",
-    );
+    let mut tasks = Family::gauge("shardmcp_tasks", "Tasks held by the shard's sessions.");
     let mut event_streams = Family::gauge(
         "shardmcp_event_store_streams",
         "SSE streams the shard holds open or keeps for resumption.",
@@ -740,6 +737,7 @@ mod tests {
             tree: shard_tree(shard, http_running),
             metrics: Default::default(),
             tasks: 0,
+            tools: 0,
             mesh_queue_depth: vec![(ShardId(1 - shard), 0)],
             mesh_pending_calls: 0,
             restart_durations: Default::default(),

@@ -8,6 +8,6 @@ pub mod shard;
 
 pub use node::{
     available_cpus, start, Drainer, Listener, NodeError, NodeEvent, NodeHandle, NodeStatus,
-    ShardStatus,
+    ShardStatus, CHANGES_PER_CALL_MAX, CHANGE_LOG_KEYS_MAX,
 };
 pub use shard::{Fault, ShardEvent, ShardExit, ShardReport};

@@ -15,9 +15,11 @@ use crate::config::Config;
 use crate::ids::ShardId;
 use crate::mesh;
 use crate::protocol::request_state::StateKey;
-use crate::server::ServerFactory;
+use crate::server::{Change, ChangeLog, ServerError, ServerFactory};
 
-use super::shard::{self, Fault, ShardControl, ShardEvent, ShardExit, ShardReport, ShardStart};
+use super::shard::{
+    self, ChangeReply, Fault, ShardControl, ShardEvent, ShardExit, ShardReport, ShardStart,
+};
 
 /// Shard events waiting for the node loop.
 const SHARD_EVENTS_CAPACITY: usize = 4_096;
@@ -33,6 +35,12 @@ const SHARD_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// Commands (drain, queries, admin scrapes) waiting for the node loop.
 const NODE_COMMANDS_CAPACITY: usize = 256;
+/// Definitions (by kind and key) the node's change log may hold; a change
+/// that would add another is refused. Each key holds one entry however
+/// often it changes.
+pub const CHANGE_LOG_KEYS_MAX: usize = 4_096;
+/// Changes one `NodeHandle::change` call may carry.
+pub const CHANGES_PER_CALL_MAX: usize = 1_024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -70,6 +78,12 @@ pub enum NodeError {
     NoSuchShard(ShardId),
     #[error("cannot start the admin listener: {0}")]
     Admin(std::io::Error),
+    #[error("definition change refused: {0}")]
+    Definitions(#[from] ServerError),
+    #[error("shard {shard} could not apply the definition change: {error}")]
+    ChangeRefused { shard: ShardId, error: ServerError },
+    #[error("{count} changes in one call; at most {max}")]
+    TooManyChanges { count: usize, max: usize },
 }
 
 /// What the node tells observers.
@@ -95,6 +109,8 @@ pub(crate) enum NodeCommand {
     QueryAll(Sender<ShardReport>),
     /// Hold (true) or release (false) the restart of a shard.
     HoldRestarts(ShardId, bool),
+    /// Keyed changes for every shard; progress goes to the sender.
+    Change(Vec<(String, Change)>, Sender<ChangeReply>),
 }
 
 /// The node's view of its shards, for readiness and the admin tree.
@@ -265,6 +281,64 @@ impl NodeHandle {
             .map_err(|_| NodeError::NoAnswer(shard))
     }
 
+    /// Changes the server's definitions on every shard, as one edit per
+    /// shard: each shard builds its own copy of an added definition from
+    /// the change's factory, and its sessions hear `list_changed` once per
+    /// list. Returns when every running shard has applied it. The node
+    /// records the change, so a shard it restarts later has it too.
+    ///
+    /// Each addition is first built once here, on the calling thread, to
+    /// check it and learn its key (so its factory must not need a shard's
+    /// executor to build); a bad one refuses the whole call before any
+    /// shard sees it.
+    pub fn change(&self, changes: Vec<Change>) -> Result<(), NodeError> {
+        if changes.len() > CHANGES_PER_CALL_MAX {
+            return Err(NodeError::TooManyChanges {
+                count: changes.len(),
+                max: CHANGES_PER_CALL_MAX,
+            });
+        }
+        let mut batch = Vec::with_capacity(changes.len());
+        for change in changes {
+            batch.push((change.key()?, change));
+        }
+        // Room for every reply, so no shard ever waits on this caller.
+        let (done, replies) = bounded(self.shards + 2);
+        self.commands
+            .send(NodeCommand::Change(batch, done))
+            .map_err(|_| NodeError::Stopped)?;
+        let deadline = Instant::now() + SHARD_ANSWER_TIMEOUT;
+        let (mut queued, mut applied) = (Vec::new(), Vec::new());
+        let mut failure = None;
+        loop {
+            let reply = match replies.recv_deadline(deadline) {
+                Ok(reply) => reply,
+                // Every sender is gone: the node and each shard have answered.
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    let silent = queued.iter().find(|shard| !applied.contains(*shard));
+                    return Err(NodeError::NoAnswer(silent.copied().unwrap_or(ShardId(0))));
+                }
+            };
+            match reply {
+                ChangeReply::Queued { shards, missed } => {
+                    queued = shards;
+                    if let Some(&shard) = missed.first() {
+                        failure.get_or_insert(NodeError::NoAnswer(shard));
+                    }
+                }
+                ChangeReply::Refused(error) => return Err(NodeError::Definitions(error)),
+                ChangeReply::Applied(shard, result) => {
+                    applied.push(shard);
+                    if let Err(error) = result {
+                        failure.get_or_insert(NodeError::ChangeRefused { shard, error });
+                    }
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
     /// Waits for the node to stop (after `drain`, or when it gives up).
     pub fn join(mut self) -> Result<(), NodeError> {
         match self.thread.take().map(JoinHandle::join) {
@@ -346,6 +420,8 @@ impl ShardSlot {
 struct Node {
     config: Arc<Config>,
     server: ServerFactory,
+    /// Node-wide definition changes, replayed on every shard started later.
+    changes: ChangeLog,
     state_key: StateKey,
     mesh: mesh::MeshWiring<shard::ShardMessage>,
     shards: usize,
@@ -399,6 +475,7 @@ impl Node {
         let mut node = Node {
             config: config.clone(),
             server,
+            changes: ChangeLog::new(CHANGE_LOG_KEYS_MAX),
             state_key: StateKey::random(),
             mesh: wiring,
             shards,
@@ -474,6 +551,7 @@ impl Node {
             tcp: self.tcp,
             http: self.http,
             server: self.server.clone(),
+            changes: self.changes.replay(),
             state_key: self.state_key.clone(),
             mesh: ends,
             control,
@@ -633,6 +711,7 @@ impl Node {
                             }
                         }
                     }
+                    Ok(NodeCommand::Change(batch, done)) => self.change(batch, done),
                 },
                 default(tick) => {}
             }
@@ -679,6 +758,34 @@ impl Node {
             shard_restarts_max: self.config.runtime.shard_restarts_max,
             shard_restart_period_ms: self.config.runtime.shard_restart_period_ms,
         }
+    }
+
+    /// Records a node-wide change and queues it to every running shard; a
+    /// shard down now is built with it when it restarts.
+    fn change(&mut self, batch: Vec<(String, Change)>, done: Sender<ChangeReply>) {
+        if let Err(error) = self.changes.record(&batch) {
+            let _ = done.try_send(ChangeReply::Refused(error));
+            return;
+        }
+        let changes: Vec<Change> = batch.into_iter().map(|(_, change)| change).collect();
+        let (mut shards, mut missed) = (Vec::new(), Vec::new());
+        for (index, slot) in self.slots.iter().enumerate() {
+            let shard = ShardId(index as u16);
+            if !slot.running {
+                continue;
+            }
+            match slot
+                .control
+                .try_send(ShardControl::Change(changes.clone(), done.clone()))
+            {
+                Ok(()) => shards.push(shard),
+                Err(_) => {
+                    tracing::warn!(%shard, "control queue full: definition change not sent");
+                    missed.push(shard);
+                }
+            }
+        }
+        let _ = done.try_send(ChangeReply::Queued { shards, missed });
     }
 
     fn drain_all(&self, deadline: Duration) {

@@ -32,7 +32,8 @@ use crate::observe::MetricsSnapshot;
 use crate::pool::PoolSet;
 use crate::protocol::request_state::StateKey;
 use crate::registry::{Registry, SessionId};
-use crate::server::ServerFactory;
+use crate::server::{Change, LiveServer, ServerError, ServerFactory};
+use crate::session::tasks::TaskStore;
 use crate::session::{SessionEnv, SessionLimits, SessionRegistry};
 use crate::supervision::{
     panic_message, ChildContext, ChildSpec, ExitReason, RestartBuckets, RestartSummary, SpecError,
@@ -103,11 +104,13 @@ pub struct ShardReport {
     pub mesh_full_events: u64,
     /// HTTP requests sent to the shard owning their session.
     pub http_forwarded: u64,
+    /// Tasks in the shard's task store (all sessions, until their ttl).
+    pub tasks: usize,
+    /// Tools the shard's server holds now (runtime changes included).
+    pub tools: usize,
     pub tree: TreeNode,
     /// Requests, sessions and connections as this shard counted them.
     pub metrics: MetricsSnapshot,
-    /// Tasks held by this shard's sessions.
-    pub tasks: usize,
     /// Messages waiting in this shard's mesh queue to each peer.
     pub mesh_queue_depth: Vec<(ShardId, usize)>,
     /// Mesh calls this shard has waiting for replies.
@@ -123,10 +126,30 @@ pub struct ShardReport {
 
 /// Commands from the node. Control traffic only: nothing on the request path.
 pub enum ShardControl {
-    Drain { deadline: Duration },
+    Drain {
+        deadline: Duration,
+    },
     Attach(PeerEnds<ShardMessage>),
     Fault(Fault, Sender<()>),
     Query(Sender<ShardReport>),
+    /// Node-wide definition changes: built and applied on this shard as one
+    /// edit (its sessions hear once per list), then acknowledged.
+    Change(Vec<Change>, Sender<ChangeReply>),
+}
+
+/// How a node-wide change went, as the node and its shards report it.
+#[derive(Debug)]
+pub enum ChangeReply {
+    /// The node recorded the change and queued it to these shards; those
+    /// in `missed` had a full control queue (they get it when restarted).
+    Queued {
+        shards: Vec<ShardId>,
+        missed: Vec<ShardId>,
+    },
+    /// The node refused the change (its change log is full).
+    Refused(ServerError),
+    /// A shard applied the change, or could not.
+    Applied(ShardId, Result<(), ServerError>),
 }
 
 /// Why a shard's thread ended.
@@ -165,6 +188,9 @@ pub struct ShardStart {
     pub tcp: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub server: ServerFactory,
+    /// Node-wide changes made since the node started, replayed on top of
+    /// what the factory builds (a restarted shard matches the others).
+    pub changes: Vec<Change>,
     /// Seals stateless `requestState`: one key for the whole node.
     pub state_key: StateKey,
     pub mesh: ShardEnds<ShardMessage>,
@@ -213,6 +239,10 @@ pub struct ShardContext {
     pub clock: SharedClock,
     pub registry: Rc<SessionRegistry>,
     pub pools: Rc<PoolSet>,
+    /// The shard's server definitions as they are now.
+    pub server: Rc<LiveServer>,
+    /// Task-augmented calls of the shard's sessions.
+    pub tasks: Rc<TaskStore>,
     pub mesh: Rc<MeshPort<ShardMessage>>,
     pub drain: Event,
     pub connections: Rc<Gate>,
@@ -247,6 +277,19 @@ async fn run_tree(start: ShardStart) -> ShardExit {
             batch_max: config.runtime.mesh_batch_max,
         },
     );
+    let server = match (start.server)() {
+        Ok(server) => {
+            LiveServer::with_definitions_max(server, config.limits.definitions_per_kind_max)
+        }
+        Err(error) => return ShardExit::StartFailed(format!("server definition: {error}")),
+    };
+    // One at a time: a change this shard cannot take (its own additions
+    // reached the bound) must not undo the others.
+    for change in &start.changes {
+        if let Err(error) = server.apply(std::slice::from_ref(change)) {
+            tracing::warn!(shard = %start.shard, ?change, %error, "node-wide change not replayed");
+        }
+    }
     let ctx = Rc::new(ShardContext {
         shard: start.shard,
         shards: start.shards,
@@ -254,6 +297,12 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         clock: clock.clone(),
         registry: Rc::new(Registry::new(start.shard, sessions_max)),
         pools: PoolSet::new(config.runtime.pools),
+        server: server.clone(),
+        tasks: TaskStore::new(
+            config.limits.tasks_per_shard_max,
+            config.limits.tasks_per_session_max,
+            Duration::from_millis(config.limits.task_ttl_ms_max),
+        ),
         mesh: mesh.clone(),
         drain: Event::new(),
         connections: Rc::new(Gate::new()),
@@ -272,12 +321,9 @@ async fn run_tree(start: ShardStart) -> ShardExit {
     // Queues work at once; doorbells connect in the background.
     drop(mesh.connect(start.mesh));
 
-    let server = match (start.server)() {
-        Ok(server) => Rc::new(server),
-        Err(error) => return ShardExit::StartFailed(format!("server definition: {error}")),
-    };
     let sessions = Rc::new(SessionEnv {
         server,
+        tasks: ctx.tasks.clone(),
         limits: SessionLimits {
             message_bytes_max: config.limits.message_bytes_max,
             page_size: config.limits.page_size,
@@ -342,8 +388,8 @@ fn build_tree(
     let mut services = SupervisorSpec::new("services", service_flags).child(control_worker);
     if http.is_some() {
         let sweep_ctx = ctx.clone();
-        services = services.child(ChildSpec::worker("http-sweeper", move |_child| {
-            sweep_http(sweep_ctx.clone())
+        services = services.child(ChildSpec::worker("http-sweeper", move |child| {
+            sweep_http(sweep_ctx.clone(), child)
         }));
     }
 
@@ -395,8 +441,7 @@ fn resource_update_hook(ctx: &Rc<ShardContext>, shards: usize) -> crate::session
     let weak = Rc::downgrade(ctx);
     Rc::new(move |uri: &str| {
         let Some(ctx) = weak.upgrade() else { return };
-        crate::session::deliver_resource_updated(&ctx.registry, uri);
-        ctx.http.deliver_resource_updated(uri);
+        ctx.server.resource_updated(uri);
         for peer in (0..shards)
             .map(|index| ShardId(index as u16))
             .filter(|&peer| peer != ctx.shard)
@@ -414,10 +459,25 @@ fn resource_update_hook(ctx: &Rc<ShardContext>, shards: usize) -> crate::session
 /// How often idle HTTP sessions and stale SSE history are looked for.
 const HTTP_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Closes idle HTTP sessions and expires SSE history, forever.
-async fn sweep_http(ctx: Rc<ShardContext>) -> ExitReason {
+/// Closes idle HTTP sessions and expires SSE history until asked to stop.
+async fn sweep_http(ctx: Rc<ShardContext>, child: ChildContext) -> ExitReason {
     loop {
-        ctx.clock.sleep(HTTP_SWEEP_INTERVAL).await;
+        let stop = child.shutdown_requested();
+        let tick = ctx.clock.sleep(HTTP_SWEEP_INTERVAL);
+        if futures_lite::future::or(
+            async {
+                stop.await;
+                true
+            },
+            async {
+                tick.await;
+                false
+            },
+        )
+        .await
+        {
+            return ExitReason::Shutdown;
+        }
         ctx.http.sweep(&ctx.registry);
     }
 }
@@ -430,10 +490,7 @@ fn install_mesh_handler(ctx: &Rc<ShardContext>) {
             let Some(ctx) = weak.upgrade() else { return };
             let from = incoming.from;
             match incoming.body {
-                ShardMessage::ResourceUpdated(uri) => {
-                    crate::session::deliver_resource_updated(&ctx.registry, &uri);
-                    ctx.http.deliver_resource_updated(&uri);
-                }
+                ShardMessage::ResourceUpdated(uri) => ctx.server.resource_updated(&uri),
                 ShardMessage::StreamFrame { stream, frame } => {
                     let target = ctx.forwarded.borrow().get(&stream).cloned();
                     // Never wait here: a connection that cannot take the
@@ -647,14 +704,10 @@ impl ShardContext {
             restarts,
             mesh_full_events: self.mesh.full_events(),
             http_forwarded: self.forwarded_total.get(),
+            tasks: self.tasks.len(),
+            tools: self.server.current().tools().len(),
             tree,
             metrics: crate::observe::snapshot(),
-            tasks: self
-                .registry
-                .handles()
-                .iter()
-                .map(|handle| handle.task_count())
-                .sum(),
             mesh_queue_depth: (0..self.shards)
                 .map(|index| ShardId(index as u16))
                 .filter(|&peer| peer != self.shard)
@@ -716,6 +769,10 @@ async fn control_loop(
                 }
                 ShardControl::Query(reply) => {
                     let _ = reply.send(ctx.report());
+                }
+                ShardControl::Change(changes, done) => {
+                    let applied = ctx.server.apply(&changes).map(|_| ());
+                    let _ = done.send(ChangeReply::Applied(ctx.shard, applied));
                 }
             }
         }

@@ -9,13 +9,44 @@ use serde_json::json;
 use crate::protocol::logging::LogLevel;
 
 use super::{
-    Content, Prompt, PromptMessage, PromptResult, Resource, ResourceContents, ResourceTemplate,
-    Server, ServerError, ServerFactory, TaskSupport, Tool, ToolError, ToolResult,
+    Content, Icon, Prompt, PromptMessage, PromptResult, Resource, ResourceContents,
+    ResourceTemplate, Server, ServerError, ServerFactory, TaskSupport, Tool, ToolError, ToolResult,
 };
 
 const README: &str =
     "shardmcp demo server: try the echo, add and slow tools, read demo://notes/{name}, \
 or get the greeting and review prompts.";
+
+/// The tool `toggle_reverse` adds to and removes from its shard.
+pub const TOGGLED_TOOL: &str = "reverse";
+
+/// The demo's icon: the 1x1 PNG as a `data:` URI.
+fn pixel_icon() -> Result<Icon, ServerError> {
+    let src = format!("data:image/png;base64,{}", super::conformance::PNG_BASE64);
+    Icon::new(&src)?.mime_type("image/png").size("1x1")
+}
+
+/// `reverse`: reverses its text. Not part of the server at first.
+pub fn reverse_tool() -> Result<Tool, ServerError> {
+    Tool::builder(
+        TOGGLED_TOOL,
+        "Reverses the given text (added by toggle_reverse).",
+    )
+    .input_schema(json!({
+        "type": "object",
+        "properties": {"text": {"type": "string"}},
+        "required": ["text"]
+    }))
+    .handler(|call| async move {
+        let text: String = call
+            .str_arg("text")
+            .unwrap_or_default()
+            .chars()
+            .rev()
+            .collect();
+        Ok(ToolResult::text(text))
+    })
+}
 
 pub fn factory() -> ServerFactory {
     // One tally for the node: every shard's `slow` counts into it.
@@ -79,11 +110,14 @@ impl Drop for SlowRun {
 fn build_with(tally: Arc<SlowTally>) -> Result<Server, ServerError> {
     let demo = Server::builder("shardmcp", env!("CARGO_PKG_VERSION"))
         .title("shardmcp demo server")
+        .description("The server plain `shardmcp serve` runs: demo tools, resources and prompts, and the conformance suite's fixtures.")
+        .icon(pixel_icon()?)
         .instructions("A demo server: echo text, add numbers, or wait a while with `slow`; read demo://readme and demo://notes/{name}; get the greeting and review prompts.")
         .resource(
             Resource::text("demo://readme", "readme", "text/plain", README)
                 .title("About this server")
-                .size(README.len() as u64),
+                .size(README.len() as u64)
+                .icon(pixel_icon()?),
         )
         .resource(
             Resource::new("demo://pixel.png", "pixel", |uri| async move {
@@ -112,6 +146,7 @@ fn build_with(tally: Arc<SlowTally>) -> Result<Server, ServerError> {
                 })
             })
             .argument("name", "Who to greet", true)
+            .icon(pixel_icon()?)
             .complete_with(|argument, partial| {
                 complete_from(argument == "name", &["Ada", "Alan", "Grace"], partial)
             }),
@@ -141,6 +176,7 @@ fn build_with(tally: Arc<SlowTally>) -> Result<Server, ServerError> {
                     "required": ["text"]
                 }))
                 .annotations(json!({"readOnlyHint": true, "idempotentHint": true}))
+                .icon(pixel_icon()?)
                 .handler(|call| async move {
                     Ok(ToolResult::text(call.str_arg("text").unwrap_or_default()))
                 })?,
@@ -179,7 +215,23 @@ fn build_with(tally: Arc<SlowTally>) -> Result<Server, ServerError> {
                     Ok(ToolResult::text(format!("touched {uri}")))
                 })?,
         )
-        ;
+        .tool(
+            Tool::builder(
+                "toggle_reverse",
+                "Adds the `reverse` tool to this shard's server, or removes it if there; \
+                 this shard's sessions are told the tool list changed.",
+            )
+            .handler(|call| async move {
+                let Some(server) = call.server() else {
+                    return Err(ToolError::Failed("the session has ended".into()));
+                };
+                if server.remove_tool(TOGGLED_TOOL) {
+                    return Ok(ToolResult::text(format!("removed {TOGGLED_TOOL}")));
+                }
+                server.add_tool(reverse_tool()?)?;
+                Ok(ToolResult::text(format!("added {TOGGLED_TOOL}")))
+            })?,
+        );
     // The conformance suite's fixtures ride along, so the default server passes it.
     super::conformance::add_fixtures(demo)?.build()
 }

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use serde_json::{json, Map, Value};
 
 use super::content::Content;
+use super::icon::{insert_icons, Icon};
 use super::Completer;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +83,7 @@ pub struct Prompt {
     pub title: Option<String>,
     pub description: String,
     pub arguments: Vec<PromptArgument>,
+    pub icons: Vec<Icon>,
     handler: PromptHandler,
     pub(crate) completer: Option<Completer>,
 }
@@ -97,6 +99,7 @@ impl Prompt {
             title: None,
             description: description.to_string(),
             arguments: Vec::new(),
+            icons: Vec::new(),
             handler: Rc::new(move |args| Box::pin(handler(args))),
             completer: None,
         }
@@ -113,6 +116,12 @@ impl Prompt {
             description: Some(description.to_string()),
             required,
         });
+        self
+    }
+
+    /// An icon a client may show for the prompt.
+    pub fn icon(mut self, icon: Icon) -> Self {
+        self.icons.push(icon);
         self
     }
 
@@ -150,6 +159,7 @@ impl Prompt {
                 .collect();
             out.insert("arguments".into(), Value::Array(arguments));
         }
+        insert_icons(&mut out, &self.icons);
         Value::Object(out)
     }
 

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use serde_json::{Map, Value};
 
 use super::content::ResourceContents;
+use super::icon::{insert_icons, Icon};
 use super::{Completer, ServerError};
 
 /// Why a read produced no contents.
@@ -31,6 +32,7 @@ pub struct Resource {
     pub description: Option<String>,
     pub mime_type: Option<String>,
     pub size: Option<u64>,
+    pub icons: Vec<Icon>,
     reader: Reader,
 }
 
@@ -41,6 +43,7 @@ pub struct ResourceTemplate {
     pub title: Option<String>,
     pub description: Option<String>,
     pub mime_type: Option<String>,
+    pub icons: Vec<Icon>,
     pattern: UriTemplate,
     reader: Reader,
     pub(crate) completer: Option<Completer>,
@@ -53,6 +56,7 @@ fn descriptor(
     title: &Option<String>,
     description: &Option<String>,
     mime_type: &Option<String>,
+    icons: &[Icon],
 ) -> Map<String, Value> {
     let mut out = Map::new();
     out.insert(key.into(), Value::String(value.to_string()));
@@ -66,6 +70,7 @@ fn descriptor(
     if let Some(mime_type) = mime_type {
         out.insert("mimeType".into(), Value::String(mime_type.clone()));
     }
+    insert_icons(&mut out, icons);
     out
 }
 
@@ -90,6 +95,7 @@ impl Resource {
             description: None,
             mime_type: None,
             size: None,
+            icons: Vec::new(),
             reader: boxed_reader(move |uri, _vars| read(uri)),
         }
     }
@@ -124,6 +130,12 @@ impl Resource {
         self
     }
 
+    /// An icon a client may show for the resource.
+    pub fn icon(mut self, icon: Icon) -> Self {
+        self.icons.push(icon);
+        self
+    }
+
     pub fn descriptor(&self) -> Value {
         let mut out = descriptor(
             "uri",
@@ -132,6 +144,7 @@ impl Resource {
             &self.title,
             &self.description,
             &self.mime_type,
+            &self.icons,
         );
         if let Some(size) = self.size {
             out.insert("size".into(), Value::from(size));
@@ -165,6 +178,7 @@ impl ResourceTemplate {
             title: None,
             description: None,
             mime_type: None,
+            icons: Vec::new(),
             pattern,
             reader: boxed_reader(read),
             completer: None,
@@ -186,6 +200,12 @@ impl ResourceTemplate {
         self
     }
 
+    /// An icon a client may show for the template.
+    pub fn icon(mut self, icon: Icon) -> Self {
+        self.icons.push(icon);
+        self
+    }
+
     /// Offers completions for the template's variables: (variable, partial
     /// value) → candidates.
     pub fn complete_with(
@@ -204,6 +224,7 @@ impl ResourceTemplate {
             &self.title,
             &self.description,
             &self.mime_type,
+            &self.icons,
         ))
     }
 

@@ -13,7 +13,8 @@ use crate::protocol::logging::LogLevel;
 use crate::sync::Event;
 
 use super::content::ToolResult;
-use super::ServerError;
+use super::icon::{check_icons, insert_icons, Icon};
+use super::{LiveServer, ServerError};
 
 /// Why a tool call did not produce a result.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -25,6 +26,65 @@ pub enum ToolError {
     /// A protocol error to answer with instead of a result.
     #[error(transparent)]
     Protocol(#[from] RpcError),
+    /// The call cannot go on until the user completes these URL-mode
+    /// elicitations (2025-11-25 `URLElicitationRequiredError`, -32042). In
+    /// the 2026-07-28 era they become an `InputRequiredResult` round.
+    #[error("URL elicitation required ({} pending)", .0.len())]
+    UrlElicitationRequired(Vec<UrlElicitation>),
+}
+
+/// A definition that cannot be built or added (say, from a handler that
+/// changes the server) fails the call in its own domain.
+impl From<ServerError> for ToolError {
+    fn from(error: ServerError) -> Self {
+        ToolError::Failed(error.to_string())
+    }
+}
+
+/// A URL-mode elicitation: the user is sent to `url` out of band.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlElicitation {
+    /// Unique within the server; `notifications/elicitation/complete`
+    /// names it when the interaction is over.
+    pub elicitation_id: String,
+    pub url: String,
+    /// Why the user should go there.
+    pub message: String,
+}
+
+impl UrlElicitation {
+    pub fn new(elicitation_id: &str, url: &str, message: &str) -> Self {
+        UrlElicitation {
+            elicitation_id: elicitation_id.to_string(),
+            url: url.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    /// The `elicitation/create` params (`ElicitRequestURLParams`).
+    pub fn to_params(&self) -> Value {
+        json!({
+            "mode": "url",
+            "message": self.message,
+            "url": self.url,
+            "elicitationId": self.elicitation_id,
+        })
+    }
+}
+
+/// Why `notifications/elicitation/complete` was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ElicitationError {
+    #[error("the session has ended")]
+    SessionEnded,
+    /// The session's protocol has no such notification, or its client did
+    /// not declare URL-mode elicitation.
+    #[error("not supported on this session: {0}")]
+    Unsupported(String),
+    /// No URL elicitation with this id is pending on the session: never
+    /// sent, or already completed.
+    #[error("no pending URL elicitation {0}")]
+    Unknown(String),
 }
 
 /// How a handler reaches the client during a call: the session implements
@@ -52,6 +112,35 @@ pub trait Peer {
     /// `Last-Event-ID` and gets the rest. Queued behind what the call sent
     /// before; transports without resumable streams ignore it.
     fn close_stream(&self) -> Pin<Box<dyn Future<Output = ()>>>;
+    /// This shard's live server, to change definitions at runtime; `None`
+    /// once the session has ended.
+    fn server(&self) -> Option<Rc<LiveServer>>;
+    /// Sends `notifications/elicitation/complete` for a pending URL
+    /// elicitation to this call's client, on the call's stream while it
+    /// runs and on the session's own stream afterwards.
+    fn complete_elicitation(
+        &self,
+        elicitation_id: &str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ElicitationError>>>>;
+}
+
+/// Completes one URL-mode elicitation of a call, after the call if need be:
+/// it holds the session weakly and stays on the call's shard.
+#[derive(Clone)]
+pub struct ElicitationCompleter {
+    peer: Rc<dyn Peer>,
+    elicitation_id: String,
+}
+
+impl ElicitationCompleter {
+    pub fn elicitation_id(&self) -> &str {
+        &self.elicitation_id
+    }
+
+    /// Tells the client the out-of-band interaction is over; once per id.
+    pub async fn complete(&self) -> Result<(), ElicitationError> {
+        self.peer.complete_elicitation(&self.elicitation_id).await
+    }
 }
 
 /// What a handler gets for one call.
@@ -100,6 +189,35 @@ impl ToolCall {
     /// `"form"` (default) or `"url"`.
     pub async fn elicit(&self, params: Value) -> Result<Value, RpcError> {
         self.peer.request("elicitation/create", params).await
+    }
+
+    /// Sends the user to a URL (`elicitation/create` in URL mode). The
+    /// answer says whether they agreed to go, not that they are done:
+    /// [`Self::elicitation_completer`] tells the client when they are.
+    pub async fn elicit_url(&self, elicitation: &UrlElicitation) -> Result<Value, RpcError> {
+        self.peer
+            .request("elicitation/create", elicitation.to_params())
+            .await
+    }
+
+    /// A handle that sends `notifications/elicitation/complete` for
+    /// `elicitation_id` (sent by [`Self::elicit_url`], or returned in
+    /// [`ToolError::UrlElicitationRequired`]) to this session's client,
+    /// during or after this call.
+    pub fn elicitation_completer(&self, elicitation_id: &str) -> ElicitationCompleter {
+        ElicitationCompleter {
+            peer: self.peer.clone(),
+            elicitation_id: elicitation_id.to_string(),
+        }
+    }
+
+    /// This shard's live server: add or remove tools, resources, templates
+    /// and prompts at runtime. Sessions on this shard are told which lists
+    /// changed; other shards are not changed (the node's
+    /// `NodeHandle::change` changes every shard). `None` once the session
+    /// has ended.
+    pub fn server(&self) -> Option<Rc<LiveServer>> {
+        self.peer.server()
     }
 
     /// Announces that the resource at `uri` changed: every session that
@@ -202,6 +320,7 @@ pub struct Tool {
     pub output_schema: Option<Value>,
     pub annotations: Option<Value>,
     pub task_support: TaskSupport,
+    pub icons: Vec<Icon>,
     input_validator: jsonschema::Validator,
     output_validator: Option<jsonschema::Validator>,
     handler: ToolHandler,
@@ -216,6 +335,7 @@ pub struct ToolBuilder {
     output_schema: Option<Value>,
     annotations: Option<Value>,
     task_support: TaskSupport,
+    icons: Vec<Icon>,
 }
 
 impl Tool {
@@ -229,6 +349,7 @@ impl Tool {
             output_schema: None,
             annotations: None,
             task_support: TaskSupport::Forbidden,
+            icons: Vec::new(),
         }
     }
 
@@ -256,6 +377,7 @@ impl Tool {
                 json!({"taskSupport": self.task_support.as_str()}),
             );
         }
+        insert_icons(&mut out, &self.icons);
         Value::Object(out)
     }
 
@@ -343,6 +465,13 @@ impl ToolBuilder {
         self
     }
 
+    /// An icon a client may show for the tool (at most
+    /// [`ICONS_MAX`](super::ICONS_MAX), checked by [`ToolBuilder::handler`]).
+    pub fn icon(mut self, icon: Icon) -> Self {
+        self.icons.push(icon);
+        self
+    }
+
     /// Finishes the tool with its handler, compiling its schemas.
     pub fn handler<F, Fut>(self, handler: F) -> Result<Tool, ServerError>
     where
@@ -352,6 +481,7 @@ impl ToolBuilder {
         if self.name.is_empty() || self.name.len() > 128 {
             return Err(ServerError::InvalidName(self.name));
         }
+        check_icons(&self.name, &self.icons)?;
         if self.input_schema.get("type").and_then(Value::as_str) != Some("object") {
             return Err(ServerError::InvalidSchema {
                 tool: self.name,
@@ -377,6 +507,7 @@ impl ToolBuilder {
             output_schema: self.output_schema,
             annotations: self.annotations,
             task_support: self.task_support,
+            icons: self.icons,
             input_validator,
             output_validator,
             handler: Rc::new(move |call| Box::pin(handler(call))),

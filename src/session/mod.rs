@@ -15,7 +15,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use crate::pool::{PoolError, PoolSet};
 use crate::protocol::request_state::StateKey;
 use crate::registry::{Registry, RegistryError, SessionId};
-use crate::server::Server;
+use crate::server::LiveServer;
 use crate::supervision::{ChildContext, ChildFuture, ExitReason, StartFn};
 use crate::sync::{oneshot, OneshotSender};
 use crate::time::SharedClock;
@@ -110,7 +110,10 @@ impl SessionHandle {
 /// What every session of a shard shares: the shard's server and the bounds.
 #[derive(Clone)]
 pub struct SessionEnv {
-    pub server: Rc<Server>,
+    /// The shard's server as it is now; sessions subscribe to its changes.
+    pub server: Rc<LiveServer>,
+    /// The shard's tasks, each owned by the session that created it.
+    pub tasks: Rc<tasks::TaskStore>,
     pub limits: SessionLimits,
     pub clock: SharedClock,
     /// Seals `requestState` for stateless multi-round calls (node-wide).
@@ -122,6 +125,21 @@ pub struct SessionEnv {
     /// The transport its sessions arrive on (`tcp`, `http`...), the label
     /// they are counted under.
     pub transport: &'static str,
+}
+
+impl SessionEnv {
+    /// A new MCP session of this shard, announcing resource changes node-wide.
+    pub fn new_session(&self) -> Rc<McpSession> {
+        let session = McpSession::with_task_store(
+            self.server.clone(),
+            &self.tasks,
+            self.limits,
+            self.clock.clone(),
+            self.state_key.clone(),
+        );
+        session.set_update_hook(self.resource_updates.clone());
+        session
+    }
 }
 
 /// Creates a session: a fresh id, an actor in the id's pool, an entry in the
@@ -137,13 +155,6 @@ pub fn open(
     registry.get(&id).ok_or(SessionError::Gone(id))
 }
 
-/// Tells every session of this shard that follows `uri` that it changed.
-pub fn deliver_resource_updated(registry: &SessionRegistry, uri: &str) {
-    for handle in registry.handles() {
-        handle.session.deliver_resource_updated(uri);
-    }
-}
-
 /// Ends a session: once the last handle is dropped the actor's mailbox closes
 /// and it exits normally.
 pub fn close(registry: &SessionRegistry, id: &SessionId) {
@@ -154,13 +165,7 @@ pub fn close(registry: &SessionRegistry, id: &SessionId) {
 pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, env: Rc<SessionEnv>) -> StartFn {
     Rc::new(move |ctx: ChildContext| -> ChildFuture {
         let (sender, receiver) = local_channel::new_bounded(env.mailbox_capacity);
-        let session = McpSession::new(
-            env.server.clone(),
-            env.limits,
-            env.clock.clone(),
-            env.state_key.clone(),
-        );
-        session.set_update_hook(env.resource_updates.clone());
+        let session = env.new_session();
         let handle = SessionHandle {
             id,
             mailbox: Rc::new(sender),

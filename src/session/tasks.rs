@@ -1,19 +1,25 @@
 //! Tasks (2025-11-25): a task-augmented `tools/call` answers at once with a
 //! task; the call runs on, and the client polls it (`tasks/get`), lists
 //! (`tasks/list`), waits for its result (`tasks/result`) or cancels it
-//! (`tasks/cancel`). The table is per session, so tasks are scoped to their
-//! requestor by construction; it is bounded in count and in lifetime.
+//! (`tasks/cancel`). The tasks live in the shard's [`TaskStore`], bounded in
+//! count (per shard and per session) and in lifetime; each is owned by the
+//! session that created it, which sees only its own through its
+//! [`TaskTable`]. A session's tasks go when the session does.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use crate::protocol::jsonrpc::RpcError;
+use crate::protocol::jsonrpc::{RpcError, SERVER_ERROR};
 use crate::sync::Event;
 
 pub const META_RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
+
+/// How often a client is asked to poll a task, in milliseconds.
+const POLL_INTERVAL_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskStatus {
@@ -39,7 +45,7 @@ impl TaskStatus {
 }
 
 struct Task {
-    id: String,
+    owner: u64,
     status: TaskStatus,
     status_message: Option<String>,
     created_at: SystemTime,
@@ -53,54 +59,157 @@ struct Task {
     cancel: Event,
 }
 
-/// The tasks of one session.
-pub struct TaskTable {
-    tasks: RefCell<VecDeque<Task>>,
+impl Task {
+    fn expired(&self, now: SystemTime) -> bool {
+        now.duration_since(self.created_at)
+            .is_ok_and(|age| age >= self.ttl)
+    }
+}
+
+/// The tasks of one shard. Shard-local: `Rc`, no locks.
+pub struct TaskStore {
+    tasks: RefCell<HashMap<String, Task>>,
+    /// Each owner's task ids, oldest first.
+    owners: RefCell<HashMap<u64, VecDeque<String>>>,
+    /// Tasks the shard holds at most; creating more gets -32000.
     tasks_max: usize,
+    /// Tasks one session holds at most.
+    per_session_max: usize,
+    /// Longest lifetime a task may ask for.
     ttl_max: Duration,
-    poll_interval_ms: u64,
+    next_owner: Cell<u64>,
     next_serial: Cell<u64>,
 }
 
-impl TaskTable {
-    pub fn new(tasks_max: usize, ttl_max: Duration) -> Self {
-        TaskTable {
-            tasks: RefCell::new(VecDeque::new()),
+impl TaskStore {
+    pub fn new(tasks_max: usize, per_session_max: usize, ttl_max: Duration) -> Rc<TaskStore> {
+        Rc::new(TaskStore {
+            tasks: RefCell::new(HashMap::new()),
+            owners: RefCell::new(HashMap::new()),
             tasks_max,
+            per_session_max,
             ttl_max,
-            poll_interval_ms: 1_000,
+            next_owner: Cell::new(0),
             next_serial: Cell::new(0),
+        })
+    }
+
+    /// A new session's view of the store: it sees only the tasks it creates.
+    pub fn table(self: &Rc<Self>) -> TaskTable {
+        let owner = self.next_owner.get();
+        self.next_owner.set(owner + 1);
+        TaskTable {
+            store: self.clone(),
+            owner,
         }
     }
 
+    /// Tasks held now, of every session (running or finished, until their ttl).
+    pub fn len(&self) -> usize {
+        self.tasks.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets the tasks whose lifetime is over (running ones are
+    /// cancelled); `owner` limits it to one session's.
+    fn sweep(&self, owner: Option<u64>) {
+        let now = SystemTime::now();
+        let mut tasks = self.tasks.borrow_mut();
+        let mut owners = self.owners.borrow_mut();
+        for (&who, ids) in owners.iter_mut() {
+            if owner.is_some_and(|owner| owner != who) {
+                continue;
+            }
+            ids.retain(|id| {
+                let expired = tasks.get(id).is_none_or(|task| task.expired(now));
+                if expired {
+                    if let Some(task) = tasks.remove(id) {
+                        task.cancel.set();
+                    }
+                }
+                !expired
+            });
+        }
+        owners.retain(|_, ids| !ids.is_empty());
+    }
+
+    /// Forgets every task of `owner`, cancelling the running ones.
+    fn release(&self, owner: u64) {
+        let ids = self.owners.borrow_mut().remove(&owner).unwrap_or_default();
+        let mut tasks = self.tasks.borrow_mut();
+        for id in ids {
+            if let Some(task) = tasks.remove(&id) {
+                task.cancel.set();
+            }
+        }
+    }
+
+    fn object(&self, id: &str, task: &Task) -> Value {
+        let mut object = json!({
+            "taskId": id,
+            "status": task.status.as_str(),
+            "createdAt": rfc3339(task.created_at),
+            "lastUpdatedAt": rfc3339(task.updated_at),
+            "ttl": task.ttl.as_millis() as u64,
+            "pollInterval": POLL_INTERVAL_MS,
+        });
+        if let Some(message) = &task.status_message {
+            object["statusMessage"] = Value::String(message.clone());
+        }
+        object
+    }
+}
+
+/// One session's tasks in its shard's store. Dropping it forgets them.
+pub struct TaskTable {
+    store: Rc<TaskStore>,
+    owner: u64,
+}
+
+impl TaskTable {
     /// Creates a working task; returns its id, the cancel signal for the
     /// call, and the task object to answer with.
     pub fn create(
         &self,
         requested_ttl_ms: Option<u64>,
     ) -> Result<(String, Event, Value), RpcError> {
-        self.sweep();
-        let mut tasks = self.tasks.borrow_mut();
-        if tasks.len() >= self.tasks_max {
+        let store = &self.store;
+        store.sweep(Some(self.owner));
+        if self.len() >= store.per_session_max {
             return Err(RpcError::new(
-                crate::protocol::jsonrpc::SERVER_ERROR,
+                SERVER_ERROR,
                 format!(
                     "this session already holds its maximum of {} tasks",
-                    self.tasks_max
+                    store.per_session_max
                 ),
             ));
         }
-        let serial = self.next_serial.get();
-        self.next_serial.set(serial + 1);
-        // Unique within the session; unguessable across sessions.
+        if store.len() >= store.tasks_max {
+            store.sweep(None);
+            if store.len() >= store.tasks_max {
+                return Err(RpcError::new(
+                    SERVER_ERROR,
+                    format!(
+                        "this shard already holds its maximum of {} tasks",
+                        store.tasks_max
+                    ),
+                ));
+            }
+        }
+        let serial = store.next_serial.get();
+        store.next_serial.set(serial + 1);
+        // Unique on the shard; unguessable across sessions.
         let id = format!("task-{serial}-{:016x}", rand::random::<u64>());
         let now = SystemTime::now();
         let ttl = requested_ttl_ms
             .map(Duration::from_millis)
-            .unwrap_or(self.ttl_max)
-            .min(self.ttl_max);
+            .unwrap_or(store.ttl_max)
+            .min(store.ttl_max);
         let task = Task {
-            id: id.clone(),
+            owner: self.owner,
             status: TaskStatus::Working,
             status_message: None,
             created_at: now,
@@ -111,16 +220,42 @@ impl TaskTable {
             cancel: Event::new(),
         };
         let cancel = task.cancel.clone();
-        let object = self.object(&task);
-        tasks.push_back(task);
+        let object = store.object(&id, &task);
+        store.tasks.borrow_mut().insert(id.clone(), task);
+        store
+            .owners
+            .borrow_mut()
+            .entry(self.owner)
+            .or_default()
+            .push_back(id.clone());
         Ok((id, cancel, object))
+    }
+
+    /// Runs `f` on this session's live task `id` (an expired one is
+    /// forgotten first); -32602 when there is none.
+    fn with_task<R>(&self, id: &str, f: impl FnOnce(&mut Task) -> R) -> Result<R, RpcError> {
+        let now = SystemTime::now();
+        let expired = {
+            let tasks = self.store.tasks.borrow();
+            match tasks.get(id) {
+                Some(task) if task.owner == self.owner => task.expired(now),
+                _ => return Err(unknown(id)),
+            }
+        };
+        if expired {
+            self.store.sweep(Some(self.owner));
+            return Err(unknown(id));
+        }
+        let mut tasks = self.store.tasks.borrow_mut();
+        let task = tasks.get_mut(id).ok_or_else(|| unknown(id))?;
+        Ok(f(task))
     }
 
     /// Records the call's outcome, unless the task was cancelled meanwhile
     /// (cancellation is final). Returns the task object if it changed.
     pub fn finish(&self, id: &str, outcome: Result<Value, RpcError>) -> Option<Value> {
-        let mut tasks = self.tasks.borrow_mut();
-        let task = tasks.iter_mut().find(|t| t.id == id)?;
+        let mut tasks = self.store.tasks.borrow_mut();
+        let task = tasks.get_mut(id).filter(|task| task.owner == self.owner)?;
         if task.status.is_terminal() {
             return None;
         }
@@ -132,68 +267,46 @@ impl TaskTable {
         task.outcome = Some(outcome);
         task.updated_at = SystemTime::now();
         task.done.set();
-        Some(self.object(task))
+        Some(self.store.object(id, task))
     }
 
     pub fn get(&self, id: &str) -> Result<Value, RpcError> {
-        self.sweep();
-        let tasks = self.tasks.borrow();
-        let task = tasks
-            .iter()
-            .find(|t| t.id == id)
-            .ok_or_else(|| unknown(id))?;
-        Ok(self.object(task))
+        self.with_task(id, |task| self.store.object(id, task))
     }
 
     /// Cancels a running task; a terminal one is refused with -32602.
     pub fn cancel(&self, id: &str) -> Result<Value, RpcError> {
-        let mut tasks = self.tasks.borrow_mut();
-        let task = tasks
-            .iter_mut()
-            .find(|t| t.id == id)
-            .ok_or_else(|| unknown(id))?;
-        if task.status.is_terminal() {
-            return Err(RpcError::invalid_params(format!(
-                "task {id} is already {}",
-                task.status.as_str()
-            )));
-        }
-        task.status = TaskStatus::Cancelled;
-        task.status_message = Some("The task was cancelled by request.".into());
-        task.updated_at = SystemTime::now();
-        task.cancel.set();
-        task.done.set();
-        Ok(self.object(task))
+        self.with_task(id, |task| {
+            if task.status.is_terminal() {
+                return Err(RpcError::invalid_params(format!(
+                    "task {id} is already {}",
+                    task.status.as_str()
+                )));
+            }
+            task.status = TaskStatus::Cancelled;
+            task.status_message = Some("The task was cancelled by request.".into());
+            task.updated_at = SystemTime::now();
+            task.cancel.set();
+            task.done.set();
+            Ok(self.store.object(id, task))
+        })?
     }
 
-    /// Cancels every running task (the session is ending).
+    /// Cancels every running task of the session and forgets them all (the
+    /// session is ending).
     pub fn cancel_all(&self) {
-        for task in self.tasks.borrow_mut().iter_mut() {
-            task.cancel.set();
-        }
+        self.store.release(self.owner);
     }
 
     /// Waits until the task is terminal, then returns what the call would
     /// have returned, tagged with the task.
     pub async fn result(&self, id: &str) -> Result<Value, RpcError> {
-        let done = {
-            let tasks = self.tasks.borrow();
-            let task = tasks
-                .iter()
-                .find(|t| t.id == id)
-                .ok_or_else(|| unknown(id))?;
-            task.done.clone()
-        };
+        let done = self.with_task(id, |task| task.done.clone())?;
         done.wait().await;
-        let tasks = self.tasks.borrow();
-        let task = tasks
-            .iter()
-            .find(|t| t.id == id)
-            .ok_or_else(|| unknown(id))?;
-        let related = json!({"taskId": task.id});
-        match &task.outcome {
-            Some(Ok(result)) => {
-                let mut result = result.clone();
+        let related = json!({"taskId": id});
+        let outcome = self.with_task(id, |task| task.outcome.clone())?;
+        match outcome {
+            Some(Ok(mut result)) => {
                 if let Value::Object(map) = &mut result {
                     let meta = map
                         .entry("_meta")
@@ -204,62 +317,45 @@ impl TaskTable {
                 }
                 Ok(result)
             }
-            Some(Err(error)) => Err(error.clone()),
-            None => Err(
-                RpcError::new(crate::protocol::jsonrpc::SERVER_ERROR, "task cancelled")
-                    .with_data(json!({META_RELATED_TASK: related})),
-            ),
+            Some(Err(error)) => Err(error),
+            None => Err(RpcError::new(SERVER_ERROR, "task cancelled")
+                .with_data(json!({META_RELATED_TASK: related}))),
         }
     }
 
-    /// Tasks in creation order, one page.
+    /// This session's tasks in creation order, one page; and how many it has.
     pub fn list(&self, start: usize, page_size: usize) -> (Vec<Value>, usize) {
-        self.sweep();
-        let tasks = self.tasks.borrow();
-        let page = tasks
-            .iter()
+        self.store.sweep(Some(self.owner));
+        let owners = self.store.owners.borrow();
+        let tasks = self.store.tasks.borrow();
+        let ids = owners.get(&self.owner);
+        let page = ids
+            .into_iter()
+            .flatten()
             .skip(start)
             .take(page_size)
-            .map(|task| self.object(task))
+            .filter_map(|id| tasks.get(id).map(|task| self.store.object(id, task)))
             .collect();
-        (page, tasks.len())
+        (page, ids.map_or(0, VecDeque::len))
     }
 
+    /// This session's tasks.
     pub fn len(&self) -> usize {
-        self.tasks.borrow().len()
+        self.store
+            .owners
+            .borrow()
+            .get(&self.owner)
+            .map_or(0, VecDeque::len)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    /// Forgets tasks whose lifetime is over (running ones are cancelled).
-    fn sweep(&self) {
-        let now = SystemTime::now();
-        self.tasks.borrow_mut().retain(|task| {
-            let alive = now
-                .duration_since(task.created_at)
-                .map_or(true, |age| age < task.ttl);
-            if !alive {
-                task.cancel.set();
-            }
-            alive
-        });
-    }
-
-    fn object(&self, task: &Task) -> Value {
-        let mut object = json!({
-            "taskId": task.id,
-            "status": task.status.as_str(),
-            "createdAt": rfc3339(task.created_at),
-            "lastUpdatedAt": rfc3339(task.updated_at),
-            "ttl": task.ttl.as_millis() as u64,
-            "pollInterval": self.poll_interval_ms,
-        });
-        if let Some(message) = &task.status_message {
-            object["statusMessage"] = Value::String(message.clone());
-        }
-        object
+impl Drop for TaskTable {
+    fn drop(&mut self) {
+        self.store.release(self.owner);
     }
 }
 
@@ -306,7 +402,8 @@ mod tests {
 
     #[test]
     fn lifecycle_is_working_then_terminal_and_cancellation_is_final() {
-        let table = TaskTable::new(2, Duration::from_secs(60));
+        let store = TaskStore::new(16, 2, Duration::from_secs(60));
+        let table = store.table();
         let (id, cancel, object) = table.create(Some(5_000)).unwrap();
         assert_eq!(
             (object["status"].clone(), object["ttl"].clone()),
@@ -330,7 +427,56 @@ mod tests {
             table.finish(&other, Ok(json!({"x": 1}))).unwrap()["status"],
             "completed"
         );
-        assert!(table.create(None).is_err(), "bounded");
+        assert!(table.create(None).is_err(), "bounded per session");
         assert_eq!(table.get("nope").unwrap_err().code, -32602);
+    }
+
+    #[test]
+    fn the_shard_store_is_bounded_and_each_session_sees_only_its_own() {
+        let store = TaskStore::new(3, 2, Duration::from_secs(60));
+        let (mine, theirs) = (store.table(), store.table());
+        let (a, _, _) = mine.create(None).unwrap();
+        let (b, _, _) = mine.create(None).unwrap();
+        let (c, their_cancel, _) = theirs.create(None).unwrap();
+        assert_eq!(store.len(), 3);
+        let Err(refused) = store.table().create(None) else {
+            panic!("a fourth task on a shard of three");
+        };
+        assert!(refused.message.contains("shard"), "{}", refused.message);
+
+        let (listed, total) = mine.list(0, 10);
+        let ids: Vec<&str> = listed
+            .iter()
+            .map(|t| t["taskId"].as_str().unwrap())
+            .collect();
+        assert_eq!((ids, total), (vec![a.as_str(), b.as_str()], 2));
+        assert_eq!(theirs.list(0, 10).1, 1);
+        // Another session's task is unknown to this one, whatever it tries.
+        assert_eq!(mine.get(&c).unwrap_err().code, -32602);
+        assert_eq!(mine.cancel(&c).unwrap_err().code, -32602);
+        assert!(mine.finish(&c, Ok(json!({}))).is_none());
+        assert!(!their_cancel.is_set());
+
+        // A session that ends takes its tasks with it: room again.
+        drop(theirs);
+        assert!(their_cancel.is_set(), "its running task was cancelled");
+        assert_eq!(store.len(), 2);
+        assert!(store.table().create(None).is_ok());
+    }
+
+    #[test]
+    fn a_task_past_its_lifetime_is_forgotten_and_its_call_cancelled() {
+        let store = TaskStore::new(4, 4, Duration::from_secs(60));
+        let table = store.table();
+        let (id, cancel, _) = table.create(Some(0)).unwrap();
+        assert_eq!(table.get(&id).unwrap_err().code, -32602, "lifetime 0: gone");
+        assert!(cancel.is_set());
+        assert_eq!((table.len(), store.len()), (0, 0));
+        let (kept, _, _) = table.create(None).unwrap();
+        let (expiring, _, _) = table.create(Some(0)).unwrap();
+        let (listed, total) = table.list(0, 10);
+        assert_eq!((listed.len(), total), (1, 1));
+        assert_eq!(listed[0]["taskId"], kept.as_str());
+        assert!(table.cancel(&expiring).is_err());
     }
 }

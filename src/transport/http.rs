@@ -35,7 +35,7 @@ use crate::config::LimitsConfig;
 use crate::protocol::jsonrpc::{decode, Id, Incoming, Message};
 use crate::protocol::version::{era_of, HANDSHAKE_VERSIONS};
 use crate::registry::{IdHasher, SessionId};
-use crate::session::{self, McpSession, OutFrame, SessionHandle, SessionRegistry};
+use crate::session::{self, OutFrame, SessionHandle, SessionRegistry};
 use crate::sync::Event;
 use crate::time::SharedClock;
 
@@ -121,25 +121,6 @@ pub struct HttpSessions {
     forward: RefCell<Option<Rc<dyn Forward>>>,
     clock: SharedClock,
     session_idle: Duration,
-    /// 2026-07-28 `subscriptions/listen` requests running on this shard:
-    /// they have no registry entry, so resource updates reach them here.
-    listening: RefCell<Vec<Weak<McpSession>>>,
-}
-
-/// Keeps a stateless session in [`HttpSessions::deliver_resource_updated`]'s
-/// reach while it lives.
-struct Listening<'a> {
-    sessions: &'a HttpSessions,
-    session: Weak<McpSession>,
-}
-
-impl Drop for Listening<'_> {
-    fn drop(&mut self) {
-        self.sessions
-            .listening
-            .borrow_mut()
-            .retain(|other| !other.ptr_eq(&self.session) && other.strong_count() > 0);
-    }
 }
 
 impl HttpSessions {
@@ -159,30 +140,6 @@ impl HttpSessions {
             forward: RefCell::new(None),
             clock,
             session_idle: Duration::from_millis(limits.http_session_idle_ms),
-            listening: RefCell::new(Vec::new()),
-        }
-    }
-
-    /// Tells this shard's running 2026-07-28 listens that `uri` changed
-    /// (sessions in the registry are told by the runtime).
-    pub fn deliver_resource_updated(&self, uri: &str) {
-        let listening: Vec<Rc<McpSession>> = self
-            .listening
-            .borrow()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for session in listening {
-            session.deliver_resource_updated(uri);
-        }
-    }
-
-    fn listen(&self, session: &Rc<McpSession>) -> Listening<'_> {
-        let session = Rc::downgrade(session);
-        self.listening.borrow_mut().push(session.clone());
-        Listening {
-            sessions: self,
-            session,
         }
     }
 
@@ -760,7 +717,6 @@ async fn mcp(
                 return stateless(
                     stream,
                     buffer,
-                    sessions,
                     &request,
                     service,
                     id.clone(),
@@ -963,7 +919,6 @@ async fn legacy_post(
 async fn stateless(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
-    sessions: &HttpSessions,
     request: &Request,
     service: &Rc<TcpService>,
     id: Id,
@@ -997,19 +952,10 @@ async fn stateless(
         let headers = [("Content-Type", "application/json")];
         return respond(stream, "400 Bad Request", &headers, &body, keep_alive).await;
     }
-    let env = &service.sessions;
-    let session = McpSession::new(
-        env.server.clone(),
-        env.limits,
-        env.clock.clone(),
-        env.state_key.clone(),
-    );
-    session.set_update_hook(env.resource_updates.clone());
+    let session = service.sessions.new_session();
     let Some(outbox) = session.take_outbox() else {
         return respond(stream, "500 Internal Server Error", &[], b"", keep_alive).await;
     };
-    // A listen hears the shard's resource updates while it runs.
-    let _listening = (method == "subscriptions/listen").then(|| sessions.listen(&session));
     let reply = session.handle_frame(&request.body);
     futures_lite::pin!(reply);
     let pipelined_max = service.limits.message_bytes_max + HEAD_BYTES_MAX;

@@ -16,6 +16,9 @@ pub const INTERNAL_ERROR: i64 = -32603;
 pub const SERVER_ERROR: i64 = -32000;
 /// MCP 2025-era "resource not found" (retired in 2026-07-28 for -32602).
 pub const RESOURCE_NOT_FOUND: i64 = -32002;
+/// MCP 2025-11-25 only: the request needs URL-mode elicitations completed
+/// first (`data.elicitations`); retired in 2026-07-28.
+pub const URL_ELICITATION_REQUIRED: i64 = -32042;
 /// MCP 2026-07-28: a header is missing, malformed, duplicated or differs from the body.
 pub const HEADER_MISMATCH: i64 = -32020;
 /// MCP 2026-07-28: the request needs a client capability it did not declare.
@@ -65,5 +68,15 @@ impl RpcError {
 
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(INTERNAL_ERROR, detail)
+    }
+
+    /// 2025-11-25 `URLElicitationRequiredError`: each of `elicitations` is
+    /// an `elicitation/create` URL-mode params object with its `elicitationId`.
+    pub fn url_elicitation_required(elicitations: Vec<Value>) -> Self {
+        Self::new(
+            URL_ELICITATION_REQUIRED,
+            "This request requires more information.",
+        )
+        .with_data(serde_json::json!({"elicitations": elicitations}))
     }
 }

@@ -1,17 +1,114 @@
 //! Requests from this server to the client (sampling, elicitation, roots) in
-//! the handshake era, the handler's view of the session (`RequestPeer`), and
-//! resource-change announcements.
+//! the handshake era, URL-mode elicitation's completion and -32042, the
+//! handler's view of the session (`RequestPeer`), and resource-change
+//! announcements.
 
 use super::*;
+use crate::server::ElicitationError;
 
 impl McpSession {
     pub(super) fn announce_resource_updated(&self, uri: &str) {
         let hook = self.update_hook.borrow().clone();
         match hook {
             Some(hook) => hook(uri),
-            // No runtime around (a bare session): only this session hears it.
-            None => self.deliver_resource_updated(uri),
+            // No runtime around (a bare session): the sessions of its live
+            // server hear it.
+            None => self.live.resource_updated(uri),
         }
+    }
+
+    /// Runs a tool for a handshake-era call. A URL-elicitation demand
+    /// stays -32042 when this session can do URL elicitation, and its ids
+    /// become pending; otherwise it is -32021 naming the capability.
+    pub(super) async fn run_tool_handshake(
+        &self,
+        tool: &Tool,
+        call: ToolCall,
+    ) -> Result<Value, RpcError> {
+        match run_tool(tool, call).await {
+            Err(error) if error.code == URL_ELICITATION_REQUIRED => {
+                self.check_url_elicitation()?;
+                let elicitations = error
+                    .data
+                    .as_ref()
+                    .and_then(|data| data.get("elicitations"))
+                    .and_then(Value::as_array);
+                for elicitation in elicitations.into_iter().flatten() {
+                    if let Some(id) = elicitation.get("elicitationId").and_then(Value::as_str) {
+                        self.remember_url_elicitation(id);
+                    }
+                }
+                Err(error)
+            }
+            other => other,
+        }
+    }
+
+    /// URL-mode elicitation needs 2025-11-25 and a client that declared it.
+    fn check_url_elicitation(&self) -> Result<(), RpcError> {
+        let url_mode = json!({"mode": "url"});
+        self.check_client_capability("elicitation/create", &url_mode)?;
+        match self.protocol_version() {
+            Some("2025-11-25") => Ok(()),
+            other => Err(RpcError::new(
+                MISSING_REQUIRED_CLIENT_CAPABILITY,
+                format!(
+                    "URL-mode elicitation needs protocol 2025-11-25 (this session: {})",
+                    other.unwrap_or("not initialized")
+                ),
+            )
+            .with_data(json!({"requiredCapabilities": {"elicitation": {"url": {}}}}))),
+        }
+    }
+
+    fn remember_url_elicitation(&self, id: &str) {
+        let mut pending = self.url_elicitations.borrow_mut();
+        if pending.iter().any(|known| known == id) {
+            return;
+        }
+        if pending.len() >= URL_ELICITATIONS_PENDING_MAX {
+            pending.pop_front();
+        }
+        pending.push_back(id.to_string());
+    }
+
+    /// Sends `notifications/elicitation/complete` for a pending URL
+    /// elicitation: on the stream of request `related` while it runs, on
+    /// the session's own stream after.
+    pub(super) async fn complete_elicitation(
+        &self,
+        related: Id,
+        elicitation_id: &str,
+    ) -> Result<(), ElicitationError> {
+        if self.closed.is_set() {
+            return Err(ElicitationError::SessionEnded);
+        }
+        if self.era.get() != Some(Era::Handshake) {
+            return Err(ElicitationError::Unsupported(
+                "only handshake-era sessions have notifications/elicitation/complete".into(),
+            ));
+        }
+        self.check_url_elicitation()
+            .map_err(|error| ElicitationError::Unsupported(error.message))?;
+        {
+            let mut pending = self.url_elicitations.borrow_mut();
+            let Some(position) = pending.iter().position(|known| known == elicitation_id) else {
+                return Err(ElicitationError::Unknown(elicitation_id.to_string()));
+            };
+            pending.remove(position);
+        }
+        let related = self
+            .in_flight
+            .borrow()
+            .contains_key(&related)
+            .then_some(related);
+        let frame = encode_request(
+            None,
+            "notifications/elicitation/complete",
+            Some(&json!({"elicitationId": elicitation_id})),
+        );
+        self.push(OutFrame { related, frame }).await;
+        Ok(())
     }
 
     /// Sends a request to the client and waits for its answer (see
@@ -23,6 +120,18 @@ impl McpSession {
         params: Value,
     ) -> Result<Value, RpcError> {
         self.check_client_capability(method, &params)?;
+        let url_mode = method == "elicitation/create"
+            && params.get("mode").and_then(Value::as_str) == Some("url");
+        if url_mode {
+            self.check_url_elicitation()?;
+            for key in ["message", "url", "elicitationId"] {
+                if !params.get(key).is_some_and(Value::is_string) {
+                    return Err(RpcError::invalid_params(format!(
+                        "a URL-mode elicitation needs params.{key} (a string)"
+                    )));
+                }
+            }
+        }
         if self.client_requests.borrow().len() >= self.limits.client_requests_max {
             return Err(RpcError::new(
                 SERVER_ERROR,
@@ -40,6 +149,11 @@ impl McpSession {
         self.client_requests
             .borrow_mut()
             .insert(id.clone(), answer_tx);
+        if url_mode {
+            if let Some(elicitation_id) = params.get("elicitationId").and_then(Value::as_str) {
+                self.remember_url_elicitation(elicitation_id);
+            }
+        }
         let frame = encode_request(Some(&id), method, Some(&params));
         self.push(OutFrame {
             related: Some(related),
@@ -118,6 +232,25 @@ impl Peer for RequestPeer {
             if let Some(session) = session.upgrade() {
                 session.push(OutFrame::close_stream(related)).await;
             }
+        })
+    }
+
+    fn server(&self) -> Option<Rc<LiveServer>> {
+        self.session
+            .upgrade()
+            .map(|session| session.live_server().clone())
+    }
+
+    fn complete_elicitation(
+        &self,
+        elicitation_id: &str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ElicitationError>>>> {
+        let session = self.session.clone();
+        let related = self.related.clone();
+        let elicitation_id = elicitation_id.to_string();
+        Box::pin(async move {
+            let session = session.upgrade().ok_or(ElicitationError::SessionEnded)?;
+            session.complete_elicitation(related, &elicitation_id).await
         })
     }
 

@@ -19,14 +19,14 @@ impl McpSession {
     }
 
     pub(super) fn tools_list(&self, params: Option<&Value>) -> Result<Value, RpcError> {
-        self.list("tools", params, self.server.tools(), Tool::descriptor)
+        self.list("tools", params, self.server().tools(), Tool::descriptor)
     }
 
     pub(super) fn resources_list(&self, params: Option<&Value>) -> Result<Value, RpcError> {
         self.list(
             "resources",
             params,
-            self.server.resources(),
+            self.server().resources(),
             Resource::descriptor,
         )
     }
@@ -35,24 +35,30 @@ impl McpSession {
         self.list(
             "resourceTemplates",
             params,
-            self.server.templates(),
+            self.server().templates(),
             ResourceTemplate::descriptor,
         )
     }
 
     pub(super) fn prompts_list(&self, params: Option<&Value>) -> Result<Value, RpcError> {
-        self.list("prompts", params, self.server.prompts(), Prompt::descriptor)
+        self.list(
+            "prompts",
+            params,
+            self.server().prompts(),
+            Prompt::descriptor,
+        )
     }
 
     pub(super) async fn resources_read(&self, params: Option<&Value>) -> Result<Value, RpcError> {
         let uri = required_str(params, "uri", "resources/read")?;
-        let read = if let Some(resource) = self.server.resource(uri) {
+        let server = self.server();
+        let read = if let Some(resource) = server.resource(uri) {
             resource.read()
         } else {
-            let matched =
-                self.server.templates().iter().find_map(|template| {
-                    template.matches(uri).map(|vars| (template.clone(), vars))
-                });
+            let matched = server
+                .templates()
+                .iter()
+                .find_map(|template| template.matches(uri).map(|vars| (template.clone(), vars)));
             match matched {
                 Some((template, variables)) => template.read(uri, variables),
                 None => return Err(resource_not_found(uri)),
@@ -70,9 +76,9 @@ impl McpSession {
     }
 
     pub(super) fn knows_resource(&self, uri: &str) -> bool {
-        self.server.resource(uri).is_some()
-            || self
-                .server
+        let server = self.server();
+        server.resource(uri).is_some()
+            || server
                 .templates()
                 .iter()
                 .any(|template| template.matches(uri).is_some())
@@ -114,7 +120,7 @@ impl McpSession {
     pub(super) async fn prompts_get(&self, params: Option<&Value>) -> Result<Value, RpcError> {
         let name = required_str(params, "name", "prompts/get")?;
         let prompt = self
-            .server
+            .server()
             .prompt(name)
             .cloned()
             .ok_or_else(|| RpcError::invalid_params(format!("unknown prompt: {name}")))?;
@@ -170,7 +176,7 @@ impl McpSession {
                     .get("name")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                let prompt = self.server.prompt(prompt_name).ok_or_else(|| {
+                let prompt = self.server().prompt(prompt_name).cloned().ok_or_else(|| {
                     RpcError::invalid_params(format!("unknown prompt: {prompt_name}"))
                 })?;
                 prompt.completer.clone()
@@ -180,14 +186,9 @@ impl McpSession {
                     .get("uri")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                let template = self
-                    .server
-                    .templates()
-                    .iter()
-                    .find(|t| t.uri_template == uri)
-                    .ok_or_else(|| {
-                        RpcError::invalid_params(format!("unknown resource template: {uri}"))
-                    })?;
+                let template = self.server().template(uri).cloned().ok_or_else(|| {
+                    RpcError::invalid_params(format!("unknown resource template: {uri}"))
+                })?;
                 template.completer.clone()
             }
             _ => {
@@ -222,7 +223,7 @@ impl McpSession {
             .and_then(Value::as_str)
             .ok_or_else(|| RpcError::invalid_params("tools/call needs params.name (a string)"))?;
         let tool = self
-            .server
+            .server()
             .tool(name)
             .cloned()
             .ok_or_else(|| RpcError::invalid_params(format!("unknown tool: {name}")))?;
@@ -271,11 +272,12 @@ impl McpSession {
                 )))
             }
             (false, _) => {
-                return run_tool(
-                    &tool,
-                    ToolCall::new(arguments, cancel, peer, progress_token),
-                )
-                .await
+                return self
+                    .run_tool_handshake(
+                        &tool,
+                        ToolCall::new(arguments, cancel, peer, progress_token),
+                    )
+                    .await
             }
             (true, _) => {}
         }
@@ -289,7 +291,7 @@ impl McpSession {
         // the session ending), not by the request's own cancellation.
         glommio::spawn_local(async move {
             let call = ToolCall::new(arguments, task_cancel, peer, progress_token);
-            let outcome = run_tool(&tool, call).await;
+            let outcome = session.run_tool_handshake(&tool, call).await;
             if let Some(status) = session.tasks.finish(&task_id, outcome) {
                 let frame = encode_request(None, "notifications/tasks/status", Some(&status));
                 session

@@ -10,7 +10,7 @@
 //!   `InputRequiredResult` rounds.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
@@ -24,18 +24,18 @@ use serde_json::{json, Map, Value};
 use crate::protocol::jsonrpc::{
     decode, encode_batch, encode_error, encode_request, encode_result, params_object, Id, Incoming,
     Message, RpcError, INVALID_PARAMS, MISSING_REQUIRED_CLIENT_CAPABILITY, RESOURCE_NOT_FOUND,
-    SERVER_ERROR, UNSUPPORTED_PROTOCOL_VERSION,
+    SERVER_ERROR, UNSUPPORTED_PROTOCOL_VERSION, URL_ELICITATION_REQUIRED,
 };
 use crate::protocol::logging::LogLevel;
 use crate::protocol::request_state::{self, RoundState, StateKey};
 use crate::protocol::stateless::{self, Envelope};
 use crate::protocol::version::{allows_batches, negotiate, Era};
 use crate::server::{
-    Peer, Prompt, Resource, ResourceError, ResourceTemplate, Server, TaskSupport, Tool, ToolCall,
-    ToolError,
+    Lists, LiveServer, Peer, Prompt, Resource, ResourceError, ResourceTemplate, Server, Subscriber,
+    TaskSupport, Tool, ToolCall, ToolError,
 };
 
-use super::tasks::TaskTable;
+use super::tasks::{TaskStore, TaskTable};
 use crate::observe::{self, Outcome};
 use crate::sync::{catch_panic, oneshot, Event, OneshotSender};
 use crate::time::SharedClock;
@@ -105,10 +105,29 @@ struct Negotiated {
     version: &'static str,
     client_info: Value,
     client_capabilities: Value,
+    /// The lists the `initialize` result advertised: served (even if the
+    /// server no longer holds any) and announced when they change.
+    lists: Lists,
+    /// Whether it advertised tasks.
+    tasks: bool,
+}
+
+/// URL-mode elicitations one session remembers as pending (sent and not yet
+/// completed); past it the oldest is forgotten, and completing it is then
+/// refused as unknown.
+pub const URL_ELICITATIONS_PENDING_MAX: usize = 64;
+
+/// What one `subscriptions/listen` follows.
+pub(super) struct Listen {
+    pub(super) lists: Lists,
+    pub(super) uris: HashSet<String>,
 }
 
 pub struct McpSession {
-    server: Rc<Server>,
+    /// The shard's server; each request takes the current snapshot once.
+    live: Rc<LiveServer>,
+    /// This session's key among the live server's subscribers.
+    subscription: Cell<Option<usize>>,
     limits: SessionLimits,
     phase: Cell<Phase>,
     negotiated: RefCell<Option<Negotiated>>,
@@ -123,7 +142,7 @@ pub struct McpSession {
     clock: SharedClock,
     outbox: LocalSender<OutFrame>,
     outbox_receiver: RefCell<Option<LocalReceiver<OutFrame>>>,
-    /// Task-augmented calls of this session.
+    /// Task-augmented calls of this session, in the shard's task store.
     tasks: TaskTable,
     /// Which era this session speaks, once its first request fixed it.
     era: Cell<Option<Era>>,
@@ -131,8 +150,11 @@ pub struct McpSession {
     state_key: StateKey,
     /// Carries a resource change to every shard (set by the runtime).
     update_hook: RefCell<Option<UpdateHook>>,
-    /// Open `subscriptions/listen` requests and the resource URIs each follows.
-    listens: RefCell<Vec<(Id, HashSet<String>)>>,
+    /// Open `subscriptions/listen` requests and what each follows.
+    listens: RefCell<Vec<(Id, Listen)>>,
+    /// URL elicitations sent to the client and not yet completed, oldest
+    /// first (at most `URL_ELICITATIONS_PENDING_MAX`).
+    url_elicitations: RefCell<VecDeque<String>>,
     /// Requests this server sent to the client, waiting for answers.
     client_requests: RefCell<HashMap<Id, OneshotSender<Result<Value, RpcError>>>>,
     next_client_request: Cell<u64>,
@@ -168,15 +190,31 @@ impl OutFrame {
 }
 
 impl McpSession {
+    /// A session of `live`'s shard, subscribed to its changes until
+    /// dropped, with a task store of its own (a shard passes its store to
+    /// [`Self::with_task_store`]).
     pub fn new(
-        server: Rc<Server>,
+        live: Rc<LiveServer>,
+        limits: SessionLimits,
+        clock: SharedClock,
+        state_key: StateKey,
+    ) -> Rc<Self> {
+        let tasks = TaskStore::new(limits.tasks_max, limits.tasks_max, limits.task_ttl_max);
+        Self::with_task_store(live, &tasks, limits, clock, state_key)
+    }
+
+    /// A session whose tasks live in the shard's `tasks` store.
+    pub fn with_task_store(
+        live: Rc<LiveServer>,
+        tasks: &Rc<TaskStore>,
         limits: SessionLimits,
         clock: SharedClock,
         state_key: StateKey,
     ) -> Rc<Self> {
         let (outbox, outbox_receiver) = local_channel::new_bounded(limits.outbox_capacity.max(1));
-        Rc::new(McpSession {
-            server,
+        let session = Rc::new(McpSession {
+            live,
+            subscription: Cell::new(None),
             limits,
             phase: Cell::new(Phase::AwaitingInitialize),
             negotiated: RefCell::new(None),
@@ -187,14 +225,29 @@ impl McpSession {
             clock,
             outbox,
             outbox_receiver: RefCell::new(Some(outbox_receiver)),
-            tasks: TaskTable::new(limits.tasks_max, limits.task_ttl_max),
+            tasks: tasks.table(),
             era: Cell::new(None),
             state_key,
             update_hook: RefCell::new(None),
             listens: RefCell::new(Vec::new()),
+            url_elicitations: RefCell::new(VecDeque::new()),
             client_requests: RefCell::new(HashMap::new()),
             next_client_request: Cell::new(0),
-        })
+        });
+        let weak: Weak<McpSession> = Rc::downgrade(&session);
+        let key = session.live.subscribe(weak);
+        session.subscription.set(Some(key));
+        session
+    }
+
+    /// The server's definitions now; a request takes them once.
+    pub(super) fn server(&self) -> Rc<Server> {
+        self.live.current()
+    }
+
+    /// The shard's live server this session serves.
+    pub fn live_server(&self) -> &Rc<LiveServer> {
+        &self.live
     }
 
     /// The version negotiated at `initialize`, once there was one.
@@ -255,23 +308,54 @@ impl McpSession {
                 Some(&json!({"uri": uri})),
             ));
         }
-        for (listen, uris) in self.listens.borrow().iter() {
-            if uris.contains(uri) {
-                let params = json!({"uri": uri, "_meta": {stateless::META_SUBSCRIPTION_ID: listen.to_value()}});
-                frames.push(encode_request(
-                    None,
-                    "notifications/resources/updated",
-                    Some(&params),
+        let mut frames: Vec<(Option<Id>, Bytes)> =
+            frames.into_iter().map(|frame| (None, frame)).collect();
+        for (id, listen) in self.listens.borrow().iter() {
+            if listen.uris.contains(uri) {
+                let params =
+                    json!({"uri": uri, "_meta": {stateless::META_SUBSCRIPTION_ID: id.to_value()}});
+                frames.push((
+                    Some(id.clone()),
+                    encode_request(None, "notifications/resources/updated", Some(&params)),
                 ));
             }
         }
-        for frame in frames {
-            // A full outbox must not stall whoever announced the change.
-            if let Err(error) = self.outbox.try_send(OutFrame {
-                related: None,
-                frame,
-            }) {
-                tracing::warn!(uri, %error, "resource update dropped: the client's outbox is full");
+        self.send_notices(frames, "resource update");
+    }
+
+    /// Sends `notifications/*/list_changed` for `lists`: in the handshake
+    /// era for the lists `initialize` advertised (once initialized); in the
+    /// stateless era on each listen that asked for them.
+    pub fn deliver_lists_changed(&self, lists: Lists) {
+        let mut frames: Vec<(Option<Id>, Bytes)> = Vec::new();
+        let advertised = self
+            .negotiated
+            .borrow()
+            .as_ref()
+            .map_or(Lists::NONE, |negotiated| negotiated.lists);
+        if self.era.get() == Some(Era::Handshake) && self.phase.get() != Phase::AwaitingInitialize {
+            for method in lists.and(advertised).changed_methods() {
+                frames.push((None, encode_request(None, method, None)));
+            }
+        }
+        for (id, listen) in self.listens.borrow().iter() {
+            let params = json!({"_meta": {stateless::META_SUBSCRIPTION_ID: id.to_value()}});
+            for method in lists.and(listen.lists).changed_methods() {
+                frames.push((
+                    Some(id.clone()),
+                    encode_request(None, method, Some(&params)),
+                ));
+            }
+        }
+        self.send_notices(frames, "list change");
+    }
+
+    /// Queues notices no request waits for. A full outbox must not stall
+    /// whoever made the change: the notice is dropped and logged.
+    fn send_notices(&self, frames: Vec<(Option<Id>, Bytes)>, what: &'static str) {
+        for (related, frame) in frames {
+            if let Err(error) = self.outbox.try_send(OutFrame { related, frame }) {
+                tracing::warn!(%error, "{what} dropped: the client's outbox is full");
             }
         }
     }
@@ -511,22 +595,25 @@ impl McpSession {
                 "the session is not initialized: send initialize before {method}"
             )));
         }
-        let server = &self.server;
-        let has_tools = !server.tools().is_empty();
-        let has_resources = !server.resources().is_empty() || !server.templates().is_empty();
-        let has_prompts = !server.prompts().is_empty();
+        let server = self.server();
+        // A feature is served if this session was told of it at initialize
+        // or the server offers it now (definitions change at runtime).
+        let (advertised, advertised_tasks) = self
+            .negotiated
+            .borrow()
+            .as_ref()
+            .map_or((Lists::NONE, false), |n| (n.lists, n.tasks));
+        let lists = server.lists().or(advertised);
+        let (has_tools, has_resources, has_prompts) = (lists.tools, lists.resources, lists.prompts);
+        let has_tasks = advertised_tasks || server.has_task_tools();
         match method {
             "tools/list" if has_tools => self.tools_list(params.as_ref()),
             "tools/call" if has_tools => self.tools_call(id, params, cancel).await,
             "logging/setLevel" if has_tools => self.set_level(params.as_ref()),
-            "tasks/get" if server.has_task_tools() => self.tasks.get(task_id(params.as_ref())?),
-            "tasks/result" if server.has_task_tools() => {
-                self.tasks.result(task_id(params.as_ref())?).await
-            }
-            "tasks/cancel" if server.has_task_tools() => {
-                self.tasks.cancel(task_id(params.as_ref())?)
-            }
-            "tasks/list" if server.has_task_tools() => {
+            "tasks/get" if has_tasks => self.tasks.get(task_id(params.as_ref())?),
+            "tasks/result" if has_tasks => self.tasks.result(task_id(params.as_ref())?).await,
+            "tasks/cancel" if has_tasks => self.tasks.cancel(task_id(params.as_ref())?),
+            "tasks/list" if has_tasks => {
                 let (start, _, _) = page(params.as_ref(), usize::MAX, self.limits.page_size)?;
                 let (entries, total) = self.tasks.list(start, self.limits.page_size);
                 let mut result = json!({"tasks": entries});
@@ -580,18 +667,21 @@ impl McpSession {
             }
         };
         let version = negotiate(requested);
+        let server = self.server();
         *self.negotiated.borrow_mut() = Some(Negotiated {
             version,
             client_info,
             client_capabilities,
+            lists: server.lists(),
+            tasks: server.has_task_tools(),
         });
         self.phase.set(Phase::Initialized);
         self.era.set(Some(Era::Handshake));
         let mut result = Map::new();
         result.insert("protocolVersion".into(), Value::String(version.to_string()));
-        result.insert("capabilities".into(), self.server.capabilities());
-        result.insert("serverInfo".into(), self.server.info().to_value());
-        if let Some(instructions) = self.server.instructions() {
+        result.insert("capabilities".into(), server.capabilities());
+        result.insert("serverInfo".into(), server.info().to_value());
+        if let Some(instructions) = server.instructions() {
             result.insert(
                 "instructions".into(),
                 Value::String(instructions.to_string()),
@@ -601,6 +691,26 @@ impl McpSession {
     }
 }
 
+impl Subscriber for McpSession {
+    fn lists_changed(&self, lists: Lists) {
+        self.deliver_lists_changed(lists);
+    }
+
+    fn resource_updated(&self, uri: &str) {
+        self.deliver_resource_updated(uri);
+    }
+}
+
+impl Drop for McpSession {
+    fn drop(&mut self) {
+        if let Some(key) = self.subscription.take() {
+            self.live.unsubscribe(key);
+        }
+    }
+}
+
+/// Runs a tool; a URL-elicitation demand becomes the -32042 error, which
+/// each era then turns into its own answer.
 async fn run_tool(tool: &Tool, call: ToolCall) -> Result<Value, RpcError> {
     match tool.call(call).await {
         Ok(result) => {
@@ -609,6 +719,17 @@ async fn run_tool(tool: &Tool, call: ToolCall) -> Result<Value, RpcError> {
         }
         Err(ToolError::Failed(message)) => Ok(crate::server::ToolResult::error(message).to_value()),
         Err(ToolError::Protocol(error)) => Err(error),
+        Err(ToolError::UrlElicitationRequired(elicitations)) if elicitations.is_empty() => {
+            Err(RpcError::internal(format!(
+                "tool {} demanded URL elicitation but named none",
+                tool.name
+            )))
+        }
+        Err(ToolError::UrlElicitationRequired(elicitations)) => {
+            Err(RpcError::url_elicitation_required(
+                elicitations.iter().map(|e| e.to_params()).collect(),
+            ))
+        }
     }
 }
 

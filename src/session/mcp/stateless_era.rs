@@ -4,6 +4,7 @@
 
 use super::client::{announce_from, check_capability, notify_related};
 use super::*;
+use crate::server::ElicitationError;
 
 impl McpSession {
     /// Which era a request belongs to. The first request fixes the era of a
@@ -52,15 +53,14 @@ impl McpSession {
         if self.era.get().is_none() {
             self.era.set(Some(Era::Stateless));
         }
-        let info = self.server.info().to_value();
+        let server = self.server();
+        let info = server.info().to_value();
         let cacheable =
             |result: Result<Value, RpcError>| result.map(|r| stateless::complete(r, &info, true));
         let complete =
             |result: Result<Value, RpcError>| result.map(|r| stateless::complete(r, &info, false));
-        let server = &self.server;
-        let has_tools = !server.tools().is_empty();
-        let has_resources = !server.resources().is_empty() || !server.templates().is_empty();
-        let has_prompts = !server.prompts().is_empty();
+        let lists = server.lists();
+        let (has_tools, has_resources, has_prompts) = (lists.tools, lists.resources, lists.prompts);
         let params = params.as_ref();
         match method {
             "server/discover" => Ok(self.discover()),
@@ -165,8 +165,15 @@ impl McpSession {
             peer.clone(),
             envelope.progress_token.clone(),
         );
-        let outcome = run_tool(&tool, call).await;
-        let info = self.server.info().to_value();
+        let outcome = match run_tool(&tool, call).await {
+            // 2026-07-28 retired -32042: the URLs become input requests.
+            Err(error) if error.code == URL_ELICITATION_REQUIRED => {
+                peer.ask_urls(&error)?;
+                Err(error)
+            }
+            other => other,
+        };
+        let info = self.server().info().to_value();
         let asks = peer.asks.take();
         if !asks.is_empty() {
             let state = request_state::seal(
@@ -187,34 +194,45 @@ impl McpSession {
 
     /// `server/discover`: what this server serves, for this request only.
     pub(super) fn discover(&self) -> Value {
+        let server = self.server();
         let mut result = Map::new();
         result.insert(
             "supportedVersions".into(),
             json!(stateless::STATELESS_VERSIONS),
         );
-        result.insert("capabilities".into(), self.server.capabilities());
-        if let Some(instructions) = self.server.instructions() {
+        result.insert("capabilities".into(), server.capabilities());
+        if let Some(instructions) = server.instructions() {
             result.insert(
                 "instructions".into(),
                 Value::String(instructions.to_string()),
             );
         }
-        stateless::complete(Value::Object(result), &self.server.info().to_value(), true)
+        stateless::complete(Value::Object(result), &server.info().to_value(), true)
     }
 
-    /// `subscriptions/listen`: acknowledged with the kinds honoured (none
-    /// yet: this server's lists never change), then open until cancelled.
+    /// `subscriptions/listen`: acknowledged with the kinds honoured (the
+    /// list changes of lists the server offers, and resource updates of
+    /// resources it knows), then open until cancelled.
     pub(super) async fn listen(&self, id: &Id, params: Option<&Value>) -> Result<Value, RpcError> {
-        if let Some(filter) = params.and_then(|p| p.get("notifications")) {
-            if !filter.is_object() {
-                return Err(RpcError::invalid_params(
-                    "params.notifications must be an object",
-                ));
-            }
+        let filter = params.and_then(|p| p.get("notifications"));
+        if filter.is_some_and(|filter| !filter.is_object()) {
+            return Err(RpcError::invalid_params(
+                "params.notifications must be an object",
+            ));
         }
-        // Honoured: resource subscriptions (this server's lists never change).
-        let uris: HashSet<String> = params
-            .and_then(|p| p.get("notifications"))
+        let asked = |flag: &str| {
+            filter
+                .and_then(|f| f.get(flag))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        };
+        let lists = Lists {
+            tools: asked("toolsListChanged"),
+            resources: asked("resourcesListChanged"),
+            prompts: asked("promptsListChanged"),
+        }
+        .and(self.server().lists());
+        let uris: HashSet<String> = filter
             .and_then(|n| n.get("resourceSubscriptions"))
             .and_then(Value::as_array)
             .map(|uris| {
@@ -227,6 +245,15 @@ impl McpSession {
             })
             .unwrap_or_default();
         let mut honoured = Map::new();
+        for (set, flag) in [
+            (lists.tools, "toolsListChanged"),
+            (lists.resources, "resourcesListChanged"),
+            (lists.prompts, "promptsListChanged"),
+        ] {
+            if set {
+                honoured.insert(flag.into(), Value::Bool(true));
+            }
+        }
         if !uris.is_empty() {
             let mut sorted: Vec<&String> = uris.iter().collect();
             sorted.sort();
@@ -236,7 +263,9 @@ impl McpSession {
             "_meta": {stateless::META_SUBSCRIPTION_ID: id.to_value()},
             "notifications": honoured
         });
-        self.listens.borrow_mut().push((id.clone(), uris));
+        self.listens
+            .borrow_mut()
+            .push((id.clone(), Listen { lists, uris }));
         let _forget = ForgetListen {
             session: self,
             id: id.clone(),
@@ -298,11 +327,29 @@ impl Peer for StatelessPeer {
         Box::pin(async {})
     }
 
+    fn server(&self) -> Option<Rc<LiveServer>> {
+        self.session
+            .upgrade()
+            .map(|session| session.live_server().clone())
+    }
+
+    fn complete_elicitation(
+        &self,
+        _elicitation_id: &str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ElicitationError>>>> {
+        Box::pin(async {
+            Err(ElicitationError::Unsupported(
+                "2026-07-28 has no notifications/elicitation/complete".into(),
+            ))
+        })
+    }
+
     fn request(
         &self,
         method: &'static str,
-        params: Value,
+        mut params: Value,
     ) -> Pin<Box<dyn Future<Output = Result<Value, RpcError>>>> {
+        strip_elicitation_id(method, &mut params);
         let checked = check_capability(&self.capabilities, method, &params);
         // Keys follow the order the handler asks in, which is the same on
         // every round for the same arguments and answers.
@@ -321,6 +368,41 @@ impl Peer for StatelessPeer {
             },
         };
         Box::pin(async move { answer })
+    }
+}
+
+impl StatelessPeer {
+    /// Turns a -32042 demand into input requests of this round: each URL
+    /// is asked again however the last round was answered (accepting only
+    /// means the user went there). -32021 when the envelope lacks URL mode.
+    fn ask_urls(&self, error: &RpcError) -> Result<(), RpcError> {
+        let elicitations = error
+            .data
+            .as_ref()
+            .and_then(|data| data.get("elicitations"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for mut params in elicitations {
+            strip_elicitation_id("elicitation/create", &mut params);
+            check_capability(&self.capabilities, "elicitation/create", &params)?;
+            let key = format!("input-{}", self.next_key.get());
+            self.next_key.set(self.next_key.get() + 1);
+            self.asks.borrow_mut().insert(
+                key,
+                json!({"method": "elicitation/create", "params": params}),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// 2026-07-28 removed `elicitationId` from URL-mode elicitation.
+fn strip_elicitation_id(method: &str, params: &mut Value) {
+    if method == "elicitation/create" {
+        if let Value::Object(params) = params {
+            params.remove("elicitationId");
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::protocol::logging::LogLevel;
 use crate::protocol::request_state::StateKey;
-use crate::server::{demo, Server, Tool, ToolResult};
+use crate::server::{demo, LiveServer, Server, Tool, ToolResult};
 use crate::time::{ManualClock, SystemClock};
 
 fn run<F: Future<Output = ()> + 'static>(f: F) {
@@ -23,7 +23,12 @@ fn new_session(
     limits: SessionLimits,
     clock: crate::time::SharedClock,
 ) -> Rc<McpSession> {
-    McpSession::new(server, limits, clock, StateKey::new([9; 32]))
+    McpSession::new(
+        LiveServer::new(Rc::unwrap_or_clone(server)),
+        limits,
+        clock,
+        StateKey::new([9; 32]),
+    )
 }
 
 fn demo_tool_count() -> usize {
@@ -97,10 +102,10 @@ fn initialize_negotiates_and_reports_derived_capabilities() {
             assert_eq!(
                 result["capabilities"],
                 json!({
-                    "tools": {"listChanged": false},
+                    "tools": {"listChanged": true},
                     "logging": {},
-                    "resources": {"subscribe": true, "listChanged": false},
-                    "prompts": {"listChanged": false},
+                    "resources": {"subscribe": true, "listChanged": true},
+                    "prompts": {"listChanged": true},
                     "completions": {},
                     "tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
                 })
@@ -1192,7 +1197,7 @@ fn stateless_discover_and_lists_carry_result_type_cache_fields_and_server_info()
         assert_eq!(result["supportedVersions"], json!(["2026-07-28"]));
         assert_eq!(
             result["capabilities"]["tools"],
-            json!({"listChanged": false})
+            json!({"listChanged": true})
         );
         assert_eq!(
             (
@@ -1542,8 +1547,8 @@ fn stateless_listen_is_acknowledged_and_ends_by_cancellation_without_a_response(
         );
         assert_eq!(
             ack["params"]["notifications"],
-            json!({}),
-            "this server's lists never change"
+            json!({"toolsListChanged": true}),
+            "the tool list may change"
         );
         assert_eq!(session.in_flight(), 1);
         send(&session, json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}})).await;
@@ -1915,5 +1920,599 @@ fn a_resource_change_reaches_subscribed_sessions_and_listens_only() {
         )
         .await;
         assert_eq!((subscriber.outbox_len(), listener.outbox_len()), (0, 0));
+    });
+}
+
+/// Sessions sharing one live server, as the sessions of one shard do.
+fn session_on(live: &Rc<LiveServer>) -> Rc<McpSession> {
+    McpSession::new(
+        live.clone(),
+        SessionLimits::default(),
+        SystemClock::shared(),
+        StateKey::new([9; 32]),
+    )
+}
+
+async fn initialize_on(live: &Rc<LiveServer>, version: &str, ready: bool) -> Rc<McpSession> {
+    let session = session_on(live);
+    let reply = send(&session, request(0, "initialize", init_params(version)))
+        .await
+        .unwrap();
+    assert!(reply.get("result").is_some(), "{reply}");
+    if ready {
+        send(
+            &session,
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        )
+        .await;
+    }
+    session
+}
+
+fn frames(
+    outbox: &glommio::channels::local_channel::LocalReceiver<OutFrame>,
+    session: &McpSession,
+) -> Vec<Value> {
+    drain_outbox(outbox, session)
+}
+
+fn tool_names(reply: &Value) -> Vec<String> {
+    reply["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tool| tool["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn list_changed(method: &str) -> Value {
+    json!({"jsonrpc": "2.0", "method": method})
+}
+
+#[test]
+fn a_handler_toggling_a_tool_tells_every_initialized_session_of_its_shard_and_the_list_follows() {
+    run(async {
+        let live = LiveServer::new(demo::build().unwrap());
+        let caller = initialize_on(&live, "2025-11-25", true).await;
+        let old = initialize_on(&live, "2024-11-05", true).await;
+        let answered = initialize_on(&live, "2025-06-18", false).await;
+        let fresh = session_on(&live);
+        let listener = session_on(&live);
+        let outboxes: Vec<_> = [&caller, &old, &answered, &fresh, &listener]
+            .iter()
+            .map(|s| s.take_outbox().unwrap())
+            .collect();
+        assert_eq!(live.subscriber_count(), 5);
+        let listening = listener.clone();
+        let listen = glommio::spawn_local(async move {
+            send(
+                &listening,
+                modern(
+                    8,
+                    "subscriptions/listen",
+                    json!({}),
+                    json!({"notifications": {"toolsListChanged": true, "promptsListChanged": true, "resourcesListChanged": false}}),
+                ),
+            )
+            .await
+        });
+        let ack: Value = serde_json::from_slice(&outboxes[4].recv().await.unwrap().frame).unwrap();
+        assert_eq!(
+            ack["params"]["notifications"],
+            json!({"toolsListChanged": true, "promptsListChanged": true}),
+            "false flags are left out"
+        );
+
+        let toggle = json!({"name": "toggle_reverse"});
+        let added = send(&caller, request(1, "tools/call", toggle.clone()))
+            .await
+            .unwrap();
+        assert_eq!(added["result"]["content"][0]["text"], "added reverse");
+        let tools_changed = list_changed("notifications/tools/list_changed");
+        for (index, session) in [&caller, &old, &answered].iter().enumerate() {
+            assert_eq!(
+                frames(&outboxes[index], session),
+                std::slice::from_ref(&tools_changed),
+                "session {index}"
+            );
+        }
+        assert_eq!(fresh.outbox_len(), 0, "not initialized: not told");
+        let heard: Value =
+            serde_json::from_slice(&outboxes[4].recv().await.unwrap().frame).unwrap();
+        assert_eq!(
+            heard,
+            json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+                   "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": 8}}})
+        );
+
+        // Every session of the shard now lists and calls it.
+        let listed = send(&old, request(2, "tools/list", json!({})))
+            .await
+            .unwrap();
+        assert!(tool_names(&listed).contains(&"reverse".to_string()));
+        let reversed = send(
+            &old,
+            request(
+                3,
+                "tools/call",
+                json!({"name": "reverse", "arguments": {"text": "abc"}}),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reversed["result"]["content"][0]["text"], "cba");
+        let stateless = send(&listener, modern(4, "tools/list", json!({}), json!({})))
+            .await
+            .unwrap();
+        assert!(tool_names(&stateless).contains(&"reverse".to_string()));
+
+        // Toggled off: told again, gone from the list, unknown to call.
+        let removed = send(&old, request(5, "tools/call", toggle)).await.unwrap();
+        assert_eq!(removed["result"]["content"][0]["text"], "removed reverse");
+        assert_eq!(
+            frames(&outboxes[0], &caller),
+            std::slice::from_ref(&tools_changed)
+        );
+        let listed = send(&caller, request(6, "tools/list", json!({})))
+            .await
+            .unwrap();
+        assert!(!tool_names(&listed).contains(&"reverse".to_string()));
+        let gone = send(
+            &caller,
+            request(
+                7,
+                "tools/call",
+                json!({"name": "reverse", "arguments": {"text": "x"}}),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(error_code(&gone), -32602);
+
+        // One edit of two lists: one notice per list; the listen did not
+        // ask for resources.
+        live.edit(|draft| {
+            draft.remove_prompt("review");
+            draft.remove_resource("demo://readme");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            frames(&outboxes[1], &old),
+            [
+                tools_changed,
+                list_changed("notifications/resources/list_changed"),
+                list_changed("notifications/prompts/list_changed")
+            ]
+        );
+        let frames_heard: Vec<Value> = frames(&outboxes[4], &listener);
+        let methods: Vec<&str> = frames_heard
+            .iter()
+            .map(|f| f["method"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            methods,
+            [
+                "notifications/tools/list_changed",
+                "notifications/prompts/list_changed"
+            ]
+        );
+        let read = send(
+            &caller,
+            request(8, "resources/read", json!({"uri": "demo://readme"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(error_code(&read), -32002, "removed resources are not found");
+
+        // An ended listen hears nothing more; a dropped session unsubscribes.
+        send(&listener, json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 8}})).await;
+        assert_eq!(listen.await, None);
+        live.remove_prompt("greeting");
+        assert_eq!(listener.outbox_len(), 0);
+        drop(outboxes);
+        drop((fresh, listener));
+        assert_eq!(live.subscriber_count(), 3);
+    });
+}
+
+#[test]
+fn list_changes_reach_only_lists_the_session_was_told_of_and_served_lists_stay_served() {
+    run(async {
+        let tools_only = Server::builder("t", "1")
+            .tool(
+                Tool::builder("only", "The only tool.")
+                    .handler(|_call| async { Ok(ToolResult::text("x")) })
+                    .unwrap(),
+            )
+            .declare(crate::server::Lists {
+                resources: true,
+                ..crate::server::Lists::NONE
+            })
+            .build()
+            .unwrap();
+        let live = LiveServer::new(tools_only);
+        let session = initialize_on(&live, "2025-11-25", true).await;
+        let outbox = session.take_outbox().unwrap();
+        let prompts = send(&session, request(1, "prompts/list", json!({})))
+            .await
+            .unwrap();
+        assert_eq!(error_code(&prompts), -32601, "no prompts yet");
+        let empty = send(&session, request(2, "resources/list", json!({})))
+            .await
+            .unwrap();
+        assert_eq!(
+            empty["result"]["resources"],
+            json!([]),
+            "declared: served while empty"
+        );
+
+        live.add_prompt(crate::server::Prompt::new(
+            "late",
+            "Added.",
+            |_args| async { Ok(crate::server::PromptResult::default()) },
+        ))
+        .unwrap();
+        assert_eq!(
+            session.outbox_len(),
+            0,
+            "prompts were not advertised to this session: no notice"
+        );
+        let prompts = send(&session, request(3, "prompts/list", json!({})))
+            .await
+            .unwrap();
+        assert_eq!(
+            prompts["result"]["prompts"][0]["name"], "late",
+            "but served now"
+        );
+
+        live.add_resource(crate::server::Resource::text(
+            "x://1",
+            "one",
+            "text/plain",
+            "1",
+        ))
+        .unwrap();
+        assert_eq!(
+            frames(&outbox, &session),
+            [list_changed("notifications/resources/list_changed")]
+        );
+        // The last tool removed: still served to a session told of tools.
+        assert!(live.remove_tool("only"));
+        assert_eq!(
+            frames(&outbox, &session),
+            [list_changed("notifications/tools/list_changed")]
+        );
+        let tools = send(&session, request(4, "tools/list", json!({})))
+            .await
+            .unwrap();
+        assert_eq!(tools["result"]["tools"], json!([]));
+        // A session that starts now is told of what the server offers now.
+        let later = initialize_on(&live, "2025-11-25", true).await;
+        let tools = send(&later, request(1, "tools/list", json!({})))
+            .await
+            .unwrap();
+        assert_eq!(error_code(&tools), -32601);
+    });
+}
+
+#[test]
+fn icons_are_listed_where_set_and_absent_elsewhere() {
+    run(async {
+        let session = initialized("2025-11-25").await;
+        let pixel = json!([{"src": format!("data:image/png;base64,{}", crate::server::conformance::PNG_BASE64),
+                            "mimeType": "image/png", "sizes": ["1x1"]}]);
+        let init = send(
+            &session_on(&LiveServer::new(demo::build().unwrap())),
+            request(0, "initialize", init_params("2025-11-25")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(init["result"]["serverInfo"]["icons"], pixel);
+        assert!(init["result"]["serverInfo"]["description"].is_string());
+
+        let tools = send(&session, request(1, "tools/list", json!({})))
+            .await
+            .unwrap();
+        let by_name = |list: &Value, key: &str, name: &str| {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|entry| entry[key] == name)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(
+            by_name(&tools["result"]["tools"], "name", "echo")["icons"],
+            pixel
+        );
+        assert!(by_name(&tools["result"]["tools"], "name", "add")
+            .get("icons")
+            .is_none());
+        let resources = send(&session, request(2, "resources/list", json!({})))
+            .await
+            .unwrap();
+        assert_eq!(
+            by_name(&resources["result"]["resources"], "uri", "demo://readme")["icons"],
+            pixel
+        );
+        assert!(
+            by_name(&resources["result"]["resources"], "uri", "demo://pixel.png")
+                .get("icons")
+                .is_none()
+        );
+        let prompts = send(&session, request(3, "prompts/list", json!({})))
+            .await
+            .unwrap();
+        assert_eq!(
+            by_name(&prompts["result"]["prompts"], "name", "greeting")["icons"],
+            pixel
+        );
+        assert!(by_name(&prompts["result"]["prompts"], "name", "review")
+            .get("icons")
+            .is_none());
+
+        // Templates carry them too, and a definition with too many is refused.
+        let icon = crate::server::Icon::new("https://example.com/t.svg")
+            .unwrap()
+            .theme(crate::server::Theme::Dark);
+        let template = crate::server::ResourceTemplate::new("t://{x}", "t", |_uri, _vars| async {
+            Ok(vec![])
+        })
+        .unwrap()
+        .icon(icon.clone());
+        assert_eq!(
+            template.descriptor()["icons"],
+            json!([{"src": "https://example.com/t.svg", "theme": "dark"}])
+        );
+        let mut crowded = Tool::builder("crowded", "Too many icons.");
+        for _ in 0..=crate::server::ICONS_MAX {
+            crowded = crowded.icon(icon.clone());
+        }
+        assert!(matches!(
+            crowded.handler(|_call| async { Ok(ToolResult::text("x")) }),
+            Err(crate::server::ServerError::InvalidIcon { .. })
+        ));
+    });
+}
+
+/// Tools for URL-mode elicitation: one that sends the user to a URL and
+/// completes the elicitation itself once the client agreed; one that keeps
+/// its completer for later; one that demands URL elicitation (-32042).
+fn url_server(
+    kept: Rc<std::cell::RefCell<Option<crate::server::ElicitationCompleter>>>,
+) -> Rc<Server> {
+    use crate::server::{ToolError, UrlElicitation};
+    Rc::new(
+        Server::builder("urls", "1")
+            .tool(
+                Tool::builder("connect", "Sends the user to a URL and waits.")
+                    .handler(|call| async move {
+                        let go = UrlElicitation::new("e-1", "https://example.invalid/connect", "Connect");
+                        let answer = call.elicit_url(&go).await?;
+                        call.elicitation_completer("e-1")
+                            .complete()
+                            .await
+                            .map_err(|error| ToolError::Failed(error.to_string()))?;
+                        let again = call.elicitation_completer("e-1").complete().await;
+                        Ok(ToolResult::structured(json!({"answer": answer, "again": again.unwrap_err().to_string()})))
+                    })
+                    .unwrap(),
+            )
+            .tool(
+                Tool::builder("later", "Demands URL elicitation; completes later.")
+                    .handler(move |call| {
+                        *kept.borrow_mut() = Some(call.elicitation_completer("e-2"));
+                        async move {
+                            Err(ToolError::UrlElicitationRequired(vec![UrlElicitation::new(
+                                "e-2",
+                                "https://example.invalid/auth",
+                                "Authorize",
+                            )]))
+                        }
+                    })
+                    .unwrap(),
+            )
+            .tool(
+                Tool::builder("bad_url", "A URL elicitation without its id.")
+                    .handler(|call| async move {
+                        let asked = json!({"mode": "url", "message": "go", "url": "https://example.invalid"});
+                        Ok(ToolResult::structured(call.elicit(asked).await?))
+                    })
+                    .unwrap(),
+            )
+            .build()
+            .unwrap(),
+    )
+}
+
+async fn url_session(server: Rc<Server>, version: &str, capabilities: Value) -> Rc<McpSession> {
+    let session = new_session(server, SessionLimits::default(), SystemClock::shared());
+    let params = json!({"protocolVersion": version, "capabilities": capabilities, "clientInfo": {"name": "t", "version": "1"}});
+    send(&session, request(0, "initialize", params))
+        .await
+        .unwrap();
+    session
+}
+
+#[test]
+fn a_url_elicitation_is_completed_once_on_the_calls_stream_while_it_runs() {
+    run(async {
+        let kept = Rc::new(std::cell::RefCell::new(None));
+        let session = url_session(
+            url_server(kept),
+            "2025-11-25",
+            json!({"elicitation": {"url": {}}}),
+        )
+        .await;
+        let outbox = session.take_outbox().unwrap();
+        let caller = session.clone();
+        let call = glommio::spawn_local(async move {
+            send(
+                &caller,
+                request(1, "tools/call", json!({"name": "connect"})),
+            )
+            .await
+        });
+        let asked = outbox.recv().await.unwrap();
+        let asked: Value = serde_json::from_slice(&asked.frame).unwrap();
+        assert_eq!(asked["params"]["elicitationId"], "e-1");
+        assert_eq!(asked["params"]["mode"], "url");
+        send(
+            &session,
+            json!({"jsonrpc": "2.0", "id": asked["id"], "result": {"action": "accept"}}),
+        )
+        .await;
+        let done = outbox.recv().await.unwrap();
+        assert_eq!(done.related, Some(Id::Int(1)), "on the call's stream");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&done.frame).unwrap(),
+            json!({"jsonrpc": "2.0", "method": "notifications/elicitation/complete", "params": {"elicitationId": "e-1"}})
+        );
+        let result = call.await.unwrap();
+        assert_eq!(
+            result["result"]["structuredContent"]["answer"],
+            json!({"action": "accept"})
+        );
+        assert_eq!(
+            result["result"]["structuredContent"]["again"], "no pending URL elicitation e-1",
+            "once per id"
+        );
+        // URL-mode params without an id are refused before anything is sent.
+        let bad = send(
+            &session,
+            request(2, "tools/call", json!({"name": "bad_url"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(error_code(&bad), -32602);
+        assert!(bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("elicitationId"));
+        assert_eq!(session.outbox_len(), 0);
+    });
+}
+
+#[test]
+fn url_elicitation_required_is_32042_and_its_completion_comes_after_the_call() {
+    run(async {
+        let kept = Rc::new(std::cell::RefCell::new(None));
+        let session = url_session(
+            url_server(kept.clone()),
+            "2025-11-25",
+            json!({"elicitation": {"form": {}, "url": {}}}),
+        )
+        .await;
+        let outbox = session.take_outbox().unwrap();
+        let reply = send(&session, request(1, "tools/call", json!({"name": "later"})))
+            .await
+            .unwrap();
+        assert_eq!(
+            reply["error"],
+            json!({"code": -32042, "message": "This request requires more information.",
+                   "data": {"elicitations": [{"mode": "url", "elicitationId": "e-2",
+                            "url": "https://example.invalid/auth", "message": "Authorize"}]}})
+        );
+        let completer = kept.borrow_mut().take().unwrap();
+        assert_eq!(completer.elicitation_id(), "e-2");
+        completer.complete().await.unwrap();
+        let done = outbox.recv().await.unwrap();
+        assert_eq!(
+            done.related, None,
+            "the call is over: the session's own stream"
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&done.frame).unwrap()["params"],
+            json!({"elicitationId": "e-2"})
+        );
+        assert_eq!(
+            completer.complete().await,
+            Err(crate::server::ElicitationError::Unknown("e-2".into()))
+        );
+        drop(outbox);
+        drop(session);
+        assert_eq!(
+            completer.complete().await,
+            Err(crate::server::ElicitationError::SessionEnded)
+        );
+
+        // A client without URL mode, or an older protocol, gets -32021.
+        for (version, caps) in [
+            ("2025-11-25", json!({"elicitation": {"form": {}}})),
+            ("2025-06-18", json!({"elicitation": {"url": {}}})),
+        ] {
+            let kept = Rc::new(std::cell::RefCell::new(None));
+            let session = url_session(url_server(kept.clone()), version, caps).await;
+            let reply = send(&session, request(1, "tools/call", json!({"name": "later"})))
+                .await
+                .unwrap();
+            assert_eq!(error_code(&reply), -32021, "{version}");
+            assert_eq!(
+                reply["error"]["data"]["requiredCapabilities"],
+                json!({"elicitation": {"url": {}}})
+            );
+            let completer = kept.borrow_mut().take().unwrap();
+            assert!(matches!(
+                completer.complete().await,
+                Err(crate::server::ElicitationError::Unsupported(_))
+            ));
+        }
+    });
+}
+
+#[test]
+fn stateless_url_elicitation_required_is_an_input_required_round_without_ids() {
+    run(async {
+        let kept = Rc::new(std::cell::RefCell::new(None));
+        let session = new_session(
+            url_server(kept.clone()),
+            SessionLimits::default(),
+            SystemClock::shared(),
+        );
+        let caps = json!({"elicitation": {"url": {}}});
+        let reply = send(
+            &session,
+            modern(1, "tools/call", caps, json!({"name": "later"})),
+        )
+        .await
+        .unwrap();
+        let result = &reply["result"];
+        assert_eq!(result["resultType"], "input_required");
+        assert_eq!(
+            result["inputRequests"],
+            json!({"input-0": {"method": "elicitation/create", "params":
+                {"mode": "url", "url": "https://example.invalid/auth", "message": "Authorize"}}})
+        );
+        // Accepting only means the user went there: the retry asks again
+        // while the handler still demands it (never -32042 in this era).
+        let retry = send(
+            &session,
+            modern(
+                2,
+                "tools/call",
+                json!({"elicitation": {"url": {}}}),
+                json!({
+                    "name": "later",
+                    "inputResponses": {"input-0": {"action": "accept"}},
+                    "requestState": result["requestState"],
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(retry["result"]["resultType"], "input_required");
+        let completer = kept.borrow_mut().take().unwrap();
+        assert!(matches!(
+            completer.complete().await,
+            Err(crate::server::ElicitationError::Unsupported(_))
+        ));
+        let refused = send(
+            &session,
+            modern(3, "tools/call", json!({}), json!({"name": "later"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(error_code(&refused), -32021);
     });
 }
