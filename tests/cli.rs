@@ -173,7 +173,16 @@ fn help_explains_serve_and_its_flags() {
     let output = shardmcp().args(["serve", "--help"]).output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
-    for flag in ["--config", "--shards", "--pools", "--tcp", "--print-config"] {
+    for flag in [
+        "--config",
+        "--shards",
+        "--pools",
+        "--tcp",
+        "--http",
+        "--stdio",
+        "--print-config",
+        "--log",
+    ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
 }

@@ -42,13 +42,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "P")]
     pub pools: Option<usize>,
     /// TCP listen address for newline-delimited JSON-RPC; "" disables it
-    /// [default: 127.0.0.1:8081].
+    /// [default: 127.0.0.1:8081; with --stdio: off].
     #[arg(long, value_name = "ADDR")]
     pub tcp: Option<String>,
-    /// Streamable HTTP listen address (`/mcp`); "" disables it
-    /// [default: 127.0.0.1:8080].
+    /// HTTP listen address: Streamable HTTP at `/mcp`, WebSocket (subprotocol
+    /// `mcp`) at `/ws`; "" disables it [default: 127.0.0.1:8080; with
+    /// --stdio: off].
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    /// Serve one MCP session over stdin/stdout (newline-delimited JSON-RPC)
+    /// on one shard, and exit 0 once stdin closes and in-flight requests are
+    /// done. Only MCP messages are written to stdout; logs and listener lines
+    /// go to stderr. Network listeners are off unless --tcp or --http is
+    /// given (the config file's listen addresses are ignored); --shards, if
+    /// given, must be 1.
+    #[arg(long)]
+    pub stdio: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,

@@ -1,9 +1,11 @@
 //! `shardmcp serve`.
 
 use std::io::Write;
+use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
 use crate::runtime::{self, NodeError};
+use crate::transport::stdio;
 
 use super::ServeArgs;
 
@@ -15,6 +17,8 @@ pub enum ServeError {
     Node(#[from] NodeError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot bridge stdin and stdout: {0}")]
+    Stdio(std::io::Error),
 }
 
 /// The effective configuration: file (or defaults), then flags, validated.
@@ -35,6 +39,21 @@ pub fn effective_config(args: &ServeArgs) -> Result<Config, ConfigError> {
     if let Some(http) = &args.http {
         config.listen.http = http.clone();
     }
+    if args.stdio {
+        // One session, so one shard; and no network unless asked for on the
+        // command line, so a desktop client can start it beside a server
+        // that already holds the configured ports.
+        if args.shards.is_some_and(|shards| shards != 1) {
+            return Err(ConfigError::Invalid {
+                key: "runtime.shards",
+                reason: "--stdio serves one session on one shard; drop --shards or give 1"
+                    .to_string(),
+            });
+        }
+        config.runtime.shards = 1;
+        config.listen.tcp = args.tcp.clone().unwrap_or_default();
+        config.listen.http = args.http.clone().unwrap_or_default();
+    }
     config.validate()?;
     Ok(config)
 }
@@ -51,10 +70,25 @@ pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     ])
     .map_err(ServeError::Signals)?;
 
-    let node = runtime::start(config, crate::server::demo::factory())?;
+    let drain_deadline = Duration::from_millis(config.runtime.drain_deadline_ms);
+    let (node, pumps) = if args.stdio {
+        let (link, pumps) = stdio::attach().map_err(ServeError::Stdio)?;
+        let node = runtime::start_with_stdio(config, crate::server::demo::factory(), link)?;
+        (node, Some(pumps))
+    } else {
+        (
+            runtime::start(config, crate::server::demo::factory())?,
+            None,
+        )
+    };
     let shards = node.shard_count();
     {
-        let mut out = std::io::stdout().lock();
+        // With --stdio, stdout carries the session and nothing else.
+        let mut out: Box<dyn Write> = if args.stdio {
+            Box::new(std::io::stderr().lock())
+        } else {
+            Box::new(std::io::stdout().lock())
+        };
         for listener in node.listeners() {
             let _ = writeln!(
                 out,
@@ -62,7 +96,9 @@ pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
                 listener.kind, listener.addr
             );
         }
-        if node.listeners().is_empty() {
+        if args.stdio {
+            let _ = writeln!(out, "shardmcp: serving one MCP session on stdin/stdout");
+        } else if node.listeners().is_empty() {
             let _ = writeln!(out, "shardmcp: running {shards} shards with no listeners");
         }
         let _ = out.flush();
@@ -89,6 +125,12 @@ pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     let result = node.join();
     signal_handle.close();
     let _ = signal_thread.join();
+    if let Some(pumps) = pumps {
+        // The session's last answers may still be on their way to stdout.
+        if !pumps.finish(drain_deadline) {
+            tracing::warn!("stdout not fully written by the drain deadline");
+        }
+    }
     result?;
     tracing::info!("drained; bye");
     Ok(())

@@ -5,5 +5,7 @@
 pub mod node;
 pub mod shard;
 
-pub use node::{available_cpus, start, Drainer, Listener, NodeError, NodeEvent, NodeHandle};
+pub use node::{
+    available_cpus, start, start_with_stdio, Drainer, Listener, NodeError, NodeEvent, NodeHandle,
+};
 pub use shard::{Fault, ShardEvent, ShardExit, ShardReport};

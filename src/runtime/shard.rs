@@ -5,7 +5,7 @@
 //! shard-N (one_for_one)
 //! ├── services (one_for_one): control (commands from the node)
 //! ├── pools (one_for_one) ── pool-0..P-1 (simple_one_for_one) ── sessions (temporary)
-//! └── listeners (one_for_one): tcp, http (transient)
+//! └── listeners (one_for_one): tcp, http (transient), stdio (temporary)
 //! ```
 //!
 //! State that must outlive a restart of the worker serving it (the registry,
@@ -41,6 +41,7 @@ use crate::sync::Event;
 use crate::time::{SharedClock, SystemClock};
 use crate::transport::http::{Forward, HttpSessions};
 use crate::transport::sockets;
+use crate::transport::stdio::{self, StdioLink, StdioService};
 use crate::transport::tcp::{self, TcpService, Wire};
 
 /// What crosses the mesh between shards.
@@ -120,6 +121,12 @@ pub enum ShardEvent {
         shard: ShardId,
         exit: ShardExit,
     },
+    /// The stdio session ended: `failure` is `None` when stdin closed (or
+    /// the node drained) and the session finished cleanly.
+    StdioEnded {
+        shard: ShardId,
+        failure: Option<String>,
+    },
 }
 
 /// Everything a shard thread starts from.
@@ -130,6 +137,9 @@ pub struct ShardStart {
     pub config: Arc<Config>,
     pub tcp: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    /// The bridge to the process's stdin and stdout, on the shard that
+    /// serves the stdio session.
+    pub stdio: Option<StdioLink>,
     pub server: ServerFactory,
     /// Seals stateless `requestState`: one key for the whole node.
     pub state_key: StateKey,
@@ -265,6 +275,7 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         &sessions,
         start.tcp,
         start.http,
+        start.stdio,
         start.control,
         start.events,
     ) {
@@ -289,6 +300,7 @@ fn build_tree(
     sessions: &Rc<SessionEnv>,
     tcp: Option<SocketAddr>,
     http: Option<SocketAddr>,
+    stdio: Option<StdioLink>,
     control: Receiver<ShardControl>,
     events: Sender<ShardEvent>,
 ) -> Result<SupervisorSpec, SpecError> {
@@ -320,6 +332,7 @@ fn build_tree(
             listen_backlog: ctx.config.listen.backlog as i32,
             clock: ctx.clock.clone(),
             drain: ctx.drain.clone(),
+            drain_deadline: Duration::from_millis(ctx.config.runtime.drain_deadline_ms),
             connections: ctx.connections.clone(),
             permits: Rc::new(Semaphore::new(
                 ctx.config.limits.connections_per_shard_max as u64,
@@ -329,6 +342,23 @@ fn build_tree(
             }),
         });
         listeners = listeners.child(tcp::listener_spec(addr, service));
+    }
+    if let Some(link) = stdio {
+        let shard = ctx.shard;
+        let service = Rc::new(StdioService {
+            registry: ctx.registry.clone(),
+            pools: ctx.pools.clone(),
+            sessions: sessions.clone(),
+            limits: ctx.config.limits.clone(),
+            clock: ctx.clock.clone(),
+            drain: ctx.drain.clone(),
+            drain_deadline: Duration::from_millis(ctx.config.runtime.drain_deadline_ms),
+            connections: ctx.connections.clone(),
+            on_end: Rc::new(move |failure| {
+                let _ = events.send(ShardEvent::StdioEnded { shard, failure });
+            }),
+        });
+        listeners = listeners.child(stdio::session_spec(link, service));
     }
 
     Ok(SupervisorSpec::new(

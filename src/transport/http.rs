@@ -281,6 +281,12 @@ async fn handle(
         )
         .await;
     }
+    if request.path.split('?').next() == Some("/ws") {
+        // The connection is the WebSocket's until it ends; the error stops
+        // the HTTP loop from reading on it.
+        super::ws::serve(stream, &request.method, &request.headers, service).await;
+        return Err(std::io::ErrorKind::ConnectionAborted.into());
+    }
     if request.path.split('?').next() != Some("/mcp") {
         return respond(stream, "404 Not Found", &[], b"", keep_alive).await;
     }
