@@ -25,7 +25,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server until SIGINT/SIGTERM, then drain and exit 0.
+    /// Run the server until SIGINT/SIGTERM (with --stdio: until stdin
+    /// closes), then drain and exit 0.
     Serve(ServeArgs),
 }
 
