@@ -344,7 +344,7 @@ mod embedded {
         node.inject(ShardId(0), Fault::KillPool(0)).unwrap();
         match node.join() {
             Err(NodeError::Stdio(reason)) => {
-                assert_eq!(reason, "the stdio session ended unexpectedly")
+                assert_eq!(reason, "it ended unexpectedly (its actor or pool stopped)")
             }
             other => panic!("expected a stdio failure, got {other:?}"),
         }

@@ -68,7 +68,7 @@ pub enum NodeError {
     NoAnswer(ShardId),
     #[error("no shard {0}")]
     NoSuchShard(ShardId),
-    #[error("stdio session: {0}")]
+    #[error("the stdio session failed: {0}")]
     Stdio(String),
 }
 

@@ -165,7 +165,7 @@ pub struct StdioService {
     /// The shard's connections gate: a drain waits for the session in it.
     pub connections: Rc<Gate>,
     /// Told once how the session ended: `None` when stdin closed or the node
-    /// drained, otherwise why it failed.
+    /// drained, otherwise why it failed (a phrase about "it", the session).
     pub on_end: Rc<dyn Fn(Option<String>)>,
 }
 
@@ -194,7 +194,7 @@ impl Drop for EndReport {
         let failure = self
             .failure
             .take()
-            .unwrap_or_else(|| Some("the stdio session crashed".to_string()));
+            .unwrap_or_else(|| Some("it crashed".to_string()));
         (self.on_end)(failure);
     }
 }
@@ -247,7 +247,7 @@ async fn serve(
     let (failure, exit) = match ending {
         Some(Ending::ClientClosed | Ending::Drained) => (None, ExitReason::Normal),
         Some(Ending::SessionEnded) => (
-            Some("the stdio session ended unexpectedly".to_string()),
+            Some("it ended unexpectedly (its actor or pool stopped)".to_string()),
             ExitReason::Normal,
         ),
         Some(Ending::SendFailed(error)) => (
@@ -255,15 +255,15 @@ async fn serve(
             ExitReason::Normal,
         ),
         Some(Ending::Oversized) => (
-            Some("an oversized message ended the stdio session".to_string()),
+            Some("an oversized message ended it".to_string()),
             ExitReason::Normal,
         ),
         Some(Ending::Refused(error)) => (
-            Some(format!("cannot open the stdio session: {error}")),
+            Some(format!("cannot open it: {error}")),
             ExitReason::Error(error.to_string()),
         ),
         None => (
-            Some("the stdio session was stopped".to_string()),
+            Some("it was stopped before it finished".to_string()),
             ExitReason::Shutdown,
         ),
     };
