@@ -238,6 +238,13 @@ pub struct LimitsConfig {
     /// prompts) a shard's server may hold after runtime additions; an
     /// addition past it is refused (`ServerError::TooManyDefinitions`).
     pub definitions_per_kind_max: usize,
+    /// WebSocket: after this long without a frame from the client, the
+    /// server sends a ping.
+    pub ws_ping_interval_ms: u64,
+    /// WebSocket: a client that sends nothing (not even the pong) for this
+    /// long after a ping, or accepts no bytes of a write for this long, is
+    /// taken for dead: its session ends and the connection is closed.
+    pub ws_pong_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -269,6 +276,8 @@ impl Default for LimitsConfig {
             event_store_bytes_max: 64 << 20,
             event_store_retention_ms: 300_000,
             definitions_per_kind_max: 10_000,
+            ws_ping_interval_ms: 30_000,
+            ws_pong_timeout_ms: 10_000,
         }
     }
 }
@@ -332,6 +341,10 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 /// The most restarts a supervisor may allow per period: its window keeps one
 /// timestamp per restart, so this bounds that memory (16 bytes each).
 pub const INTENSITY_MAX: u32 = 1_000_000;
+
+/// The longest WebSocket keepalive period: a day. Longer would keep dead
+/// clients' sessions for no purpose.
+pub const WS_KEEPALIVE_MS_MAX: u64 = 86_400_000;
 
 /// The most shards a node runs: the session-id prefix holds 4 hex digits, and
 /// the mesh needs shards² channels.
@@ -592,6 +605,17 @@ impl Config {
                 "each entry is a bare host name or address, without scheme or port",
             ));
         }
+        for (key, value) in [
+            ("limits.ws_ping_interval_ms", l.ws_ping_interval_ms),
+            ("limits.ws_pong_timeout_ms", l.ws_pong_timeout_ms),
+        ] {
+            if value == 0 || value > WS_KEEPALIVE_MS_MAX {
+                return Err(invalid(
+                    key,
+                    format!("must be between 1 and {WS_KEEPALIVE_MS_MAX}"),
+                ));
+            }
+        }
         let s = &self.supervision;
         for (key, value) in [
             ("supervision.shard_period_ms", s.shard_period_ms),
@@ -690,6 +714,21 @@ mod tests {
                 error,
                 format!("config key `limits.{key}`: must be at least 1")
             );
+        }
+    }
+
+    #[test]
+    fn websocket_keepalive_bounds_are_refused_by_name_when_zero_or_past_a_day() {
+        for key in ["ws_ping_interval_ms", "ws_pong_timeout_ms"] {
+            for value in [0, WS_KEEPALIVE_MS_MAX + 1] {
+                let error = Config::parse(&format!("[limits]\n{key} = {value}\n"))
+                    .unwrap_err()
+                    .to_string();
+                assert_eq!(
+                    error,
+                    format!("config key `limits.{key}`: must be between 1 and 86400000")
+                );
+            }
         }
     }
 

@@ -188,6 +188,7 @@ fn help_explains_serve_and_its_flags() {
         "--tcp",
         "--http",
         "--admin",
+        "--stdio",
         "--print-config",
         "--log",
     ] {

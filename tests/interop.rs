@@ -54,21 +54,14 @@ fn setup() {
     }
 }
 
-/// How a client reaches the server. Only Streamable HTTP exists today.
-///
-/// Hooks for what comes next:
-/// - stdio (`shardmcp serve --stdio`): add `Stdio`; `Server::start` then
-///   spawns nothing, and `args` passes `--transport stdio --command BIN serve
-///   --stdio` (both scripts already build their SDK's stdio transport from
-///   that and keep the scenario unchanged). The HTTP-only steps (`listen`,
-///   `cancel-quiet`) are skipped by the scripts on stdio.
-/// - resumed SSE streams (Last-Event-ID): a step in each script that drops
-///   the connection mid-stream (e.g. the `test_reconnection` fixture, or a
-///   call whose stream the client aborts) and checks that the events after
-///   the drop arrive once the SDK resumes; add its name to `common_steps`.
+/// How a client reaches the server: Streamable HTTP at a running server's
+/// URL, or stdio, where the client starts `shardmcp serve --stdio` itself
+/// (the HTTP-only steps, `listen` and `cancel-quiet`, are skipped there by the
+/// scripts).
 #[derive(Clone, Copy)]
-enum Transport {
-    Http,
+enum Transport<'a> {
+    Http(&'a str),
+    Stdio,
 }
 
 /// A running `shardmcp serve`; killed on drop if the test did not stop it.
@@ -191,7 +184,7 @@ enum Sdk {
 }
 
 impl Sdk {
-    fn command(self, transport: Transport, server: &Server, steps: &[&str]) -> Command {
+    fn command(self, transport: Transport, steps: &[&str]) -> Command {
         let dir = interop_dir();
         let mut command = match self {
             Sdk::Ts => {
@@ -217,7 +210,11 @@ impl Sdk {
             .arg("--steps")
             .arg(steps.join(","));
         match transport {
-            Transport::Http => command.args(["--transport", "http", "--url", &server.url]),
+            Transport::Http(url) => command.args(["--transport", "http", "--url", url]),
+            Transport::Stdio => command
+                .args(["--transport", "stdio", "--command"])
+                .arg(env!("CARGO_BIN_EXE_shardmcp"))
+                .args(["serve", "--stdio", "--log", "warn"]),
         };
         command
     }
@@ -245,10 +242,10 @@ struct Run {
 }
 
 impl Run {
-    fn of(sdk: Sdk, transport: Transport, server: &Server, steps: &[&str]) -> Run {
+    fn of(sdk: Sdk, transport: Transport, steps: &[&str]) -> Run {
         setup();
         let mut child = sdk
-            .command(transport, server, steps)
+            .command(transport, steps)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -414,7 +411,7 @@ fn typescript_sdk_over_http_handshake_era() {
     let server = Server::start();
     let mut steps = common_steps();
     steps.extend(["resume", "ping"]);
-    let run = Run::of(Sdk::Ts, Transport::Http, &server, &steps);
+    let run = Run::of(Sdk::Ts, Transport::Http(&server.url), &steps);
     run.assert_all_ok(&steps);
     assert_resumed(&run);
     let connect = run.step("connect");
@@ -441,7 +438,7 @@ fn typescript_sdk_over_http_handshake_era() {
 fn python_sdk_over_http_2026_07_28() {
     let server = Server::start();
     let steps = common_steps();
-    let run = Run::of(Sdk::PyModern, Transport::Http, &server, &steps);
+    let run = Run::of(Sdk::PyModern, Transport::Http(&server.url), &steps);
     run.assert_all_ok(&steps);
     let connect = run.step("connect");
     assert_eq!(connect["sdk"], "2.3.0");
@@ -462,7 +459,7 @@ fn python_sdk_over_http_handshake_era() {
     let server = Server::start();
     let mut steps = common_steps();
     steps.extend(["resume", "ping"]);
-    let run = Run::of(Sdk::PyLegacy, Transport::Http, &server, &steps);
+    let run = Run::of(Sdk::PyLegacy, Transport::Http(&server.url), &steps);
     run.assert_all_ok(&steps);
     assert_resumed(&run);
     let connect = run.step("connect");
@@ -480,7 +477,7 @@ fn python_sdk_over_http_handshake_era() {
 fn handshake_era_subscriptions_over_http_reach_the_client() {
     for sdk in [Sdk::Ts, Sdk::PyLegacy] {
         let server = Server::start();
-        let run = Run::of(sdk, Transport::Http, &server, &["subscribe"]);
+        let run = Run::of(sdk, Transport::Http(&server.url), &["subscribe"]);
         run.assert_all_ok(&["subscribe"]);
         assert_eq!(run.step("subscribe")["uri"], "demo://notes/subscribed");
         server.stop_cleanly();
@@ -490,7 +487,7 @@ fn handshake_era_subscriptions_over_http_reach_the_client() {
 #[test]
 fn stateless_listen_over_http_carries_resource_updates() {
     let server = Server::start();
-    let run = Run::of(Sdk::PyModern, Transport::Http, &server, &["listen"]);
+    let run = Run::of(Sdk::PyModern, Transport::Http(&server.url), &["listen"]);
     run.assert_all_ok(&["listen"]);
     assert_eq!(run.step("listen")["uri"], "demo://notes/listened");
     server.stop_cleanly();
@@ -499,8 +496,35 @@ fn stateless_listen_over_http_carries_resource_updates() {
 #[test]
 fn closing_a_quiet_stateless_stream_cancels_its_handler() {
     let server = Server::start();
-    let run = Run::of(Sdk::PyModern, Transport::Http, &server, &["cancel-quiet"]);
+    let run = Run::of(
+        Sdk::PyModern,
+        Transport::Http(&server.url),
+        &["cancel-quiet"],
+    );
     run.assert_all_ok(&["cancel-quiet"]);
     assert_eq!(run.step("cancel-quiet")["stopped"], 1);
     server.stop_cleanly();
+}
+
+#[test]
+fn typescript_sdk_over_stdio() {
+    let mut steps = common_steps();
+    steps.push("ping");
+    let run = Run::of(Sdk::Ts, Transport::Stdio, &steps);
+    run.assert_all_ok(&steps);
+    let connect = run.step("connect");
+    assert_eq!(connect["server"], "shardmcp");
+    assert_eq!(connect["protocolVersion"], "2025-11-25");
+    assert_common(&run, Sdk::Ts);
+}
+
+#[test]
+fn python_sdk_over_stdio_both_eras() {
+    for (sdk, version) in [(Sdk::PyLegacy, "2025-11-25"), (Sdk::PyModern, "2026-07-28")] {
+        let steps = common_steps();
+        let run = Run::of(sdk, Transport::Stdio, &steps);
+        run.assert_all_ok(&steps);
+        assert_eq!(run.step("connect")["protocolVersion"], version);
+        assert_common(&run, sdk);
+    }
 }

@@ -29,7 +29,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server until SIGINT/SIGTERM, then drain and exit 0.
+    /// Run the server until SIGINT/SIGTERM (with --stdio: until stdin
+    /// closes), then drain and exit 0.
     Serve(ServeArgs),
     /// Print the live supervision tree of a running server (node, shards,
     /// supervisors with their strategies and restart counts), fetched from
@@ -77,17 +78,26 @@ pub struct ServeArgs {
     #[arg(long, value_name = "P")]
     pub pools: Option<usize>,
     /// TCP listen address for newline-delimited JSON-RPC; "" disables it
-    /// [default: 127.0.0.1:8081].
+    /// [default: 127.0.0.1:8081; with --stdio: off].
     #[arg(long, value_name = "ADDR")]
     pub tcp: Option<String>,
-    /// Streamable HTTP listen address (`/mcp`); "" disables it
-    /// [default: 127.0.0.1:8080].
+    /// HTTP listen address: Streamable HTTP at `/mcp`, WebSocket (subprotocol
+    /// `mcp`) at `/ws`; "" disables it [default: 127.0.0.1:8080; with
+    /// --stdio: off].
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
     /// Admin listen address (`/metrics`, `/health/live`, `/health/ready`,
     /// `/admin/tree`); "" disables it [default: 127.0.0.1:9090].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
+    /// Serve one MCP session over stdin/stdout (newline-delimited JSON-RPC)
+    /// on one shard, and exit 0 once stdin closes and in-flight requests are
+    /// done. Only MCP messages are written to stdout; logs and listener lines
+    /// go to stderr. Network listeners are off unless --tcp or --http is
+    /// given (the config file's listen addresses are ignored); --shards, if
+    /// given, must be 1.
+    #[arg(long)]
+    pub stdio: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,

@@ -1,11 +1,13 @@
 //! `shardmcp serve`.
 
 use std::io::Write;
+use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigError, LogConfig, LogFormat};
 use crate::runtime::{self, NodeError};
+use crate::transport::stdio;
 
 use super::ServeArgs;
 
@@ -17,6 +19,8 @@ pub enum ServeError {
     Node(#[from] NodeError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot bridge stdin and stdout: {0}")]
+    Stdio(std::io::Error),
 }
 
 /// The effective configuration: file (or defaults), then flags, validated.
@@ -40,6 +44,22 @@ pub fn effective_config(args: &ServeArgs) -> Result<Config, ConfigError> {
     if let Some(admin) = &args.admin {
         config.listen.admin = admin.clone();
     }
+    if args.stdio {
+        // One session, so one shard; and no network unless asked for on the
+        // command line, so a desktop client can start it beside a server
+        // that already holds the configured ports.
+        if args.shards.is_some_and(|shards| shards != 1) {
+            return Err(ConfigError::Invalid {
+                key: "runtime.shards",
+                reason: "--stdio serves one session on one shard; drop --shards or give 1"
+                    .to_string(),
+            });
+        }
+        config.runtime.shards = 1;
+        config.listen.tcp = args.tcp.clone().unwrap_or_default();
+        config.listen.http = args.http.clone().unwrap_or_default();
+        config.listen.admin = args.admin.clone().unwrap_or_default();
+    }
     config.validate()?;
     Ok(config)
 }
@@ -51,9 +71,12 @@ pub fn init_logging(log: &LogConfig, flag: Option<&str>) {
         Some(filter) => EnvFilter::new(filter),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level)),
     };
+    // Colours only for a person at a terminal: `--stdio` clients and
+    // services keep stderr in files.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // try_init: a second call (tests, embedding) keeps the first subscriber.
     let _ = match log.format {
         LogFormat::Text => builder.try_init(),
@@ -74,10 +97,25 @@ pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     ])
     .map_err(ServeError::Signals)?;
 
-    let node = runtime::start(config, crate::server::demo::factory())?;
+    let drain_deadline = Duration::from_millis(config.runtime.drain_deadline_ms);
+    let (node, pumps) = if args.stdio {
+        let (link, pumps) = stdio::attach().map_err(ServeError::Stdio)?;
+        let node = runtime::start_with_stdio(config, crate::server::demo::factory(), link)?;
+        (node, Some(pumps))
+    } else {
+        (
+            runtime::start(config, crate::server::demo::factory())?,
+            None,
+        )
+    };
     let shards = node.shard_count();
     {
-        let mut out = std::io::stdout().lock();
+        // With --stdio, stdout carries the session and nothing else.
+        let mut out: Box<dyn Write> = if args.stdio {
+            Box::new(std::io::stderr().lock())
+        } else {
+            Box::new(std::io::stdout().lock())
+        };
         for listener in node.listeners() {
             let _ = if listener.kind == "admin" {
                 writeln!(
@@ -93,7 +131,9 @@ pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
                 )
             };
         }
-        if node.listeners().iter().all(|l| l.kind == "admin") {
+        if args.stdio {
+            let _ = writeln!(out, "shardmcp: serving one MCP session on stdin/stdout");
+        } else if node.listeners().iter().all(|l| l.kind == "admin") {
             let _ = writeln!(out, "shardmcp: running {shards} shards with no listeners");
         }
         let _ = out.flush();
@@ -120,6 +160,12 @@ pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     let result = node.join();
     signal_handle.close();
     let _ = signal_thread.join();
+    if let Some(pumps) = pumps {
+        // The session's last answers may still be on their way to stdout.
+        if !pumps.finish(drain_deadline) {
+            tracing::warn!("stdout not fully written by the drain deadline");
+        }
+    }
     result?;
     tracing::info!("drained; bye");
     Ok(())

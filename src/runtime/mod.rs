@@ -7,7 +7,7 @@ pub mod node;
 pub mod shard;
 
 pub use node::{
-    available_cpus, start, Drainer, Listener, NodeError, NodeEvent, NodeHandle, NodeStatus,
-    ShardStatus, CHANGES_PER_CALL_MAX, CHANGE_LOG_KEYS_MAX,
+    available_cpus, start, start_with_stdio, Drainer, Listener, NodeError, NodeEvent, NodeHandle,
+    NodeStatus, ShardStatus, CHANGES_PER_CALL_MAX, CHANGE_LOG_KEYS_MAX,
 };
 pub use shard::{Fault, ShardEvent, ShardExit, ShardReport};

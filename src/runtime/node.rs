@@ -1,7 +1,8 @@
 //! The node: the main side of the process. It resolves listen addresses,
 //! starts one shard thread per core, watches them, restarts a dead shard on
 //! the same core (rewiring its mesh channels, so the other shards never
-//! notice), and drains on request.
+//! notice), and drains on request. With a stdio session, the node lives as
+//! long as that session: when it ends, the node drains.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use crate::ids::ShardId;
 use crate::mesh;
 use crate::protocol::request_state::StateKey;
 use crate::server::{Change, ChangeLog, ServerError, ServerFactory};
+use crate::transport::stdio::StdioLink;
 
 use super::shard::{
     self, ChangeReply, Fault, ShardControl, ShardEvent, ShardExit, ShardReport, ShardStart,
@@ -84,6 +86,8 @@ pub enum NodeError {
     ChangeRefused { shard: ShardId, error: ServerError },
     #[error("{count} changes in one call; at most {max}")]
     TooManyChanges { count: usize, max: usize },
+    #[error("the stdio session failed: {0}")]
+    Stdio(String),
 }
 
 /// What the node tells observers.
@@ -395,6 +399,14 @@ fn reserve(kind: &'static str, addr: SocketAddr) -> Result<socket2::Socket, Node
     Ok(socket)
 }
 
+/// How far the node is in stopping: since when it drains, and the error it
+/// will exit with.
+#[derive(Default)]
+struct Stopping {
+    since: Option<Instant>,
+    failure: Option<NodeError>,
+}
+
 struct ShardSlot {
     control: Sender<ShardControl>,
     thread: Option<JoinHandle<()>>,
@@ -428,6 +440,12 @@ struct Node {
     cpus: Vec<usize>,
     tcp: Option<SocketAddr>,
     http: Option<SocketAddr>,
+    /// The stdio bridge until the shard that serves it takes it.
+    stdio: Option<StdioLink>,
+    /// The shard serving the stdio session: its death ends the node.
+    stdio_shard: Option<ShardId>,
+    /// Events that came while the node waited for its shards to start.
+    deferred: Vec<ShardEvent>,
     slots: Vec<ShardSlot>,
     events_tx: Sender<ShardEvent>,
     observer: Sender<NodeEvent>,
@@ -435,7 +453,11 @@ struct Node {
 
 impl Node {
     /// Starts every shard and returns once each reports its listeners.
-    pub fn start(config: Config, server: ServerFactory) -> Result<NodeHandle, NodeError> {
+    pub fn start(
+        config: Config,
+        server: ServerFactory,
+        stdio: Option<StdioLink>,
+    ) -> Result<NodeHandle, NodeError> {
         let config = Arc::new(config);
         let cpus = available_cpus();
         let shards = config.shard_count(cpus.len());
@@ -482,6 +504,9 @@ impl Node {
             cpus,
             tcp,
             http,
+            stdio_shard: stdio.as_ref().map(|_| ShardId(0)),
+            stdio,
+            deferred: Vec::new(),
             slots: Vec::with_capacity(shards),
             events_tx,
             observer: observer_tx,
@@ -538,7 +563,7 @@ impl Node {
     }
 
     fn spawn_shard(
-        &self,
+        &mut self,
         ends: mesh::ShardEnds<shard::ShardMessage>,
         control: Receiver<ShardControl>,
     ) -> Result<JoinHandle<()>, NodeError> {
@@ -550,6 +575,11 @@ impl Node {
             config: self.config.clone(),
             tcp: self.tcp,
             http: self.http,
+            stdio: if self.stdio_shard == Some(shard) {
+                self.stdio.take()
+            } else {
+                None
+            },
             server: self.server.clone(),
             changes: self.changes.replay(),
             state_key: self.state_key.clone(),
@@ -596,6 +626,9 @@ impl Node {
                         reason: format!("{exit:?}"),
                     });
                 }
+                // Served once the node runs (stdin can close before every
+                // listener is up).
+                Ok(event @ ShardEvent::StdioEnded { .. }) => self.deferred.push(event),
                 Err(_) => {
                     self.stop_all();
                     return Err(NodeError::StartupTimeout(STARTUP_TIMEOUT));
@@ -619,18 +652,20 @@ impl Node {
         commands: Receiver<NodeCommand>,
     ) -> Result<(), NodeError> {
         let drain_deadline = Duration::from_millis(self.config.runtime.drain_deadline_ms);
-        let mut draining_since: Option<Instant> = None;
-        let mut failure: Option<NodeError> = None;
+        let mut state = Stopping::default();
+        for event in std::mem::take(&mut self.deferred) {
+            self.on_event(event, &mut state, drain_deadline);
+        }
         loop {
-            if draining_since.is_some() && self.slots.iter().all(|slot| !slot.running) {
+            if state.since.is_some() && self.slots.iter().all(|slot| !slot.running) {
                 self.join_threads();
-                return failure.map_or(Ok(()), Err);
+                return state.failure.map_or(Ok(()), Err);
             }
-            let tick = match draining_since {
+            let tick = match state.since {
                 Some(since) => {
                     let limit = drain_deadline + DRAIN_GRACE;
                     if since.elapsed() >= limit {
-                        return Err(failure.unwrap_or(NodeError::DrainTimeout(limit)));
+                        return Err(state.failure.unwrap_or(NodeError::DrainTimeout(limit)));
                     }
                     limit - since.elapsed()
                 }
@@ -639,50 +674,10 @@ impl Node {
             select! {
                 recv(events) -> event => {
                     let Ok(event) = event else { return Err(NodeError::Stopped) };
-                    match event {
-                        ShardEvent::Exited { shard, exit } => {
-                            let slot = &mut self.slots[shard.index()];
-                            slot.running = false;
-                            slot.listening.clear();
-                            // Its peers stop sending to it and fail their calls now.
-                            self.mesh.close_shard(shard);
-                            let _ = self.observer.try_send(NodeEvent::Shard(ShardEvent::Exited {
-                                shard,
-                                exit: exit.clone(),
-                            }));
-                            if draining_since.is_some() || exit == ShardExit::Drained {
-                                continue;
-                            }
-                            let slot = &mut self.slots[shard.index()];
-                            if slot.held {
-                                tracing::error!(%shard, ?exit, "shard died; its restart is held");
-                                slot.pending_restart = Some(exit);
-                                continue;
-                            }
-                            tracing::error!(%shard, ?exit, "shard died; restarting it");
-                            if let Some(error) = self.restart_or_give_up(shard, &exit, drain_deadline) {
-                                failure = Some(error);
-                                draining_since = Some(Instant::now());
-                            }
-                        }
-                        ShardEvent::Listening { shard, kind, .. } => {
-                            // Noted before observers hear of it, so a status
-                            // asked after the event already shows it.
-                            if let Some(slot) = self.slots.get_mut(shard.index()) {
-                                slot.note_listening(kind);
-                            }
-                            let _ = self.observer.try_send(NodeEvent::Shard(event));
-                        }
-                    }
+                    self.on_event(event, &mut state, drain_deadline);
                 }
                 recv(commands) -> command => match command {
-                    Ok(NodeCommand::Drain) | Err(_) => {
-                        if draining_since.is_none() {
-                            tracing::info!(deadline_ms = drain_deadline.as_millis() as u64, "draining");
-                            draining_since = Some(Instant::now());
-                            self.drain_all(drain_deadline);
-                        }
-                    }
+                    Ok(NodeCommand::Drain) | Err(_) => self.begin_drain(&mut state, drain_deadline),
                     Ok(NodeCommand::ToShard(shard, control)) => {
                         match self.slots.get(shard.index()) {
                             Some(slot) => { let _ = slot.control.try_send(control); }
@@ -690,7 +685,7 @@ impl Node {
                         }
                     }
                     Ok(NodeCommand::Status(reply)) => {
-                        let _ = reply.try_send(self.status(draining_since.is_some()));
+                        let _ = reply.try_send(self.status(state.since.is_some()));
                     }
                     Ok(NodeCommand::QueryAll(reply)) => {
                         // A shard that is down has no one to answer: its
@@ -703,12 +698,9 @@ impl Node {
                         let Some(slot) = self.slots.get_mut(shard.index()) else { continue };
                         slot.held = hold;
                         let pending = if hold { None } else { slot.pending_restart.take() };
-                        if let (Some(exit), None) = (pending, draining_since) {
+                        if let (Some(exit), None) = (pending, state.since) {
                             tracing::info!(%shard, "restart released; restarting the shard");
-                            if let Some(error) = self.restart_or_give_up(shard, &exit, drain_deadline) {
-                                failure = Some(error);
-                                draining_since = Some(Instant::now());
-                            }
+                            self.restart_or_give_up(shard, &exit, &mut state, drain_deadline);
                         }
                     }
                     Ok(NodeCommand::Change(batch, done)) => self.change(batch, done),
@@ -724,12 +716,14 @@ impl Node {
         &mut self,
         shard: ShardId,
         exit: &ShardExit,
+        state: &mut Stopping,
         drain_deadline: Duration,
-    ) -> Option<NodeError> {
-        let error = self.restart_shard(shard, exit).err()?;
-        tracing::error!(%error, "node giving up");
-        self.drain_all(drain_deadline);
-        Some(error)
+    ) {
+        if let Err(error) = self.restart_shard(shard, exit) {
+            tracing::error!(%error, "node giving up");
+            state.failure = Some(error);
+            self.begin_drain(state, drain_deadline);
+        }
     }
 
     fn status(&self, draining: bool) -> NodeStatus {
@@ -786,6 +780,73 @@ impl Node {
             }
         }
         let _ = done.try_send(ChangeReply::Queued { shards, missed });
+    }
+
+    fn on_event(&mut self, event: ShardEvent, state: &mut Stopping, drain_deadline: Duration) {
+        match event {
+            ShardEvent::Exited { shard, exit } => {
+                let slot = &mut self.slots[shard.index()];
+                slot.running = false;
+                slot.listening.clear();
+                // Its peers stop sending to it and fail their calls now.
+                self.mesh.close_shard(shard);
+                let _ = self.observer.try_send(NodeEvent::Shard(ShardEvent::Exited {
+                    shard,
+                    exit: exit.clone(),
+                }));
+                if state.since.is_some() || exit == ShardExit::Drained {
+                    return;
+                }
+                if self.stdio_shard == Some(shard) {
+                    // The stdio session died with its shard; a restarted
+                    // shard could not resume it.
+                    let error = NodeError::Stdio(format!("shard {shard} died ({exit:?})"));
+                    tracing::error!(%error, "node giving up");
+                    state.failure = Some(error);
+                    self.begin_drain(state, drain_deadline);
+                    return;
+                }
+                let slot = &mut self.slots[shard.index()];
+                if slot.held {
+                    tracing::error!(%shard, ?exit, "shard died; its restart is held");
+                    slot.pending_restart = Some(exit);
+                    return;
+                }
+                tracing::error!(%shard, ?exit, "shard died; restarting it");
+                self.restart_or_give_up(shard, &exit, state, drain_deadline);
+            }
+            ShardEvent::Listening { shard, kind, .. } => {
+                // Noted before observers hear of it, so a status asked after
+                // the event already shows it.
+                if let Some(slot) = self.slots.get_mut(shard.index()) {
+                    slot.note_listening(kind);
+                }
+                let _ = self.observer.try_send(NodeEvent::Shard(event));
+            }
+            ShardEvent::StdioEnded { ref failure, .. } => {
+                let _ = self.observer.try_send(NodeEvent::Shard(event.clone()));
+                if state.since.is_some() {
+                    return;
+                }
+                match failure {
+                    None => tracing::info!("stdin closed and the stdio session is done"),
+                    Some(reason) => {
+                        tracing::error!(reason, "the stdio session failed");
+                        state.failure = Some(NodeError::Stdio(reason.clone()));
+                    }
+                }
+                // The node lives as long as its stdio session.
+                self.begin_drain(state, drain_deadline);
+            }
+        }
+    }
+
+    fn begin_drain(&self, state: &mut Stopping, deadline: Duration) {
+        if state.since.is_none() {
+            tracing::info!(deadline_ms = deadline.as_millis() as u64, "draining");
+            state.since = Some(Instant::now());
+            self.drain_all(deadline);
+        }
     }
 
     fn drain_all(&self, deadline: Duration) {
@@ -855,5 +916,16 @@ impl Node {
 
 /// Starts a node with `config`, serving what `server` builds on each shard.
 pub fn start(config: Config, server: ServerFactory) -> Result<NodeHandle, NodeError> {
-    Node::start(config, server)
+    Node::start(config, server, None)
+}
+
+/// Starts a node that also serves one session over `stdio` (on shard 0) and
+/// lives as long as it: when the session ends (stdin closed, in-flight work
+/// done), the node drains and `join` returns; `Ok` unless the session failed.
+pub fn start_with_stdio(
+    config: Config,
+    server: ServerFactory,
+    stdio: StdioLink,
+) -> Result<NodeHandle, NodeError> {
+    Node::start(config, server, Some(stdio))
 }

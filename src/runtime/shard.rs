@@ -5,7 +5,7 @@
 //! shard-N (one_for_one)
 //! ├── services (one_for_one): control (commands from the node)
 //! ├── pools (one_for_one) ── pool-0..P-1 (simple_one_for_one) ── sessions (temporary)
-//! └── listeners (one_for_one): tcp, http (transient)
+//! └── listeners (one_for_one): tcp, http (transient), stdio (temporary)
 //! ```
 //!
 //! State that must outlive a restart of the worker serving it (the registry,
@@ -43,6 +43,7 @@ use crate::sync::Event;
 use crate::time::{SharedClock, SystemClock};
 use crate::transport::http::{Answer, Exchange, Forward, HttpSessions};
 use crate::transport::sockets;
+use crate::transport::stdio::{self, StdioLink, StdioService};
 use crate::transport::tcp::{self, TcpService, Wire};
 
 /// What crosses the mesh between shards.
@@ -177,6 +178,12 @@ pub enum ShardEvent {
         shard: ShardId,
         exit: ShardExit,
     },
+    /// The stdio session ended: `failure` is `None` when stdin closed (or
+    /// the node drained) and the session finished cleanly.
+    StdioEnded {
+        shard: ShardId,
+        failure: Option<String>,
+    },
 }
 
 /// Everything a shard thread starts from.
@@ -187,6 +194,9 @@ pub struct ShardStart {
     pub config: Arc<Config>,
     pub tcp: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    /// The bridge to the process's stdin and stdout, on the shard that
+    /// serves the stdio session.
+    pub stdio: Option<StdioLink>,
     pub server: ServerFactory,
     /// Node-wide changes made since the node started, replayed on top of
     /// what the factory builds (a restarted shard matches the others).
@@ -350,6 +360,7 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         &sessions,
         start.tcp,
         start.http,
+        start.stdio,
         start.control,
         start.events,
     ) {
@@ -374,6 +385,7 @@ fn build_tree(
     sessions: &Rc<SessionEnv>,
     tcp: Option<SocketAddr>,
     http: Option<SocketAddr>,
+    stdio: Option<StdioLink>,
     control: Receiver<ShardControl>,
     events: Sender<ShardEvent>,
 ) -> Result<SupervisorSpec, SpecError> {
@@ -415,6 +427,7 @@ fn build_tree(
             listen_backlog: ctx.config.listen.backlog as i32,
             clock: ctx.clock.clone(),
             drain: ctx.drain.clone(),
+            drain_deadline: Duration::from_millis(ctx.config.runtime.drain_deadline_ms),
             connections: ctx.connections.clone(),
             permits: Rc::new(Semaphore::new(
                 ctx.config.limits.connections_per_shard_max as u64,
@@ -424,6 +437,26 @@ fn build_tree(
             }),
         });
         listeners = listeners.child(tcp::listener_spec(addr, service));
+    }
+    if let Some(link) = stdio {
+        let shard = ctx.shard;
+        let service = Rc::new(StdioService {
+            registry: ctx.registry.clone(),
+            pools: ctx.pools.clone(),
+            sessions: Rc::new(SessionEnv {
+                transport: "stdio",
+                ..SessionEnv::clone(sessions)
+            }),
+            limits: ctx.config.limits.clone(),
+            clock: ctx.clock.clone(),
+            drain: ctx.drain.clone(),
+            drain_deadline: Duration::from_millis(ctx.config.runtime.drain_deadline_ms),
+            connections: ctx.connections.clone(),
+            on_end: Rc::new(move |failure| {
+                let _ = events.send(ShardEvent::StdioEnded { shard, failure });
+            }),
+        });
+        listeners = listeners.child(stdio::session_spec(link, service));
     }
 
     Ok(SupervisorSpec::new(

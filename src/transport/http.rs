@@ -582,6 +582,12 @@ async fn handle(
         .await;
     }
     let route = request.path.split('?').next().unwrap_or("");
+    if route == "/ws" {
+        // The connection is the WebSocket's until it ends; the error stops
+        // the HTTP loop from reading on it.
+        super::ws::serve(stream, &request.method, &request.headers, service).await;
+        return Err(std::io::ErrorKind::ConnectionAborted.into());
+    }
     match (route, request.method.as_str()) {
         ("/mcp", _) => mcp(stream, buffer, request, service, sessions, keep_alive).await,
         ("/sse", "GET") => legacy_open(stream, buffer, service, sessions, keep_alive).await,
