@@ -396,3 +396,102 @@ fn a_stateless_listen_stream_hears_node_wide_list_changes() {
     node.drain();
     node.join().unwrap();
 }
+
+#[test]
+fn mcp_param_headers_must_mirror_x_mcp_header_arguments() {
+    use shardmcp::server::{Server, Tool, ToolResult};
+    let factory: shardmcp::server::ServerFactory = std::sync::Arc::new(|| {
+        Server::builder("params", "1")
+            .tool(
+                Tool::builder("route", "Routes by region.")
+                    .input_schema(serde_json::json!({
+                        "type": "object",
+                        "properties": {
+                            "region": {"type": "string", "x-mcp-header": "Region"},
+                            "count": {"type": "integer", "x-mcp-header": "Count"}
+                        },
+                        "required": ["region"]
+                    }))
+                    .handler(|_call| async { Ok(ToolResult::text("routed")) })?,
+            )
+            .build()
+    });
+    let node = runtime::start(test_config(1, 1), factory).unwrap();
+    let addr = node.http_addr().unwrap();
+    let body = modern(
+        1,
+        "tools/call",
+        r#""name":"route","arguments":{"region":"zürich","count":7},"#,
+    );
+    let call = |extra: &[(&'static str, &'static str)]| {
+        let mut headers = vec![
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "route"),
+        ];
+        headers.extend_from_slice(extra);
+        http(addr, "POST", &headers, &body)
+    };
+    // Non-ASCII travels base64-encoded; integers compare as numbers.
+    let good = call(&[
+        ("Mcp-Param-Region", "=?base64?esO8cmljaA==?="),
+        ("mcp-param-count", "007"),
+    ]);
+    assert_eq!(good.status, 200, "{}", good.body);
+    assert!(good.body.contains("routed"));
+    let wrong = call(&[
+        ("Mcp-Param-Region", "=?base64?YmVybg==?="),
+        ("Mcp-Param-Count", "7"),
+    ]);
+    assert_eq!(wrong.status, 400);
+    assert!(wrong.body.contains("-32020") && wrong.body.contains("Mcp-Param-Region"));
+    let missing = call(&[("Mcp-Param-Region", "=?base64?esO8cmljaA==?=")]);
+    assert_eq!(missing.status, 400);
+    assert!(
+        missing.body.contains("Mcp-Param-Count is missing"),
+        "{}",
+        missing.body
+    );
+    node.drain();
+    node.join().unwrap();
+}
+
+#[test]
+fn pipelined_requests_on_one_connection_are_answered_in_order() {
+    let node = runtime::start(test_config(1, 1), demo::factory()).unwrap();
+    let addr = node.http_addr().unwrap();
+    let json = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json"),
+    ];
+    let init = http(addr, "POST", &json, INIT);
+    let session = init.header("mcp-session-id").unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    // Three requests in one write; the last one closes the connection.
+    let mut pipelined = String::new();
+    for (id, close) in [(1, false), (2, false), (3, true)] {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"n{id}"}}}}}}"#
+        );
+        pipelined.push_str(&format!(
+            "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json\r\nMcp-Session-Id: {session}\r\nConnection: {}\r\nContent-Length: {}\r\n\r\n{body}",
+            if close { "close" } else { "keep-alive" },
+            body.len()
+        ));
+    }
+    stream.write_all(pipelined.as_bytes()).unwrap();
+    let mut raw = String::new();
+    let _ = stream.read_to_string(&mut raw);
+    assert_eq!(raw.matches("HTTP/1.1 200 OK").count(), 3, "{raw}");
+    let (one, two, three) = (
+        raw.find(r#""n1""#).unwrap(),
+        raw.find(r#""n2""#).unwrap(),
+        raw.find(r#""n3""#).unwrap(),
+    );
+    assert!(one < two && two < three, "{raw}");
+    node.drain();
+    node.join().unwrap();
+}

@@ -4,6 +4,7 @@
 
 pub mod jsonrpc;
 pub mod logging;
+pub mod param_headers;
 pub mod request_state;
 pub mod stateless;
 pub mod version;

@@ -953,7 +953,20 @@ async fn stateless(
     } else {
         None
     };
-    if let Some(reason) = mismatch {
+    let mut reason = mismatch.map(str::to_string);
+    // A tool's `x-mcp-header` arguments travel as `Mcp-Param-*` headers too.
+    if let (None, "tools/call", Some(name)) = (&reason, method, name) {
+        if let Some(tool) = service.sessions.server.current().tool(name) {
+            let mirrored = crate::protocol::param_headers::header_params(&tool.input_schema);
+            let arguments = params.and_then(|p| p.get("arguments"));
+            if let Err(problem) =
+                crate::protocol::param_headers::check(&mirrored, arguments, &request.headers)
+            {
+                reason = Some(problem);
+            }
+        }
+    }
+    if let Some(reason) = reason {
         let body = encode_error(Some(&id), &RpcError::new(HEADER_MISMATCH, reason));
         let headers = [("Content-Type", "application/json")];
         return respond(stream, "400 Bad Request", &headers, &body, keep_alive).await;
