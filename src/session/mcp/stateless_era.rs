@@ -158,18 +158,14 @@ impl McpSession {
         let peer = Rc::new(StatelessPeer {
             session: Rc::downgrade(self),
             related: id.clone(),
-            capabilities: envelope.client_capabilities.clone(),
+            // The envelope is this call's: its parts move, not copied.
+            capabilities: envelope.client_capabilities,
             log_level: envelope.log_level,
             responses,
             asks: RefCell::new(Map::new()),
             next_key: Cell::new(0),
         });
-        let call = ToolCall::new(
-            arguments,
-            cancel,
-            peer.clone(),
-            envelope.progress_token.clone(),
-        );
+        let call = ToolCall::new(arguments, cancel, peer.clone(), envelope.progress_token);
         let outcome = run_tool(&tool, call).await;
         let info = self.server.info().to_value();
         let asks = peer.asks.take();
