@@ -10,7 +10,9 @@
 //! - the JSON-RPC codec alone: decoding a tools/call, encoding its result.
 //!
 //! A counting allocator (over mimalloc, the binary's allocator) then prints
-//! allocations and bytes per request for every case. No transport, no I/O.
+//! allocations and bytes per request for every case, with the thread's CPU
+//! time per request, which a busy shared machine disturbs far less than the
+//! wall clock criterion reads. No transport, no I/O.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
@@ -313,6 +315,36 @@ fn allocations(ex: &LocalExecutor, case: &Case, requests: u64) -> (f64, f64) {
     })
 }
 
+/// This thread's CPU time: unlike the wall clock, it does not count the time
+/// the thread waits for a core, so it stays steady on a shared machine.
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    let failed = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0;
+    assert!(!failed, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Median CPU time per request over `batches` batches of `requests`.
+fn cpu_per_request(ex: &LocalExecutor, case: &Case, batches: usize, requests: u64) -> f64 {
+    let mut per_request: Vec<f64> = ex.run(async {
+        let mut per_request = Vec::with_capacity(batches);
+        for _ in 0..batches {
+            let start = thread_cpu();
+            for _ in 0..requests {
+                case.once().await;
+            }
+            per_request.push((thread_cpu() - start).as_nanos() as f64 / requests as f64);
+        }
+        per_request
+    });
+    per_request.sort_by(f64::total_cmp);
+    per_request[per_request.len() / 2]
+}
+
 fn request_path(c: &mut Criterion) {
     let ex = executor();
     let cases = cases(&ex);
@@ -326,13 +358,17 @@ fn request_path(c: &mut Criterion) {
     group.finish();
     // Counts are exact in steady state: a few requests do under --test.
     let quick = std::env::args().any(|arg| arg == "--test");
-    let requests = if quick { 20 } else { 2_000 };
-    println!("\nallocations per request ({requests} requests each, after warm-up)");
-    println!("| case | allocations | bytes |");
-    println!("| --- | ---: | ---: |");
+    let (requests, batches) = if quick { (20, 3) } else { (2_000, 15) };
+    println!(
+        "\nper request: allocations and bytes ({requests} requests after warm-up), \
+         thread CPU time (median of {batches} batches of {requests})"
+    );
+    println!("| case | allocations | bytes | CPU ns |");
+    println!("| --- | ---: | ---: | ---: |");
     for case in &cases {
         let (allocs, bytes) = allocations(&ex, case, requests);
-        println!("| {} | {allocs:.1} | {bytes:.0} |", case.name);
+        let cpu = cpu_per_request(&ex, case, batches, requests);
+        println!("| {} | {allocs:.1} | {bytes:.0} | {cpu:.0} |", case.name);
     }
 }
 

@@ -315,32 +315,17 @@ pub fn encode_batch(parts: &[Bytes]) -> Bytes {
     Bytes::from(out)
 }
 
-thread_local! {
-    // Frames are serialised into one buffer per shard and copied out at their
-    // exact size: one allocation per frame, instead of a 512-byte start, its
-    // doublings, and the shared header `Bytes` adds to a part-filled Vec.
-    static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A frame longer than this keeps the buffer it was written in (no copy),
-/// so the per-shard buffer never holds on to more than about twice this.
-const OUT_COPY_MAX: usize = 64 << 10;
-
 fn to_bytes<T: Serialize>(value: &T) -> Bytes {
-    OUT.with(|out| {
-        let mut out = out.borrow_mut();
-        out.clear();
-        match simd_json::to_writer(&mut *out, value) {
-            Ok(()) if out.len() > OUT_COPY_MAX => Bytes::from(std::mem::take(&mut *out)),
-            Ok(()) => Bytes::copy_from_slice(&out),
-            // Serialising our own structs of strings and JSON values cannot
-            // fail; answer with a fixed internal error rather than panic if
-            // it ever does.
-            Err(_) => Bytes::from_static(
-                br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"cannot encode response"}}"#,
-            ),
-        }
-    })
+    // Straight into a Vec: serialising through a reused per-shard buffer and
+    // copying out saved an allocation but measured slower (benches/request_path.rs).
+    match simd_json::to_vec(value) {
+        Ok(bytes) => Bytes::from(bytes),
+        // Serialising our own structs of strings and JSON values cannot fail;
+        // answer with a fixed internal error rather than panic if it ever does.
+        Err(_) => Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"cannot encode response"}}"#,
+        ),
+    }
 }
 
 /// A params object as a map (an absent `params` is an empty map).
