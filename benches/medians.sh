@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prints the median of every criterion benchmark from the last `cargo bench`
 # run (target/criterion/*/new/estimates.json) as a Markdown table.
-# Usage: cargo bench --bench registry --bench mesh --bench supervision && benches/medians.sh
+# Usage: cargo bench --bench registry --bench mesh --bench supervision --bench request_path && benches/medians.sh
 set -euo pipefail
 root="${CARGO_TARGET_DIR:-$(dirname "$0")/../target}/criterion"
 [ -d "$root" ] || { echo "no criterion results under $root: run cargo bench first" >&2; exit 1; }

@@ -104,7 +104,7 @@ pub fn unsupported_version(requested: &str) -> RpcError {
 
 /// Marks a result complete, adds the server's identity, and for cacheable
 /// results the freshness fields (stale at once, private to this client).
-pub fn complete(mut result: Value, server_info: &Value, cacheable: bool) -> Value {
+pub fn complete(mut result: Value, server_info: Value, cacheable: bool) -> Value {
     if let Value::Object(map) = &mut result {
         map.insert("resultType".into(), Value::String("complete".into()));
         if cacheable {
@@ -120,7 +120,7 @@ pub fn complete(mut result: Value, server_info: &Value, cacheable: bool) -> Valu
 pub fn input_required(
     input_requests: Map<String, Value>,
     request_state: String,
-    server_info: &Value,
+    server_info: Value,
 ) -> Value {
     let mut map = Map::new();
     map.insert("resultType".into(), Value::String("input_required".into()));
@@ -130,12 +130,12 @@ pub fn input_required(
     Value::Object(map)
 }
 
-fn add_server_info(map: &mut Map<String, Value>, server_info: &Value) {
+fn add_server_info(map: &mut Map<String, Value>, server_info: Value) {
     let meta = map
         .entry("_meta")
         .or_insert_with(|| Value::Object(Map::new()));
     if let Value::Object(meta) = meta {
-        meta.insert(META_SERVER_INFO.into(), server_info.clone());
+        meta.insert(META_SERVER_INFO.into(), server_info);
     }
 }
 
@@ -187,16 +187,16 @@ mod tests {
     #[test]
     fn results_are_marked_and_cacheable_ones_carry_freshness() {
         let info = json!({"name": "s", "version": "1"});
-        let listed = complete(json!({"tools": []}), &info, true);
+        let listed = complete(json!({"tools": []}), info.clone(), true);
         assert_eq!(listed["resultType"], "complete");
         assert_eq!(
             (listed["ttlMs"].clone(), listed["cacheScope"].clone()),
             (json!(0), json!("private"))
         );
         assert_eq!(listed["_meta"][META_SERVER_INFO], info);
-        let called = complete(json!({"content": []}), &info, false);
+        let called = complete(json!({"content": []}), info.clone(), false);
         assert!(called.get("ttlMs").is_none());
-        let asked = input_required(Map::new(), "v1.x".into(), &info);
+        let asked = input_required(Map::new(), "v1.x".into(), info);
         assert_eq!(asked["resultType"], "input_required");
         assert!(asked.get("ttlMs").is_none());
     }

@@ -384,6 +384,11 @@ impl Tool {
     /// Checks arguments against the input schema: -32602 with the
     /// validator's messages when they do not fit.
     pub fn check_arguments(&self, arguments: &Value) -> Result<(), RpcError> {
+        // The common case, valid arguments, without the error iterator's
+        // allocations.
+        if self.input_validator.is_valid(arguments) {
+            return Ok(());
+        }
         let problems: Vec<String> = self
             .input_validator
             .iter_errors(arguments)

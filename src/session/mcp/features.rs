@@ -227,17 +227,19 @@ impl McpSession {
             .tool(name)
             .cloned()
             .ok_or_else(|| RpcError::invalid_params(format!("unknown tool: {name}")))?;
+        let none = Value::Object(Map::new());
         let arguments = match params.get("arguments") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(arguments)) => arguments.clone(),
+            None | Some(Value::Null) => &none,
+            Some(arguments @ Value::Object(_)) => arguments,
             Some(_) => {
                 return Err(RpcError::invalid_params(
                     "params.arguments must be an object",
                 ))
             }
         };
-        tool.check_arguments(&Value::Object(arguments.clone()))?;
-        Ok((tool, arguments))
+        // Checked where they lie: the handler's copy is the only one made.
+        tool.check_arguments(arguments)?;
+        Ok((tool, arguments.as_object().cloned().unwrap_or_default()))
     }
 
     pub(super) async fn tools_call(

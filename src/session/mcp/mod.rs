@@ -489,7 +489,6 @@ impl McpSession {
         // A listen stays open, and a task result is awaited, as long as the
         // client wants: no timeout for those.
         let unbounded = matches!(method, "subscriptions/listen" | "tasks/result");
-        let timer = (!unbounded).then(|| self.clock.sleep(self.limits.request_timeout));
         let timed_out = Cell::new(false);
         // Cancellation is polled first: when it and the work become ready
         // together (a handler that stops because it was cancelled), it wins.
@@ -499,9 +498,12 @@ impl McpSession {
                 None
             },
             future::or(async { Some(work.await) }, async {
-                match timer {
-                    Some(timer) => timer.await,
-                    None => future::pending::<()>().await,
+                // Made on the first poll, right after the work's: a request
+                // answered at once never builds (allocates) a timer.
+                if unbounded {
+                    future::pending::<()>().await
+                } else {
+                    self.clock.sleep(self.limits.request_timeout).await
                 }
                 timed_out.set(true);
                 Some(Ok(Err(RpcError::internal(format!(

@@ -54,21 +54,24 @@ impl McpSession {
             self.era.set(Some(Era::Stateless));
         }
         let server = self.server();
-        let info = server.info().to_value();
-        let cacheable =
-            |result: Result<Value, RpcError>| result.map(|r| stateless::complete(r, &info, true));
-        let complete =
-            |result: Result<Value, RpcError>| result.map(|r| stateless::complete(r, &info, false));
         let lists = server.lists();
         let (has_tools, has_resources, has_prompts) = (lists.tools, lists.resources, lists.prompts);
+        if method == "tools/call" && has_tools {
+            // The call gets the params themselves, not a copy.
+            return self
+                .tools_call_stateless(id, params, envelope, cancel)
+                .await;
+        }
+        // The server's identity is built once, for a result that carries it.
+        let info = || server.info().to_value();
+        let cacheable =
+            |result: Result<Value, RpcError>| result.map(|r| stateless::complete(r, info(), true));
+        let complete =
+            |result: Result<Value, RpcError>| result.map(|r| stateless::complete(r, info(), false));
         let params = params.as_ref();
         match method {
             "server/discover" => Ok(self.discover()),
             "tools/list" if has_tools => cacheable(self.tools_list(params)),
-            "tools/call" if has_tools => {
-                self.tools_call_stateless(id, params.cloned(), envelope, cancel)
-                    .await
-            }
             "resources/list" if has_resources => cacheable(self.resources_list(params)),
             "resources/templates/list" if has_resources => cacheable(self.templates_list(params)),
             "resources/read" if has_resources => {
@@ -106,7 +109,9 @@ impl McpSession {
     ) -> Result<Value, RpcError> {
         let params = params_object(params.as_ref())?;
         let (tool, arguments) = self.tool_call_target(params)?;
-        let digest = request_state::digest(&Value::Object(arguments.clone()));
+        // Binds a requestState to the arguments; made only when a state is
+        // opened or sealed, not on every call.
+        let mut digest = None;
         let responses = match params.get("inputResponses") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(responses)) => responses.clone(),
@@ -124,19 +129,19 @@ impl McpSession {
                 ))
             }
             Some(Value::String(state)) => {
-                request_state::open(
+                let opened = request_state::open(
                     &self.state_key,
                     state,
                     wall_clock_ms(),
                     "tools/call",
                     &tool.name,
-                    &digest,
+                    digest.insert(arguments_digest(params)),
                 )
                 .map_err(|error| {
                     RpcError::invalid_params(format!("Invalid or expired requestState ({error})"))
                         .with_data(json!({"reason": "invalid_request_state"}))
-                })?
-                .round
+                })?;
+                opened.round
             }
             Some(_) => {
                 return Err(RpcError::invalid_params(
@@ -153,18 +158,14 @@ impl McpSession {
         let peer = Rc::new(StatelessPeer {
             session: Rc::downgrade(self),
             related: id.clone(),
-            capabilities: envelope.client_capabilities.clone(),
+            // The envelope is this call's: its parts move, not copied.
+            capabilities: envelope.client_capabilities,
             log_level: envelope.log_level,
             responses,
             asks: RefCell::new(Map::new()),
             next_key: Cell::new(0),
         });
-        let call = ToolCall::new(
-            arguments,
-            cancel,
-            peer.clone(),
-            envelope.progress_token.clone(),
-        );
+        let call = ToolCall::new(arguments, cancel, peer.clone(), envelope.progress_token);
         let outcome = match run_tool(&tool, call).await {
             // 2026-07-28 retired -32042: the URLs become input requests.
             Err(error) if error.code == URL_ELICITATION_REQUIRED => {
@@ -181,15 +182,15 @@ impl McpSession {
                 &RoundState {
                     method: "tools/call".into(),
                     target: tool.name.clone(),
-                    arguments_digest: digest,
+                    arguments_digest: digest.unwrap_or_else(|| arguments_digest(params)),
                     expires_at_ms: wall_clock_ms()
                         .saturating_add(self.limits.request_state_ttl.as_millis() as u64),
                     round: round + 1,
                 },
             );
-            return Ok(stateless::input_required(asks, state, &info));
+            return Ok(stateless::input_required(asks, state, info));
         }
-        outcome.map(|result| stateless::complete(result, &info, false))
+        outcome.map(|result| stateless::complete(result, info, false))
     }
 
     /// `server/discover`: what this server serves, for this request only.
@@ -207,7 +208,7 @@ impl McpSession {
                 Value::String(instructions.to_string()),
             );
         }
-        stateless::complete(Value::Object(result), &server.info().to_value(), true)
+        stateless::complete(Value::Object(result), server.info().to_value(), true)
     }
 
     /// `subscriptions/listen`: acknowledged with the kinds honoured (the
@@ -282,6 +283,15 @@ impl McpSession {
         // Ends by cancellation (or the session closing): no response then.
         future::pending::<()>().await;
         Ok(json!({}))
+    }
+}
+
+/// The digest a `requestState` binds the call's arguments with (absent
+/// arguments are the empty object, as the handler sees them).
+fn arguments_digest(params: &Map<String, Value>) -> String {
+    match params.get("arguments") {
+        Some(arguments @ Value::Object(_)) => request_state::digest(arguments),
+        _ => request_state::digest(&Value::Object(Map::new())),
     }
 }
 
