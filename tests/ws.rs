@@ -399,3 +399,35 @@ fn a_drain_closes_open_sockets_with_going_away() {
     assert_eq!(close_code(&mut ws), CloseCode::Away);
     node.join().unwrap();
 }
+
+#[test]
+fn frames_sent_right_behind_the_upgrade_request_are_not_lost() {
+    let node = runtime::start(test_config(1, 1), demo::factory()).unwrap();
+    let addr = node.http_addr().unwrap();
+    // One write: the upgrade request and a masked text frame with INIT.
+    let mut bytes = upgrade_request(addr, "Sec-WebSocket-Protocol: mcp\r\n").into_bytes();
+    let payload = INIT.as_bytes();
+    assert!(payload.len() >= 126 && payload.len() < 65_536);
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    bytes.extend_from_slice(&[0x81, 0x80 | 126]);
+    bytes.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    bytes.extend_from_slice(&mask);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut stream = tcp(addr);
+    stream.write_all(&bytes).unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4_096];
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !String::from_utf8_lossy(&seen).contains("\"protocolVersion\"") {
+        assert!(Instant::now() < deadline, "no answer to the early frame");
+        let read = stream.read(&mut chunk).unwrap_or(0);
+        assert!(read > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..read]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(text.contains(r#""id":"init""#), "{text}");
+    drop(stream);
+    node.drain();
+    node.join().unwrap();
+}

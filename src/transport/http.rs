@@ -585,7 +585,8 @@ async fn handle(
     if route == "/ws" {
         // The connection is the WebSocket's until it ends; the error stops
         // the HTTP loop from reading on it.
-        super::ws::serve(stream, &request.method, &request.headers, service).await;
+        let early = buffer.split().to_vec();
+        super::ws::serve(stream, early, &request.method, &request.headers, service).await;
         return Err(std::io::ErrorKind::ConnectionAborted.into());
     }
     match (route, request.method.as_str()) {

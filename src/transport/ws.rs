@@ -122,8 +122,11 @@ pub fn accept_key(method: &str, headers: &[(String, String)]) -> Result<String, 
 /// Serves a request for `/ws`: refuses it, or upgrades the connection and
 /// serves one session on it until either side ends it. The connection is
 /// spent either way; the caller closes it.
+/// `early`: bytes the client sent behind the upgrade request, already read
+/// by the HTTP loop (the start of its first frames).
 pub(super) async fn serve(
     stream: &mut TcpStream,
+    early: Vec<u8>,
     method: &str,
     headers: &[(String, String)],
     service: &TcpService,
@@ -160,7 +163,7 @@ pub(super) async fn serve(
         .write_buffer_size(0)
         .max_message_size(Some(limits.message_bytes_max))
         .max_frame_size(Some(limits.message_bytes_max));
-    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
+    let ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config)).await;
     let clock = service.clock.clone();
     let mut socket = WsConversation {
         ws,
