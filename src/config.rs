@@ -131,6 +131,13 @@ pub struct AdminConfig {
     /// Largest admin request head (request line and headers); a larger one
     /// gets 431. Default 8192 bytes.
     pub request_head_bytes_max: usize,
+    /// Live page streams (`/admin/events`, the page at `/`) open at once,
+    /// each on its own thread so the workers stay free for scrapes and
+    /// probes; one more gets 503. Default 4, at most 64.
+    pub page_streams_max: usize,
+    /// How often a page stream pushes a snapshot (each push asks every
+    /// shard, like a scrape). Default 1000 ms, between 100 and 60000.
+    pub page_interval_ms: u64,
 }
 
 impl Default for AdminConfig {
@@ -140,6 +147,8 @@ impl Default for AdminConfig {
             io_timeout_ms: 2_000,
             shard_answer_timeout_ms: 1_000,
             request_head_bytes_max: 8_192,
+            page_streams_max: 4,
+            page_interval_ms: 1_000,
         }
     }
 }
@@ -492,6 +501,18 @@ impl Config {
             return Err(invalid(
                 "admin.request_head_bytes_max",
                 "must be between 256 and 1048576",
+            ));
+        }
+        if a.page_streams_max == 0 || a.page_streams_max > 64 {
+            return Err(invalid(
+                "admin.page_streams_max",
+                "must be between 1 and 64",
+            ));
+        }
+        if a.page_interval_ms < 100 || a.page_interval_ms > 60_000 {
+            return Err(invalid(
+                "admin.page_interval_ms",
+                "must be between 100 and 60000",
             ));
         }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
