@@ -96,7 +96,7 @@ pub struct ListenConfig {
     /// protection); anything else gets 403.
     pub allowed_hosts: Vec<String>,
     /// The admin listener (`/metrics`, `/health/live`, `/health/ready`,
-    /// `/admin/tree`), apart from MCP traffic. Empty string disables it.
+    /// `/admin/tree`, the live page at `/`), apart from MCP traffic. Empty string disables it.
     /// Port 0 picks a free port (see the `admin` line `serve` prints).
     pub admin: String,
 }
