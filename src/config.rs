@@ -811,6 +811,24 @@ mod tests {
             Config::parse("[listen]\nadmin = \"\"\n").is_ok(),
             "empty disables"
         );
+        assert_eq!(
+            Config::parse("[admin]\npage_streams_max = 0\n")
+                .unwrap_err()
+                .to_string(),
+            "config key `admin.page_streams_max`: must be between 1 and 64"
+        );
+        assert_eq!(
+            Config::parse("[admin]\npage_interval_ms = 10\n")
+                .unwrap_err()
+                .to_string(),
+            "config key `admin.page_interval_ms`: must be between 100 and 60000"
+        );
+        let config =
+            Config::parse("[admin]\npage_streams_max = 8\npage_interval_ms = 250\n").unwrap();
+        assert_eq!(
+            (config.admin.page_streams_max, config.admin.page_interval_ms),
+            (8, 250)
+        );
     }
 
     #[test]
