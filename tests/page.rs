@@ -157,15 +157,39 @@ fn the_page_and_its_stream_are_served_framed_and_bounded() {
     // A closed stream gives its slot back once its next write fails.
     drop(second);
     let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
+    let mut again = loop {
         let again = Stream::open(admin);
         if again.status == 200 {
-            break;
+            break again;
         }
         assert!(Instant::now() < deadline, "the slot never came back");
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
     drop(first);
+
+    // Stopping the node ends the open stream (with `event: stopped` when the
+    // stream saw the node stop before the listener did), not hangs it.
+    let mut node = node;
+    let handle = node.0.take().unwrap();
+    handle.drain();
+    handle.join().unwrap();
+    let mut rest = String::new();
+    again
+        .reader
+        .read_to_string(&mut rest)
+        .expect("the stream ends before the read timeout");
+    assert!(
+        rest.ends_with("\n\n") || rest.is_empty(),
+        "whole events only: {rest}"
+    );
+    for line in rest.lines().filter(|line| !line.is_empty()) {
+        assert!(
+            ["retry: ", "data: ", "event: stopped"]
+                .iter()
+                .any(|field| line.starts_with(field)),
+            "{line}"
+        );
+    }
 }
 
 /// Chromium's binary: `SHARDMCP_CHROMIUM`, else the usual names on PATH.
