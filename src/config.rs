@@ -96,7 +96,7 @@ pub struct ListenConfig {
     /// protection); anything else gets 403.
     pub allowed_hosts: Vec<String>,
     /// The admin listener (`/metrics`, `/health/live`, `/health/ready`,
-    /// `/admin/tree`), apart from MCP traffic. Empty string disables it.
+    /// `/admin/tree`, the live page at `/`), apart from MCP traffic. Empty string disables it.
     /// Port 0 picks a free port (see the `admin` line `serve` prints).
     pub admin: String,
 }
@@ -131,6 +131,13 @@ pub struct AdminConfig {
     /// Largest admin request head (request line and headers); a larger one
     /// gets 431. Default 8192 bytes.
     pub request_head_bytes_max: usize,
+    /// Live page streams (`/admin/events`, the page at `/`) open at once,
+    /// each on its own thread so the workers stay free for scrapes and
+    /// probes; one more gets 503. Default 4, at most 64.
+    pub page_streams_max: usize,
+    /// How often a page stream pushes a snapshot (each push asks every
+    /// shard, like a scrape). Default 1000 ms, between 100 and 60000.
+    pub page_interval_ms: u64,
 }
 
 impl Default for AdminConfig {
@@ -140,6 +147,8 @@ impl Default for AdminConfig {
             io_timeout_ms: 2_000,
             shard_answer_timeout_ms: 1_000,
             request_head_bytes_max: 8_192,
+            page_streams_max: 4,
+            page_interval_ms: 1_000,
         }
     }
 }
@@ -494,6 +503,18 @@ impl Config {
                 "must be between 256 and 1048576",
             ));
         }
+        if a.page_streams_max == 0 || a.page_streams_max > 64 {
+            return Err(invalid(
+                "admin.page_streams_max",
+                "must be between 1 and 64",
+            ));
+        }
+        if a.page_interval_ms < 100 || a.page_interval_ms > 60_000 {
+            return Err(invalid(
+                "admin.page_interval_ms",
+                "must be between 100 and 60000",
+            ));
+        }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid(
                 "log.level",
@@ -789,6 +810,24 @@ mod tests {
         assert!(
             Config::parse("[listen]\nadmin = \"\"\n").is_ok(),
             "empty disables"
+        );
+        assert_eq!(
+            Config::parse("[admin]\npage_streams_max = 0\n")
+                .unwrap_err()
+                .to_string(),
+            "config key `admin.page_streams_max`: must be between 1 and 64"
+        );
+        assert_eq!(
+            Config::parse("[admin]\npage_interval_ms = 10\n")
+                .unwrap_err()
+                .to_string(),
+            "config key `admin.page_interval_ms`: must be between 100 and 60000"
+        );
+        let config =
+            Config::parse("[admin]\npage_streams_max = 8\npage_interval_ms = 250\n").unwrap();
+        assert_eq!(
+            (config.admin.page_streams_max, config.admin.page_interval_ms),
+            (8, 250)
         );
     }
 

@@ -87,7 +87,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
     /// Admin listen address (`/metrics`, `/health/live`, `/health/ready`,
-    /// `/admin/tree`); "" disables it [default: 127.0.0.1:9090].
+    /// `/admin/tree`, the live page at `/`); "" disables it [default: 127.0.0.1:9090].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
     /// Serve one MCP session over stdin/stdout (newline-delimited JSON-RPC)

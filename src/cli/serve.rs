@@ -120,7 +120,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
             let _ = if listener.kind == "admin" {
                 writeln!(
                     out,
-                    "shardmcp: admin listening on {} (/metrics, /health/live, /health/ready, /admin/tree)",
+                    "shardmcp: admin listening on {} (/ live page, /metrics, /health/live, /health/ready, /admin/tree)",
                     listener.addr
                 )
             } else {

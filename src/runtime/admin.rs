@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text), `/health/live`,
-//! `/health/ready` and `/admin/tree`, apart from MCP traffic.
+//! `/health/ready`, `/admin/tree` and the live page (`/`, `/admin/events`,
+//! see `admin_page`), apart from MCP traffic.
 //!
 //! It runs on its own few threads (`admin.workers`, blocking std sockets),
 //! not on a shard. A shard can be busy with a long handler or dead and
@@ -29,6 +30,7 @@ use crate::observe::process;
 use crate::observe::prometheus::{self, Family};
 use crate::supervision::TreeNode;
 
+use super::admin_page::{self, PageStreams, StreamContext};
 use super::node::{NodeCommand, NodeError, NodeStatus};
 use super::shard::ShardReport;
 
@@ -57,6 +59,7 @@ pub struct AdminServer {
     stop: Arc<AtomicBool>,
     listener: TcpListener,
     workers: Vec<JoinHandle<()>>,
+    pages: Arc<PageStreams>,
 }
 
 impl AdminServer {
@@ -71,6 +74,7 @@ impl AdminServer {
             stop: stop.clone(),
             listener,
             workers: Vec::new(),
+            pages: Arc::new(PageStreams::default()),
         };
         for index in 0..config.admin.workers {
             let listener = server.listener.try_clone().map_err(NodeError::Admin)?;
@@ -78,6 +82,7 @@ impl AdminServer {
                 node: node.clone(),
                 config: config.clone(),
                 stop: stop.clone(),
+                pages: server.pages.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shardmcp-admin-{index}"))
@@ -101,6 +106,8 @@ impl Drop for AdminServer {
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
+        // After the workers: none of them can start a stream any more.
+        self.pages.join();
     }
 }
 
@@ -108,6 +115,7 @@ struct Worker {
     node: Sender<NodeCommand>,
     config: Arc<Config>,
     stop: Arc<AtomicBool>,
+    pages: Arc<PageStreams>,
 }
 
 /// One answer: status line, content type, body.
@@ -116,6 +124,8 @@ struct Response {
     content_type: &'static str,
     body: Vec<u8>,
     allow: bool,
+    /// Further header lines, each ending in CRLF.
+    headers: &'static str,
 }
 
 impl Response {
@@ -125,6 +135,17 @@ impl Response {
             content_type: "text/plain; charset=utf-8",
             body: body.into().into_bytes(),
             allow: false,
+            headers: "",
+        }
+    }
+
+    fn page(content_type: &'static str, body: &'static str) -> Response {
+        Response {
+            status: "200 OK",
+            content_type,
+            body: body.as_bytes().to_vec(),
+            allow: false,
+            headers: admin_page::PAGE_HEADERS,
         }
     }
 }
@@ -152,6 +173,15 @@ impl Worker {
         let _ = stream.set_read_timeout(Some(timeout));
         let _ = stream.set_write_timeout(Some(timeout));
         let response = match read_head(&mut stream, self.config.admin.request_head_bytes_max) {
+            Ok(head) if head.method == "GET" && path_of(&head) == "/admin/events" => {
+                let context = StreamContext {
+                    node: self.node.clone(),
+                    config: self.config.clone(),
+                    stop: self.stop.clone(),
+                };
+                self.pages.open(stream, context);
+                return;
+            }
             Ok(head) => self.answer(&head),
             Err(HeadError::TooLarge) => Response::text(
                 "431 Request Header Fields Too Large",
@@ -169,6 +199,7 @@ impl Worker {
         if response.allow {
             head.push_str("Allow: GET\r\n");
         }
+        head.push_str(response.headers);
         head.push_str("\r\n");
         let _ = stream
             .write_all(head.as_bytes())
@@ -177,15 +208,22 @@ impl Worker {
     }
 
     fn answer(&self, head: &RequestHead) -> Response {
-        let path = head.path.split('?').next().unwrap_or("");
+        let path = path_of(head);
         let known = matches!(
             path,
-            "/metrics" | "/health/live" | "/health/ready" | "/admin/tree"
+            "/metrics"
+                | "/health/live"
+                | "/health/ready"
+                | "/admin/tree"
+                | "/"
+                | "/admin/page.js"
+                | "/admin/page.css"
+                | "/admin/events"
         );
         if !known {
             return Response::text(
                 "404 Not Found",
-                "not found: try /metrics, /health/live, /health/ready or /admin/tree\n",
+                "not found: try /, /metrics, /health/live, /health/ready or /admin/tree\n",
             );
         }
         if head.method != "GET" {
@@ -195,6 +233,11 @@ impl Worker {
         }
         match path {
             "/health/live" => Response::text("200 OK", "live\n"),
+            "/" => Response::page("text/html; charset=utf-8", admin_page::INDEX_HTML),
+            "/admin/page.js" => {
+                Response::page("text/javascript; charset=utf-8", admin_page::PAGE_JS)
+            }
+            "/admin/page.css" => Response::page("text/css; charset=utf-8", admin_page::PAGE_CSS),
             "/health/ready" => match readiness(&self.gather()) {
                 Ok(line) => Response::text("200 OK", line),
                 Err(reasons) => Response::text(
@@ -207,6 +250,7 @@ impl Worker {
                 content_type: prometheus::CONTENT_TYPE,
                 body: metrics_text(&self.gather(), &ProcessFigures::read()).into_bytes(),
                 allow: false,
+                headers: "",
             },
             _ => match tree_json(&self.gather()) {
                 Some(tree) => Response {
@@ -214,53 +258,62 @@ impl Worker {
                     content_type: "application/json",
                     body: tree.to_string().into_bytes(),
                     allow: false,
+                    headers: "",
                 },
                 None => Response::text("503 Service Unavailable", "the node has stopped\n"),
             },
         }
     }
 
-    /// The node's status and every running shard's report, each waited for
-    /// at most `admin.shard_answer_timeout_ms`.
     fn gather(&self) -> Gathered {
-        let wait = Duration::from_millis(self.config.admin.shard_answer_timeout_ms);
-        let deadline = Instant::now() + wait;
-        let (reply, answer) = bounded(1);
-        let status = self
-            .node
-            .send_timeout(NodeCommand::Status(reply), wait)
-            .ok()
-            .and_then(|()| answer.recv_deadline(deadline).ok());
-        let Some(status) = status else {
-            return Gathered {
-                status: None,
-                reports: Vec::new(),
-            };
+        gather(&self.node, &self.config)
+    }
+}
+
+/// The path of a request without its query.
+fn path_of(head: &RequestHead) -> &str {
+    head.path.split('?').next().unwrap_or("")
+}
+
+/// The node's status and every running shard's report, each waited for at
+/// most `admin.shard_answer_timeout_ms`: what a scrape, the tree and a page
+/// push all read.
+pub(super) fn gather(node: &Sender<NodeCommand>, config: &Config) -> Gathered {
+    let wait = Duration::from_millis(config.admin.shard_answer_timeout_ms);
+    let deadline = Instant::now() + wait;
+    let (reply, answer) = bounded(1);
+    let status = node
+        .send_timeout(NodeCommand::Status(reply), wait)
+        .ok()
+        .and_then(|()| answer.recv_deadline(deadline).ok());
+    let Some(status) = status else {
+        return Gathered {
+            status: None,
+            reports: Vec::new(),
         };
-        let mut reports: Vec<Option<ShardReport>> = vec![None; status.shards.len()];
-        let expected = status.shards.iter().filter(|s| s.running).count();
-        let (reply, answers) = bounded(status.shards.len().max(1));
-        if expected > 0
-            && self
-                .node
-                .send_deadline(NodeCommand::QueryAll(reply), deadline)
-                .is_ok()
-        {
-            let mut got = 0;
-            while got < expected {
-                let Ok(report) = answers.recv_deadline(deadline) else {
-                    break;
-                };
-                if let Some(slot) = reports.get_mut(report.shard.index()) {
-                    got += usize::from(slot.is_none());
-                    *slot = Some(report);
-                }
+    };
+    let mut reports: Vec<Option<ShardReport>> = vec![None; status.shards.len()];
+    let expected = status.shards.iter().filter(|s| s.running).count();
+    let (reply, answers) = bounded(status.shards.len().max(1));
+    if expected > 0
+        && node
+            .send_deadline(NodeCommand::QueryAll(reply), deadline)
+            .is_ok()
+    {
+        let mut got = 0;
+        while got < expected {
+            let Ok(report) = answers.recv_deadline(deadline) else {
+                break;
+            };
+            if let Some(slot) = reports.get_mut(report.shard.index()) {
+                got += usize::from(slot.is_none());
+                *slot = Some(report);
             }
         }
-        Gathered {
-            status: Some(status),
-            reports,
-        }
+    }
+    Gathered {
+        status: Some(status),
+        reports,
     }
 }
 
@@ -877,5 +930,78 @@ mod tests {
         assert_eq!(tree["children"][0]["children"][0]["id"], "listeners");
         assert_eq!(tree["children"][1]["status"], "down");
         assert_eq!(tree["children"][1]["error"], "shard is down");
+    }
+
+    #[test]
+    fn a_page_snapshot_has_the_tree_and_each_shards_rate_and_latency() {
+        use crate::observe::metrics::{MethodSnapshot, MetricsSnapshot};
+        let with_calls = |ok: u64, first: u64| {
+            let n = LATENCY_BUCKETS_NS.len();
+            let mut buckets = vec![ok + 1; n];
+            buckets[0] = first;
+            MetricsSnapshot {
+                methods: vec![MethodSnapshot {
+                    method: "tools/call",
+                    outcomes: vec![("ok", ok), ("error", 1)],
+                    buckets,
+                    sum_seconds: 0.0,
+                    count: ok + 1,
+                }],
+                transports: Vec::new(),
+            }
+        };
+        let mut busy = report(0, true);
+        busy.sessions = 3;
+        busy.pool_sessions = vec![1, 2];
+        busy.metrics = with_calls(3, 2);
+        let gathered = Gathered {
+            status: Some(status([true, false])),
+            reports: vec![Some(busy.clone()), None],
+        };
+        let (first, window) = admin_page::snapshot(&gathered, None, 500).unwrap();
+        assert_eq!(first["interval_ms"], 500);
+        assert_eq!(first["draining"], false);
+        assert_eq!(first["tree"]["children"][0]["id"], "shard-0");
+        let shard = &first["shards"][0];
+        assert_eq!(shard["shard"], 0);
+        assert_eq!(shard["status"], "up");
+        assert_eq!(shard["sessions"], 3);
+        assert_eq!(shard["pools"], json!([1, 2]));
+        assert_eq!(shard["restarts"], 1);
+        assert_eq!(shard["requests"], 4);
+        assert_eq!(shard["rps"], Value::Null, "no rate without a previous push");
+        // 4 requests, 2 under 50 µs and 2 in 50..100 µs: p50 at 50 µs.
+        assert_eq!(shard["p50_ms"], 0.05);
+        assert!(shard["p99_ms"].as_f64().unwrap() > 0.09);
+        let down = &first["shards"][1];
+        assert_eq!(down["status"], "down");
+        assert_eq!(down["rps"], Value::Null);
+        assert_eq!(down["p50_ms"], Value::Null);
+
+        // Half a second later 10 more requests, all under 50 µs.
+        busy.metrics = with_calls(13, 12);
+        let later = Gathered {
+            status: Some(status([true, false])),
+            reports: vec![Some(busy), None],
+        };
+        let (second, _) =
+            admin_page::snapshot(&later, Some((Duration::from_millis(500), &window)), 500).unwrap();
+        let shard = &second["shards"][0];
+        assert_eq!(shard["requests"], 14);
+        assert_eq!(shard["rps"], 20.0);
+        assert_eq!(shard["p50_ms"], 0.025, "only this window's requests count");
+        let text = second.to_string();
+        let frame = admin_page::sse_frame(None, &text);
+        assert_eq!(
+            frame,
+            format!("data: {text}\n\n"),
+            "one line of JSON, one data field"
+        );
+
+        let stopped = Gathered {
+            status: None,
+            reports: Vec::new(),
+        };
+        assert!(admin_page::snapshot(&stopped, None, 500).is_none());
     }
 }

@@ -3,6 +3,7 @@
 //! executor running its supervision tree). It holds no MCP rules.
 
 pub mod admin;
+pub mod admin_page;
 pub mod node;
 pub mod shard;
 
