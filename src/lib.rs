@@ -24,6 +24,8 @@
 pub mod cli;
 pub mod config;
 pub mod doctor;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod mesh;
 pub mod observe;

@@ -219,6 +219,11 @@ impl EventStore {
             .streams
             .get_mut(&number)
             .ok_or(ResumeError::UnknownStream(number))?;
+        // An event the stream has not had yet was never issued. (This also
+        // keeps `seq + 1` below from overflowing: found by fuzz/sse_resume.)
+        if seq >= stream.next_seq {
+            return Err(ResumeError::Malformed(last_event_id.to_string()));
+        }
         // What was missed must all still be here: the event right after the
         // last one seen, or nothing missed at all.
         let oldest = stream
@@ -576,6 +581,28 @@ mod tests {
             ));
             let resumed = store.resume(s, "1-6").expect("7.. still kept");
             assert_eq!(drain(&resumed).await.len(), 4);
+        });
+    }
+
+    #[test]
+    fn event_ids_past_the_last_issued_are_refused_not_overflowed() {
+        // Found by fuzz/sse_resume: `u64::MAX` as the sequence overflowed
+        // `seq + 1`.
+        run(async {
+            let clock = ManualClock::new();
+            let store = store(&clock);
+            let s = session(9);
+            let (number, _first) = store.open_request_stream(s, &[Id::Int(1)]);
+            store.route(s, Some(&Id::Int(1)), Bytes::from_static(b"e"));
+            store.detach(s, number);
+            for last in ["1-18446744073709551615", "1-2", " 1-9 "] {
+                assert!(
+                    matches!(store.resume(s, last), Err(ResumeError::Malformed(_))),
+                    "{last}"
+                );
+            }
+            let resumed = store.resume(s, "1-1").expect("the last issued event");
+            assert_eq!(drain(&resumed).await.len(), 0);
         });
     }
 

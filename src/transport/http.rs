@@ -468,72 +468,104 @@ async fn parse_request(
     body_max: usize,
 ) -> Result<Request, ReadError> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(buffer) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let method = parsed.method.unwrap_or("").to_string();
-                let path = parsed.path.unwrap_or("").to_string();
-                let version = parsed.version.unwrap_or(1);
-                let headers: Vec<(String, String)> = parsed
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
-                let header = |name: &str| {
-                    headers
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                        .map(|(_, v)| v.trim().to_ascii_lowercase())
-                };
-                if header("transfer-encoding").is_some() {
-                    // Bodies are JSON-RPC messages of known size.
-                    return Err(ReadError::Status("411 Length Required"));
-                }
-                let length = header("content-length")
-                    .map(|v| v.parse::<usize>())
-                    .transpose()
-                    .map_err(|_| ReadError::Status("400 Bad Request"))?
-                    .unwrap_or(0);
-                if length > body_max {
-                    return Err(ReadError::Status("413 Payload Too Large"));
-                }
-                let keep_alive = match header("connection").as_deref() {
-                    Some("close") => false,
-                    Some("keep-alive") => true,
-                    _ => version == 1,
-                };
-                let _ = buffer.split_to(head_len);
-                while buffer.len() < length {
+        match parse_head(buffer, body_max).map_err(ReadError::Status)? {
+            Some(head) => {
+                let _ = buffer.split_to(head.head_len);
+                while buffer.len() < head.content_length {
                     read_more(stream, buffer)
                         .await
                         .map_err(|_| ReadError::Closed)?;
                 }
-                let body = buffer.split_to(length).freeze();
+                let body = buffer.split_to(head.content_length).freeze();
                 return Ok(Request {
-                    method,
-                    path,
-                    headers,
+                    method: head.method,
+                    path: head.path,
+                    headers: head.headers,
                     body,
-                    keep_alive,
+                    keep_alive: head.keep_alive,
                 });
             }
-            Ok(httparse::Status::Partial) => {
-                if buffer.len() > HEAD_BYTES_MAX {
-                    return Err(ReadError::Status("431 Request Header Fields Too Large"));
-                }
+            None => {
                 if read_more(stream, buffer).await.is_err() {
                     return Err(ReadError::Closed);
                 }
             }
-            Err(_) => return Err(ReadError::Status("400 Bad Request")),
         }
     }
+}
+
+/// A request head: the request line and the headers, without the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    /// The body's length (`Content-Length`; 0 without one).
+    pub content_length: usize,
+    pub keep_alive: bool,
+    /// Bytes of `buf` the head took; the body follows.
+    pub head_len: usize,
+}
+
+/// Parses the request head at the start of `buf` (no I/O): `Ok(None)` when
+/// more bytes are needed, `Err` with the status to answer (then close) when
+/// the head is malformed, too large, chunked, or announces a body over
+/// `body_max`.
+pub fn parse_head(buf: &[u8], body_max: usize) -> Result<Option<Head>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(head_len)) => head_len,
+        Ok(httparse::Status::Partial) if buf.len() > HEAD_BYTES_MAX => {
+            return Err("431 Request Header Fields Too Large")
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err("400 Bad Request"),
+    };
+    let method = parsed.method.unwrap_or("").to_string();
+    let path = parsed.path.unwrap_or("").to_string();
+    let version = parsed.version.unwrap_or(1);
+    let headers: Vec<(String, String)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_ascii_lowercase())
+    };
+    if header("transfer-encoding").is_some() {
+        // Bodies are JSON-RPC messages of known size.
+        return Err("411 Length Required");
+    }
+    let content_length = header("content-length")
+        .map(|v| v.parse::<usize>())
+        .transpose()
+        .map_err(|_| "400 Bad Request")?
+        .unwrap_or(0);
+    if content_length > body_max {
+        return Err("413 Payload Too Large");
+    }
+    let keep_alive = match header("connection").as_deref() {
+        Some("close") => false,
+        Some("keep-alive") => true,
+        _ => version == 1,
+    };
+    Ok(Some(Head {
+        method,
+        path,
+        headers,
+        content_length,
+        keep_alive,
+        head_len,
+    }))
 }
 
 async fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut) -> std::io::Result<()> {
@@ -1240,5 +1272,31 @@ mod tests {
         assert_eq!(r.query("sessionId"), Some("abc"));
         assert_eq!(r.query("x"), Some("1"));
         assert_eq!(r.query("y"), None);
+    }
+
+    #[test]
+    fn a_head_parses_without_io_and_says_what_to_answer() {
+        let bytes = b"POST /mcp HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}";
+        let head = parse_head(bytes, 16).unwrap().expect("complete");
+        assert_eq!((head.method.as_str(), head.path.as_str()), ("POST", "/mcp"));
+        assert_eq!((head.content_length, head.keep_alive), (2, true));
+        assert_eq!(head.head_len, bytes.len() - 2);
+        assert_eq!(parse_head(&bytes[..20], 16), Ok(None), "more bytes needed");
+        assert_eq!(parse_head(bytes, 1), Err("413 Payload Too Large"));
+        let http10 = b"GET / HTTP/1.0\r\n\r\n";
+        assert!(!parse_head(http10, 16).unwrap().unwrap().keep_alive);
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(parse_head(chunked, 16), Err("411 Length Required"));
+        let bad_length = b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n";
+        assert_eq!(parse_head(bad_length, 16), Err("400 Bad Request"));
+        assert_eq!(
+            parse_head(b"\x00 / HTTP/1.1\r\n", 16),
+            Err("400 Bad Request")
+        );
+        let endless = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; HEAD_BYTES_MAX]].concat();
+        assert_eq!(
+            parse_head(&endless, 16),
+            Err("431 Request Header Fields Too Large")
+        );
     }
 }

@@ -11,4 +11,4 @@ mod lines;
 pub mod sockets;
 pub mod stdio;
 pub mod tcp;
-mod ws;
+pub(crate) mod ws;

@@ -119,6 +119,16 @@ pub fn accept_key(method: &str, headers: &[(String, String)]) -> Result<String, 
     Ok(derive_accept_key(key.as_bytes()))
 }
 
+/// tungstenite's settings for a server socket: a small read buffer, and
+/// frames and messages bounded by `message_bytes_max`.
+pub fn config(message_bytes_max: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(Some(message_bytes_max))
+        .max_frame_size(Some(message_bytes_max))
+}
+
 /// Serves a request for `/ws`: refuses it, or upgrades the connection and
 /// serves one session on it until either side ends it. The connection is
 /// spent either way; the caller closes it.
@@ -158,12 +168,13 @@ pub(super) async fn serve(
     let _ = stream.set_write_timeout(Some(pong_timeout));
     // Every send is flushed before the next frame is taken from the outbox,
     // so the write buffer holds one message (and control frames) at most.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .max_message_size(Some(limits.message_bytes_max))
-        .max_frame_size(Some(limits.message_bytes_max));
-    let ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(config)).await;
+    let ws = WebSocketStream::from_partially_read(
+        stream,
+        early,
+        Role::Server,
+        Some(config(limits.message_bytes_max)),
+    )
+    .await;
     let clock = service.clock.clone();
     let mut socket = WsConversation {
         ws,

@@ -135,6 +135,12 @@ pub fn decode(frame: &[u8], max_bytes: usize) -> Result<Incoming, Refusal> {
             )),
         ));
     }
+    if too_deep(frame) {
+        return Err(Refusal::new(
+            None,
+            RpcError::parse_error(format!("arrays and objects nested deeper than {DEPTH_MAX}")),
+        ));
+    }
     let value = parse(frame).map_err(|error| Refusal::new(None, RpcError::parse_error(error)))?;
     match value {
         Value::Array(entries) => {
@@ -145,6 +151,44 @@ pub fn decode(frame: &[u8], max_bytes: usize) -> Result<Incoming, Refusal> {
         }
         other => classify(other).map(Incoming::Single),
     }
+}
+
+/// Deepest nesting of arrays and objects a frame may have (serde_json's
+/// own bound when it parses). The JSON tree is built recursively: unbounded,
+/// a frame of a few hundred KB of `[` overflows the shard's stack and takes
+/// the process down (a hand-made input to fuzz/jsonrpc_decode showed it).
+pub const DEPTH_MAX: usize = 128;
+
+/// Whether `frame` nests arrays and objects deeper than [`DEPTH_MAX`]
+/// (brackets inside strings do not count). One pass, before parsing.
+fn too_deep(frame: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in frame {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > DEPTH_MAX {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn parse(frame: &[u8]) -> Result<Value, simd_json::Error> {

@@ -171,6 +171,28 @@ fn batches_decode_entry_by_entry_and_empty_batches_are_refused() {
 }
 
 #[test]
+fn deep_nesting_is_a_parse_error_not_a_stack_overflow() {
+    // Shown by fuzz/jsonrpc_decode on a hand-made input: 400,000 nested arrays (800 KB, under
+    // the message bound) overflowed the stack building the JSON tree.
+    let deep = format!("{}{}", "[".repeat(400_000), "]".repeat(400_000));
+    let refusal = refused(&deep);
+    assert_eq!((refusal.id, refusal.error.code), (None, PARSE_ERROR));
+    assert!(refusal.error.message.contains("nested deeper than 128"));
+    let at_bound = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"a":{}1{}}}}}"#,
+        "[".repeat(DEPTH_MAX - 2),
+        "]".repeat(DEPTH_MAX - 2)
+    );
+    assert_eq!(single(&at_bound).method(), Some("m"));
+    // Brackets in strings (escaped quotes too) are not nesting.
+    let in_strings = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"s":"\"{}"}}}}"#,
+        "[".repeat(1000)
+    );
+    assert_eq!(single(&in_strings).method(), Some("m"));
+}
+
+#[test]
 fn oversized_frames_are_refused_before_parsing() {
     let text = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"p":"{}"}}}}"#,
