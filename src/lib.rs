@@ -14,6 +14,7 @@
 //! - [`protocol`]: the JSON-RPC 2.0 codec (simd-json) and MCP versions and eras.
 //! - [`registry`]: session ids (owning shard + 128 random bits) and shard-local maps.
 //! - [`supervision`]: OTP child specs, strategies, intensity, restart timing, the tree.
+//! - [`load`]: `shardmcp load`, the MCP load generator (a client; imports no other part).
 //! - [`config`]: every bound as a named, documented value; TOML with unknown keys refused.
 //! - [`time`], [`sync`]: injected clock and shard-local primitives underneath it all.
 
@@ -22,6 +23,7 @@
 pub mod cli;
 pub mod config;
 pub mod ids;
+pub mod load;
 pub mod mesh;
 pub mod pool;
 pub mod protocol;

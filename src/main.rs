@@ -10,13 +10,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Serve(args) = &cli.command;
-    init_logging(args.log.as_deref());
-    // Panics that supervision catches are logged as one line, not a dump.
-    std::panic::set_hook(Box::new(|info| {
-        tracing::error!(target: "shardmcp::panic", "{info}");
-    }));
-    match cli::serve(args) {
+    let result = match &cli.command {
+        Command::Serve(args) => {
+            init_logging(args.log.as_deref());
+            // Panics that supervision catches are logged as one line, not a dump.
+            std::panic::set_hook(Box::new(|info| {
+                tracing::error!(target: "shardmcp::panic", "{info}");
+            }));
+            cli::serve(args).map_err(|error| error.to_string())
+        }
+        Command::Load(args) => cli::load(args).map_err(|error| error.to_string()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("shardmcp: error: {error}");

@@ -1,12 +1,14 @@
 //! The `shardmcp` command line. Subcommands turn their errors into one line
 //! and an exit code; the logic lives in the library.
 
+mod load;
 mod serve;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use load::{load, LoadArgs, LoadCliError};
 pub use serve::{serve, ServeError};
 
 #[derive(Debug, Parser)]
@@ -27,6 +29,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the server until SIGINT/SIGTERM, then drain and exit 0.
     Serve(ServeArgs),
+    /// Drive real, initialized MCP sessions against any MCP server and
+    /// report throughput, latency percentiles, errors and availability.
+    Load(LoadArgs),
 }
 
 #[derive(Debug, Args)]

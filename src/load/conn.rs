@@ -1,0 +1,339 @@
+//! One client connection on a glommio executor: bytes out, framed answers
+//! in. HTTP exchanges (JSON or SSE answers) and newline-delimited JSON-RPC
+//! exchanges. Timeouts are the caller's: a connection whose exchange timed
+//! out is dropped, since its next bytes may still belong to the old answer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::http::{
+    parse_head, ChunkedDecoder, Framing, RequestHead, ResponseHead, SseParser,
+    RESPONSE_BODY_BYTES_MAX,
+};
+use super::reply::{classify, Frame, Outcome};
+use super::stats::ErrorKind;
+
+/// Room offered to each read; the buffer starts at this size.
+const READ_CHUNK_BYTES: usize = 8 << 10;
+/// Largest buffered input: one whole answer (a TCP line or an HTTP head and
+/// chunk) must fit.
+const READ_BUFFER_BYTES_MAX: usize = RESPONSE_BODY_BYTES_MAX + (64 << 10);
+/// After our response arrived on an SSE stream, how long we wait for the
+/// stream's end before giving up on the connection (the answer still counts).
+const SSE_END_GRACE: Duration = Duration::from_millis(200);
+
+/// An HTTP answer, as the session logic needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub session: Option<String>,
+    /// The JSON-RPC response to our id, when the body carried one.
+    pub outcome: Option<Outcome>,
+    /// Set when a body was there but could not be understood.
+    pub bad_body: bool,
+    pub notifications: u64,
+    pub server_requests: u64,
+    /// Whether the connection can carry another request.
+    pub reusable: bool,
+}
+
+pub struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    out: Vec<u8>,
+    body: Vec<u8>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+impl Conn {
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, ErrorKind> {
+        let stream = TcpStream::connect_timeout(addr, timeout)
+            .await
+            .map_err(|_| ErrorKind::Connect)?;
+        // Nagle plus delayed ACKs would add 40 ms to every request.
+        stream.set_nodelay(true).map_err(|_| ErrorKind::Connect)?;
+        Ok(Conn {
+            stream,
+            buf: vec![0; READ_CHUNK_BYTES],
+            start: 0,
+            end: 0,
+            out: Vec::with_capacity(1 << 10),
+            body: Vec::new(),
+            bytes_sent: 0,
+            bytes_received: 0,
+        })
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads more bytes; EOF is `Closed`.
+    async fn fill(&mut self) -> Result<(), ErrorKind> {
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else if self.buf.len() >= READ_BUFFER_BYTES_MAX {
+                return Err(ErrorKind::BadResponse);
+            } else {
+                let grown = (self.buf.len() * 2).min(READ_BUFFER_BYTES_MAX);
+                self.buf.resize(grown, 0);
+            }
+        }
+        match self.stream.read(&mut self.buf[self.end..]).await {
+            Ok(0) => Err(ErrorKind::Closed),
+            Ok(read) => {
+                self.end += read;
+                self.bytes_received += read as u64;
+                Ok(())
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+                Err(ErrorKind::Closed)
+            }
+            Err(_) => Err(ErrorKind::Io),
+        }
+    }
+
+    async fn send(&mut self) -> Result<(), ErrorKind> {
+        let result = self.stream.write_all(&self.out).await;
+        self.bytes_sent += self.out.len() as u64;
+        result.map_err(|error| match error.kind() {
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+                ErrorKind::Closed
+            }
+            _ => ErrorKind::Io,
+        })
+    }
+
+    /// One newline-delimited JSON-RPC message out; when `id` is Some, reads
+    /// lines until the response to it. Returns it with the notifications and
+    /// server requests seen on the way.
+    pub async fn line_exchange(
+        &mut self,
+        message: &[u8],
+        id: Option<u64>,
+    ) -> Result<(Option<Outcome>, u64, u64), ErrorKind> {
+        self.out.clear();
+        self.out.extend_from_slice(message);
+        self.out.push(b'\n');
+        self.send().await?;
+        let Some(id) = id else {
+            return Ok((None, 0, 0));
+        };
+        let (mut notifications, mut server_requests) = (0, 0);
+        let mut scanned = 0;
+        loop {
+            let pending = self.pending();
+            match pending[scanned..].iter().position(|&b| b == b'\n') {
+                Some(at) => {
+                    let line_len = scanned + at;
+                    let frame = classify(&pending[..line_len], id);
+                    self.consume(line_len + 1);
+                    scanned = 0;
+                    match frame? {
+                        Frame::Response(outcome) => {
+                            return Ok((Some(outcome), notifications, server_requests))
+                        }
+                        Frame::Notification => notifications += 1,
+                        Frame::ServerRequest => server_requests += 1,
+                        Frame::OtherResponse => {}
+                    }
+                }
+                None => {
+                    scanned = pending.len();
+                    self.fill().await?;
+                }
+            }
+        }
+    }
+
+    /// One HTTP request; reads the whole answer. With `id`, the body's
+    /// JSON-RPC response to it (JSON or on an SSE stream) is the outcome.
+    pub async fn http_exchange(
+        &mut self,
+        head: &RequestHead<'_>,
+        body: &[u8],
+        id: Option<u64>,
+    ) -> Result<HttpAnswer, ErrorKind> {
+        self.out.clear();
+        head.write(body, &mut self.out);
+        self.send().await?;
+        let response = loop {
+            match parse_head(self.pending()) {
+                Ok(Some(response)) => break response,
+                Ok(None) => self.fill().await?,
+                Err(_) => return Err(ErrorKind::BadResponse),
+            }
+        };
+        self.consume(response.len);
+        let mut answer = HttpAnswer {
+            status: response.status,
+            session: response.session.clone(),
+            outcome: None,
+            bad_body: false,
+            notifications: 0,
+            server_requests: 0,
+            reusable: response.keep_alive,
+        };
+        if response.event_stream {
+            self.read_event_stream(&response, id, &mut answer).await?;
+        } else {
+            self.read_body(&response).await?;
+            if let (Some(id), false) = (id, self.body.is_empty()) {
+                match classify(&self.body, id) {
+                    Ok(Frame::Response(outcome)) => answer.outcome = Some(outcome),
+                    // Non-JSON bodies of error statuses are fine (e.g. "unknown session").
+                    _ => answer.bad_body = response.status == 200,
+                }
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Reads a whole non-streamed body into `self.body`.
+    async fn read_body(&mut self, response: &ResponseHead) -> Result<(), ErrorKind> {
+        self.body.clear();
+        match response.framing {
+            Framing::Empty => Ok(()),
+            Framing::Length(length) => {
+                while self.pending().len() < length {
+                    self.fill().await?;
+                }
+                self.body
+                    .extend_from_slice(&self.buf[self.start..self.start + length]);
+                self.consume(length);
+                Ok(())
+            }
+            Framing::Chunked => {
+                let mut decoder = ChunkedDecoder::default();
+                loop {
+                    let used = decoder
+                        .decode(&self.buf[self.start..self.end], &mut self.body)
+                        .map_err(|_| ErrorKind::BadResponse)?;
+                    self.consume(used);
+                    if decoder.is_done() {
+                        return Ok(());
+                    }
+                    self.fill().await?;
+                }
+            }
+            Framing::UntilClose => loop {
+                let pending = self.end - self.start;
+                if self.body.len() + pending > RESPONSE_BODY_BYTES_MAX {
+                    return Err(ErrorKind::BadResponse);
+                }
+                self.body.extend_from_slice(&self.buf[self.start..self.end]);
+                self.consume(pending);
+                match self.fill().await {
+                    Ok(()) => {}
+                    Err(ErrorKind::Closed) => return Ok(()),
+                    Err(other) => return Err(other),
+                }
+            },
+        }
+    }
+
+    /// Reads an SSE body event by event; after our response, waits a little
+    /// for the stream's end and otherwise gives the connection up.
+    async fn read_event_stream(
+        &mut self,
+        response: &ResponseHead,
+        id: Option<u64>,
+        answer: &mut HttpAnswer,
+    ) -> Result<(), ErrorKind> {
+        self.body.clear();
+        let mut decoder = ChunkedDecoder::default();
+        let mut parser = SseParser::default();
+        let mut length_left = match response.framing {
+            Framing::Length(length) => length,
+            _ => 0,
+        };
+        loop {
+            // Move what is buffered into the decoded body.
+            let done = match response.framing {
+                Framing::Chunked => {
+                    let used = decoder
+                        .decode(&self.buf[self.start..self.end], &mut self.body)
+                        .map_err(|_| ErrorKind::BadResponse)?;
+                    self.consume(used);
+                    decoder.is_done()
+                }
+                Framing::Length(_) => {
+                    let take = length_left.min(self.end - self.start);
+                    self.body
+                        .extend_from_slice(&self.buf[self.start..self.start + take]);
+                    self.consume(take);
+                    length_left -= take;
+                    length_left == 0
+                }
+                Framing::Empty => true,
+                Framing::UntilClose => {
+                    let pending = self.end - self.start;
+                    if self.body.len() + pending > RESPONSE_BODY_BYTES_MAX {
+                        return Err(ErrorKind::BadResponse);
+                    }
+                    self.body.extend_from_slice(&self.buf[self.start..self.end]);
+                    self.consume(pending);
+                    false
+                }
+            };
+            let mut bad = false;
+            let body = std::mem::take(&mut self.body);
+            parser.feed(&body, |data| match id.map(|id| classify(data, id)) {
+                Some(Ok(Frame::Response(outcome))) => answer.outcome = Some(outcome),
+                Some(Ok(Frame::Notification)) => answer.notifications += 1,
+                Some(Ok(Frame::ServerRequest)) => answer.server_requests += 1,
+                Some(Ok(Frame::OtherResponse)) | None => {}
+                Some(Err(_)) => bad = true,
+            });
+            self.body = body;
+            answer.bad_body |= bad;
+            if done {
+                return Ok(());
+            }
+            let read = if answer.outcome.is_some() {
+                // Ours is in: the end of the stream should follow at once.
+                let grace = glommio::timer::sleep(SSE_END_GRACE);
+                futures_lite::future::or(async { Some(self.fill().await) }, async {
+                    grace.await;
+                    None
+                })
+                .await
+            } else {
+                Some(self.fill().await)
+            };
+            match read {
+                Some(Ok(())) => {}
+                Some(Err(ErrorKind::Closed)) if response.framing == Framing::UntilClose => {
+                    return Ok(())
+                }
+                Some(Err(error)) if answer.outcome.is_none() => return Err(error),
+                Some(Err(_)) | None => {
+                    answer.reusable = false;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Closes the write side politely (the server sees EOF).
+    pub async fn close(self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both).await;
+    }
+}
