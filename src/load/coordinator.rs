@@ -77,8 +77,10 @@ impl Coordination<'_, '_> {
                             memory.ready_bytes = super::host::rss_bytes(memory.pid);
                             memory.sample(memory.ready_bytes);
                         }
-                        go()?;
+                        // Taken before the go, so no worker's window ends
+                        // before the coordinator's.
                         let now = Instant::now();
+                        go()?;
                         go_at = Some(now);
                         // Progress lines count seconds from the go.
                         next_line = now + Duration::from_secs(1);
@@ -110,6 +112,10 @@ impl Coordination<'_, '_> {
                     })
                 }
             }
+        }
+        // The last partial second, if anything happened in it.
+        if interval.ok + interval.failed > 0 {
+            self.second(started, go_at, &mut interval, sessions_ready);
         }
         Ok(total)
     }
