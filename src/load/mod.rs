@@ -408,6 +408,8 @@ impl LoadSpec {
 
     /// The plans of one process's threads.
     pub fn worker_plans(&self, share_: &ProcShare) -> Vec<WorkerPlan> {
+        let source_ports = host::ephemeral_ports()
+            .and_then(|(low, high)| Some((u16::try_from(low).ok()?, u16::try_from(high).ok()?)));
         (0..share_.threads)
             .map(|t| {
                 let connections = share(share_.connections, t, share_.threads);
@@ -428,6 +430,7 @@ impl LoadSpec {
                     timeout: self.timeout,
                     idle: self.idle,
                     keep_sessions: self.keep_sessions,
+                    source_ports,
                 }
             })
             .collect()
