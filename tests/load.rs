@@ -506,6 +506,7 @@ fn help_explains_every_flag_and_the_mix_syntax() {
         "--fail-on-errors",
         "--quiet",
         "--slice",
+        "--source-ips",
         "tools/call:NAME[:ARGS]",
         "resources/read:URI",
         "coordinated",

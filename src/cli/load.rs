@@ -83,6 +83,11 @@ pub struct LoadArgs {
     /// No live progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Local addresses to connect from, e.g. 127.0.0.1-4 or 10.0.0.5,10.0.0.6:
+    /// each adds a port range's worth of connections to one server address
+    /// (past 64,000 connections) [default: any address].
+    #[arg(long, value_name = "IPS")]
+    pub source_ips: Option<String>,
     /// Run only slice K of N of the connections and sessions, writing JSON
     /// lines for a parent process on stdout (what --procs children run).
     #[arg(long, value_name = "K/N")]
@@ -139,6 +144,7 @@ impl LoadArgs {
             idle: self.idle,
             keep_sessions: self.keep_sessions,
             server_pid: self.server_pid,
+            source_ips: self.source_ips.clone(),
             slice: self.slice.clone(),
         }
     }

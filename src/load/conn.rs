@@ -51,15 +51,21 @@ pub struct Conn {
     pub bytes_received: u64,
 }
 
-/// Local ports this thread binds its connections to: its own slice of the
-/// ephemeral range. The kernel's own choice at connect() walks the ports
-/// already connected to the same server, which costs O(connections) per
-/// connect: 15,000 connections took seconds of kernel time that way.
+/// Local addresses this thread binds its connections to: its own slice of
+/// the ephemeral port range, on each source address in turn (`--source-ips`;
+/// the unspecified address otherwise). The kernel's own choice at connect()
+/// walks the ports already connected to the same server, which costs
+/// O(connections) per connect: 15,000 connections took seconds of kernel
+/// time that way. Each source address adds a port range's worth of
+/// connections to one server address.
 #[derive(Debug)]
 pub struct SourcePorts {
     low: u16,
     count: u16,
     next: std::cell::Cell<u16>,
+    /// Empty: the unspecified address of the target's family.
+    ips: Vec<std::net::IpAddr>,
+    ip_index: std::cell::Cell<usize>,
 }
 
 /// Ports tried for one connection before falling back to the kernel's choice.
@@ -78,19 +84,44 @@ impl SourcePorts {
             low: low + (index * per) as u16,
             count: per as u16,
             next: std::cell::Cell::new(0),
+            ips: Vec::new(),
+            ip_index: std::cell::Cell::new(0),
         })
     }
 
-    fn take(&self) -> u16 {
+    /// Binds to these addresses, one after another, each for a whole slice.
+    pub fn with_ips(mut self, ips: Vec<std::net::IpAddr>) -> SourcePorts {
+        self.ips = ips;
+        self
+    }
+
+    /// Local addresses available: ports in the slice × source addresses.
+    fn capacity(&self) -> usize {
+        usize::from(self.count) * self.ips.len().max(1)
+    }
+
+    fn take(&self, target: SocketAddr) -> SocketAddr {
         let offset = self.next.get();
-        self.next.set((offset + 1) % self.count);
-        self.low + offset
+        let ip = match self.ips.len() {
+            0 if target.is_ipv4() => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            0 => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            n => self.ips[self.ip_index.get() % n],
+        };
+        let next = (offset + 1) % self.count;
+        if next == 0 {
+            self.ip_index.set(self.ip_index.get().wrapping_add(1));
+        }
+        self.next.set(next);
+        SocketAddr::new(ip, self.low + offset)
     }
 }
 
-/// Binds a non-blocking socket to `port` and starts connecting; Ok(None)
-/// when the port is taken (try another).
-fn bind_and_connect(addr: SocketAddr, port: u16) -> Result<Option<socket2::Socket>, ErrorKind> {
+/// Binds a non-blocking socket to `local` and starts connecting; Ok(None)
+/// when the address is taken (try another).
+fn bind_and_connect(
+    addr: SocketAddr,
+    local: SocketAddr,
+) -> Result<Option<socket2::Socket>, ErrorKind> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|_| ErrorKind::Connect)?;
@@ -101,18 +132,13 @@ fn bind_and_connect(addr: SocketAddr, port: u16) -> Result<Option<socket2::Socke
     socket
         .set_reuse_address(true)
         .map_err(|_| ErrorKind::Connect)?;
-    let unspecified: std::net::IpAddr = if addr.is_ipv4() {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    };
     let taken = |error: &std::io::Error| {
         matches!(
             error.raw_os_error(),
             Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL)
         )
     };
-    match socket.bind(&SocketAddr::new(unspecified, port).into()) {
+    match socket.bind(&local.into()) {
         Ok(()) => {}
         Err(error) if taken(&error) => return Ok(None),
         Err(_) => return Err(ErrorKind::Connect),
@@ -136,8 +162,8 @@ impl Conn {
     ) -> Result<Conn, ErrorKind> {
         let mut bound = None;
         if let Some(ports) = ports {
-            for _ in 0..BIND_ATTEMPTS_MAX.min(ports.count) {
-                if let Some(socket) = bind_and_connect(addr, ports.take())? {
+            for _ in 0..usize::from(BIND_ATTEMPTS_MAX).min(ports.capacity()) {
+                if let Some(socket) = bind_and_connect(addr, ports.take(addr))? {
                     bound = Some(socket);
                     break;
                 }
@@ -471,9 +497,34 @@ mod tests {
         let b = SourcePorts::slice(32_768, 60_999, 1, 2).unwrap();
         assert_eq!((a.low, a.count), (32_768, 14_116));
         assert_eq!((b.low, b.count), (46_884, 14_116));
+        let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let c = SourcePorts::slice(100, 102, 0, 1).unwrap();
-        let taken: Vec<_> = (0..5).map(|_| c.take()).collect();
-        assert_eq!(taken, [100, 101, 102, 100, 101]);
+        let taken: Vec<_> = (0..5).map(|_| c.take(target).to_string()).collect();
+        assert_eq!(
+            taken,
+            [
+                "0.0.0.0:100",
+                "0.0.0.0:101",
+                "0.0.0.0:102",
+                "0.0.0.0:100",
+                "0.0.0.0:101"
+            ]
+        );
+        // With source addresses, each gets the whole slice before the next.
+        let ips = vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()];
+        let d = SourcePorts::slice(100, 101, 0, 1).unwrap().with_ips(ips);
+        assert_eq!(d.capacity(), 4);
+        let taken: Vec<_> = (0..5).map(|_| d.take(target).to_string()).collect();
+        assert_eq!(
+            taken,
+            [
+                "127.0.0.1:100",
+                "127.0.0.1:101",
+                "127.0.0.2:100",
+                "127.0.0.2:101",
+                "127.0.0.1:100"
+            ]
+        );
         assert!(SourcePorts::slice(100, 102, 0, 4).is_none());
         assert!(SourcePorts::slice(100, 102, 3, 2).is_none());
         assert!(SourcePorts::slice(102, 100, 0, 1).is_none());
@@ -484,11 +535,12 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         // The listener's own port is taken: it is skipped, not an error.
-        assert!(bind_and_connect(addr, addr.port()).unwrap().is_none());
+        let any = |port| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
+        assert!(bind_and_connect(addr, any(addr.port())).unwrap().is_none());
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = free.local_addr().unwrap().port();
         drop(free);
-        let socket = bind_and_connect(addr, port).unwrap().expect("bound");
+        let socket = bind_and_connect(addr, any(port)).unwrap().expect("bound");
         let (accepted, peer) = listener.accept().unwrap();
         assert_eq!(peer.port(), port);
         drop((socket, accepted));

@@ -25,7 +25,7 @@ pub enum HostError {
         hard: u64,
         procs: u64,
     },
-    #[error("{connections} connections to one address need as many local ports, but net.ipv4.ip_local_port_range ({low}-{high}) offers {available}; widen it with `sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"` (see tuning/), or use fewer connections")]
+    #[error("{connections} connections to one address need as many local ports per source address, but net.ipv4.ip_local_port_range ({low}-{high}) offers {available}; widen it with `sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"` (see tuning/), connect from more addresses (--source-ips), or use fewer connections")]
     TooFewPorts {
         connections: u64,
         low: u32,
@@ -113,12 +113,17 @@ pub fn parse_port_range(text: &str) -> Option<(u32, u32)> {
     (low <= high).then_some((low, high))
 }
 
-/// Every connection to one server address takes one local port.
-pub fn check_ports(connections: u64, range: Option<(u32, u32)>) -> Result<(), HostError> {
+/// Every connection to one server address takes one local port of one of
+/// `source_addresses`.
+pub fn check_ports(
+    connections: u64,
+    source_addresses: u64,
+    range: Option<(u32, u32)>,
+) -> Result<(), HostError> {
     let Some((low, high)) = range else {
         return Ok(());
     };
-    let available = u64::from(high - low) + 1;
+    let available = (u64::from(high - low) + 1) * source_addresses.max(1);
     if connections <= available {
         return Ok(());
     }
@@ -309,10 +314,11 @@ mod tests {
 
     #[test]
     fn limits_are_checked_with_a_way_out_named() {
-        assert!(check_ports(28_232, Some((32_768, 60_999))).is_ok());
-        let error = check_ports(30_000, Some((32_768, 60_999))).unwrap_err();
+        assert!(check_ports(28_232, 1, Some((32_768, 60_999))).is_ok());
+        let error = check_ports(30_000, 1, Some((32_768, 60_999))).unwrap_err();
         assert!(error.to_string().contains("ip_local_port_range"), "{error}");
-        assert!(check_ports(1_000_000, None).is_ok());
+        assert!(check_ports(30_000, 2, Some((32_768, 60_999))).is_ok());
+        assert!(check_ports(1_000_000, 1, None).is_ok());
 
         assert_eq!(fds_needed(15_000, 2), 15_000 + 64 + 32);
         assert!(check_fds(15_000, 1, 2, 20_000).is_ok());

@@ -204,6 +204,59 @@ fn resolve(authority: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| "no address".to_string())
 }
 
+/// Most local addresses `--source-ips` takes.
+pub const SOURCE_IPS_MAX: usize = 256;
+
+fn wire_addr(wire: &Wire) -> SocketAddr {
+    match wire {
+        Wire::Http { addr, .. } | Wire::Tcp { addr } => *addr,
+    }
+}
+
+/// `127.0.0.1,127.0.0.2` or a last-octet range `127.0.0.1-8` (IPv4), in the
+/// target's address family.
+pub fn parse_source_ips(
+    text: &str,
+    target: SocketAddr,
+) -> Result<Vec<std::net::IpAddr>, LoadError> {
+    let invalid = |reason: String| LoadError::Invalid(format!("--source-ips {text}: {reason}"));
+    let mut ips = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (first, last) = match part.rsplit_once('-') {
+            Some((first, last)) if !first.contains(':') => {
+                let first: std::net::Ipv4Addr = first
+                    .parse()
+                    .map_err(|e| invalid(format!("`{first}`: {e}")))?;
+                let last: u8 = last
+                    .parse()
+                    .map_err(|_| invalid(format!("`{last}` is not a last octet")))?;
+                if last < first.octets()[3] {
+                    return Err(invalid(format!("`{part}` runs backwards")));
+                }
+                (first, last)
+            }
+            _ => {
+                let ip: std::net::IpAddr = part
+                    .parse()
+                    .map_err(|e| invalid(format!("`{part}`: {e}")))?;
+                ips.push(ip);
+                continue;
+            }
+        };
+        let [a, b, c, low] = first.octets();
+        for d in low..=last {
+            ips.push(std::net::Ipv4Addr::new(a, b, c, d).into());
+        }
+    }
+    if ips.is_empty() || ips.len() > SOURCE_IPS_MAX {
+        return Err(invalid(format!("give 1 to {SOURCE_IPS_MAX} addresses")));
+    }
+    if ips.iter().any(|ip| ip.is_ipv4() != target.is_ipv4()) {
+        return Err(invalid("addresses must be of the target's family".into()));
+    }
+    Ok(ips)
+}
+
 /// Parses `10s`, `500ms`, `2m`, `1h`, `1.5s` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -250,6 +303,8 @@ pub struct LoadSpec {
     pub idle: bool,
     pub keep_sessions: bool,
     pub server_pid: Option<u32>,
+    /// Local addresses to connect from (`--source-ips`).
+    pub source_ips: Vec<std::net::IpAddr>,
     /// This process runs slice `.0` of `.1` for a parent (`--slice K/N`).
     pub slice: Option<(u64, u64)>,
 }
@@ -271,6 +326,8 @@ pub struct LoadSettings {
     pub idle: bool,
     pub keep_sessions: bool,
     pub server_pid: Option<u32>,
+    /// Comma-separated local addresses to connect from.
+    pub source_ips: Option<String>,
     pub slice: Option<String>,
 }
 
@@ -337,6 +394,10 @@ impl LoadSpec {
             }
         };
         let wire = parse_target(&target, transport)?;
+        let source_ips = match &settings.source_ips {
+            None => Vec::new(),
+            Some(text) => parse_source_ips(text, wire_addr(&wire))?,
+        };
         Ok(LoadSpec {
             target,
             transport,
@@ -354,6 +415,7 @@ impl LoadSpec {
             idle: settings.idle,
             keep_sessions: settings.keep_sessions,
             server_pid: settings.server_pid,
+            source_ips,
             slice,
         })
     }
@@ -431,6 +493,7 @@ impl LoadSpec {
                     idle: self.idle,
                     keep_sessions: self.keep_sessions,
                     source_ports,
+                    source_ips: self.source_ips.clone(),
                 }
             })
             .collect()
@@ -486,7 +549,11 @@ pub(crate) fn start_threads(
 /// `progress` (None for quiet).
 pub fn run(spec: &LoadSpec, progress: Option<&mut dyn Write>) -> Result<Report, LoadError> {
     let limit = host::raise_fd_limit()?;
-    host::check_ports(spec.connections, host::ephemeral_ports())?;
+    host::check_ports(
+        spec.connections,
+        spec.source_ips.len().max(1) as u64,
+        host::ephemeral_ports(),
+    )?;
     let procs = if spec.procs == 0 {
         let per_proc = spec.threads_per_proc(1);
         host::procs_needed(spec.connections, per_proc, limit)
@@ -506,9 +573,7 @@ pub fn run(spec: &LoadSpec, progress: Option<&mut dyn Write>) -> Result<Report, 
         )));
     }
 
-    let addr = match &spec.wire {
-        Wire::Http { addr, .. } | Wire::Tcp { addr } => *addr,
-    };
+    let addr = wire_addr(&spec.wire);
     let mut memory = spec
         .server_pid
         .or_else(|| host::find_listener_pid(addr))
@@ -635,6 +700,17 @@ mod tests {
         ] {
             let error = parse_target(text, transport).unwrap_err().to_string();
             assert!(error.contains(needle), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn source_addresses_take_lists_and_ranges() {
+        let target: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let ips = parse_source_ips("127.0.0.1-3, 10.0.0.9", target).unwrap();
+        let text: Vec<_> = ips.iter().map(|ip| ip.to_string()).collect();
+        assert_eq!(text, ["127.0.0.1", "127.0.0.2", "127.0.0.3", "10.0.0.9"]);
+        for bad in ["", "127.0.0.5-2", "127.0.0.1-300", "::1", "nope"] {
+            assert!(parse_source_ips(bad, target).is_err(), "{bad}");
         }
     }
 

@@ -175,6 +175,11 @@ pub fn child_args(spec: &LoadSpec, index: u64, procs: u64) -> Vec<String> {
     if spec.keep_sessions {
         args.push("--keep-sessions".into());
     }
+    if !spec.source_ips.is_empty() {
+        let ips: Vec<String> = spec.source_ips.iter().map(|ip| ip.to_string()).collect();
+        args.push("--source-ips".into());
+        args.push(ips.join(","));
+    }
     args
 }
 

@@ -97,6 +97,8 @@ pub struct WorkerPlan {
     /// The host's ephemeral port range; each thread binds its connections
     /// to its own slice of it (None: the kernel chooses).
     pub source_ports: Option<(u16, u16)>,
+    /// Local addresses to connect from, in turn (empty: any).
+    pub source_ips: Vec<std::net::IpAddr>,
 }
 
 /// What workers (threads, or child processes) tell the coordinator.
@@ -292,9 +294,10 @@ async fn run(
             Duration::ZERO,
         )),
         connect_permits: Semaphore::new(CONNECTS_IN_FLIGHT_MAX),
-        ports: plan
-            .source_ports
-            .and_then(|(low, high)| SourcePorts::slice(low, high, plan.index, plan.threads_total)),
+        ports: plan.source_ports.and_then(|(low, high)| {
+            SourcePorts::slice(low, high, plan.index, plan.threads_total)
+                .map(|ports| ports.with_ips(plan.source_ips.clone()))
+        }),
         setup_done: Countdown::new(connections),
         run_done: Countdown::new(connections),
         go: Latch::new(),
