@@ -507,6 +507,7 @@ fn help_explains_every_flag_and_the_mix_syntax() {
         "--quiet",
         "--slice",
         "--source-ips",
+        "--spin",
         "tools/call:NAME[:ARGS]",
         "resources/read:URI",
         "coordinated",

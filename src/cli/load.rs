@@ -88,6 +88,12 @@ pub struct LoadArgs {
     /// (past 64,000 connections) [default: any address].
     #[arg(long, value_name = "IPS")]
     pub source_ips: Option<String>,
+    /// How long each generator thread spins looking for work before it
+    /// parks in the kernel, e.g. 200us (at most 10ms). Parking and waking
+    /// cost tens of microseconds on a VM; spinning trades idle CPU for that
+    /// (for a generator on cores of its own, not beside the server).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub spin: Duration,
     /// Run only slice K of N of the connections and sessions, writing JSON
     /// lines for a parent process on stdout (what --procs children run).
     #[arg(long, value_name = "K/N")]
@@ -145,6 +151,7 @@ impl LoadArgs {
             keep_sessions: self.keep_sessions,
             server_pid: self.server_pid,
             source_ips: self.source_ips.clone(),
+            spin: self.spin,
             slice: self.slice.clone(),
         }
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::report::{progress_line, ServerMemory};
+use super::report::{progress_line, ServerUsage};
 use super::stats::{Stats, Tick};
 use super::worker::Event;
 use super::LoadError;
@@ -28,7 +28,7 @@ pub struct Coordination<'a, 'w> {
     /// Where progress lines go; None for quiet.
     pub progress: Option<&'a mut (dyn Write + 'w)>,
     /// The server's pid and memory, when it is local.
-    pub memory: Option<&'a mut ServerMemory>,
+    pub memory: Option<&'a mut ServerUsage>,
 }
 
 impl Coordination<'_, '_> {
@@ -47,6 +47,7 @@ impl Coordination<'_, '_> {
         let mut sessions_ready = 0u64;
         let mut next_line = started + Duration::from_secs(1);
         let mut end_sampled = false;
+        let mut cpu_started = false;
         while finals < self.sources {
             let now = Instant::now();
             if now >= next_line {
@@ -57,6 +58,12 @@ impl Coordination<'_, '_> {
                 }
             }
             if let Some(go_at) = go_at {
+                if !cpu_started && now >= go_at + self.warmup {
+                    cpu_started = true;
+                    if let Some(usage) = self.memory.as_deref_mut() {
+                        usage.cpu_start_seconds = super::host::cpu_seconds(usage.pid);
+                    }
+                }
                 let end = go_at + self.warmup + self.duration;
                 if !end_sampled && now >= end {
                     end_sampled = true;
@@ -68,7 +75,11 @@ impl Coordination<'_, '_> {
                     });
                 }
             }
-            let wait = next_line.saturating_duration_since(now);
+            let mut wake = next_line;
+            if let (Some(go_at), false) = (go_at, cpu_started) {
+                wake = wake.min(go_at + self.warmup);
+            }
+            let wait = wake.saturating_duration_since(now);
             match events.recv_timeout(wait) {
                 Ok(Event::Ready { .. }) => {
                     ready += 1;
@@ -124,6 +135,12 @@ impl Coordination<'_, '_> {
         if let Some(memory) = self.memory.as_deref_mut() {
             memory.end_bytes = super::host::rss_bytes(memory.pid);
             memory.sample(memory.end_bytes);
+            if let (Some(start), Some(end)) = (
+                memory.cpu_start_seconds,
+                super::host::cpu_seconds(memory.pid),
+            ) {
+                memory.cpu_seconds = Some((end - start).max(0.0));
+            }
         }
     }
 

@@ -135,6 +135,46 @@ pub fn check_ports(
     })
 }
 
+/// CPU time (user + system) `pid` has used, in seconds, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_cpu_ticks(&stat).map(|ticks| ticks as f64 / clock_ticks_per_second())
+}
+
+/// utime + stime in clock ticks. The command name may hold spaces and
+/// parentheses, so fields are counted after its last ')'.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3 of the line, utime 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU time the calling thread has used, in seconds.
+pub fn thread_cpu_seconds() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return 0.0;
+    }
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+}
+
 /// Resident set size of `pid` in bytes (VmRSS), when readable.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -308,6 +348,19 @@ mod tests {
         );
         assert_eq!(parse_vm_rss("Name: x\n"), None);
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        assert_eq!(
+            parse_stat_cpu_ticks("42 (a b) c) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0"),
+            Some(280)
+        );
+        assert_eq!(parse_stat_cpu_ticks("42 (x) S 1"), None);
+        assert!(cpu_seconds(std::process::id()).is_some());
+        let before = thread_cpu_seconds();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(thread_cpu_seconds() > before);
         assert_eq!(parse_port_range("32768\t60999\n"), Some((32_768, 60_999)));
         assert_eq!(parse_port_range("5 1"), None);
     }

@@ -35,7 +35,7 @@ use crossbeam_channel::bounded;
 
 use self::coordinator::Coordination;
 use self::mix::Mix;
-use self::report::{Report, RunInfo, ServerMemory};
+use self::report::{Report, RunInfo, ServerUsage};
 use self::stats::Stats;
 use self::worker::{Event, Wire, WorkerPlan};
 
@@ -48,6 +48,8 @@ pub const THREADS_MAX: u64 = 1_024;
 pub const PROCS_MAX: u64 = 1_024;
 /// Longest warmup or measured window.
 pub const DURATION_MAX: Duration = Duration::from_secs(7 * 24 * 3_600);
+/// Longest executor spin before parking.
+pub const SPIN_MAX: Duration = Duration::from_millis(10);
 /// Request timeout bounds.
 pub const TIMEOUT_MIN: Duration = Duration::from_millis(1);
 pub const TIMEOUT_MAX: Duration = Duration::from_secs(3_600);
@@ -257,7 +259,7 @@ pub fn parse_source_ips(
     Ok(ips)
 }
 
-/// Parses `10s`, `500ms`, `2m`, `1h`, `1.5s` or a bare number of seconds.
+/// Parses `10s`, `500ms`, `50us`, `2m`, `1h`, `1.5s` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -270,9 +272,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let seconds = match unit.trim() {
         "" | "s" => value,
         "ms" => value / 1_000.0,
+        "us" | "µs" => value / 1_000_000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3_600.0,
-        other => return Err(format!("`{text}`: unknown unit `{other}` (ms, s, m, h)")),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (us, ms, s, m, h)"
+            ))
+        }
     };
     if !seconds.is_finite() || seconds < 0.0 || seconds > DURATION_MAX.as_secs_f64() {
         return Err(format!("`{text}` is out of range (0 to 7 days)"));
@@ -305,6 +312,8 @@ pub struct LoadSpec {
     pub server_pid: Option<u32>,
     /// Local addresses to connect from (`--source-ips`).
     pub source_ips: Vec<std::net::IpAddr>,
+    /// Executor spin before parking (`--spin`).
+    pub spin: Duration,
     /// This process runs slice `.0` of `.1` for a parent (`--slice K/N`).
     pub slice: Option<(u64, u64)>,
 }
@@ -328,6 +337,7 @@ pub struct LoadSettings {
     pub server_pid: Option<u32>,
     /// Comma-separated local addresses to connect from.
     pub source_ips: Option<String>,
+    pub spin: Duration,
     pub slice: Option<String>,
 }
 
@@ -378,6 +388,9 @@ impl LoadSpec {
         if settings.duration.is_zero() {
             return invalid("--duration must be above 0".into());
         }
+        if settings.spin > SPIN_MAX {
+            return invalid("--spin must be at most 10ms".into());
+        }
         if !(TIMEOUT_MIN..=TIMEOUT_MAX).contains(&settings.timeout) {
             return invalid("--timeout must be from 1ms to 1h".into());
         }
@@ -416,6 +429,7 @@ impl LoadSpec {
             keep_sessions: settings.keep_sessions,
             server_pid: settings.server_pid,
             source_ips,
+            spin: settings.spin,
             slice,
         })
     }
@@ -494,6 +508,7 @@ impl LoadSpec {
                     keep_sessions: self.keep_sessions,
                     source_ports,
                     source_ips: self.source_ips.clone(),
+                    spin_before_park: self.spin,
                 }
             })
             .collect()
@@ -577,10 +592,10 @@ pub fn run(spec: &LoadSpec, progress: Option<&mut dyn Write>) -> Result<Report, 
     let mut memory = spec
         .server_pid
         .or_else(|| host::find_listener_pid(addr))
-        .map(|pid| ServerMemory {
+        .map(|pid| ServerUsage {
             pid,
             before_bytes: host::rss_bytes(pid),
-            ..ServerMemory::default()
+            ..ServerUsage::default()
         });
     if let Some(memory) = memory.as_mut() {
         memory.sample(memory.before_bytes);
@@ -719,6 +734,7 @@ mod tests {
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1_500)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3_600)));
         assert!(parse_duration("10 parsecs").is_err());
@@ -754,6 +770,7 @@ mod tests {
         refuse(|s| s.mix = "pong".into(), "unknown operation");
         refuse(|s| s.slice = Some("2/2".into()), "--slice");
         refuse(|s| s.threads = Some(0), "--threads");
+        refuse(|s| s.spin = Duration::from_secs(1), "--spin");
     }
 
     #[test]

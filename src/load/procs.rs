@@ -175,6 +175,10 @@ pub fn child_args(spec: &LoadSpec, index: u64, procs: u64) -> Vec<String> {
     if spec.keep_sessions {
         args.push("--keep-sessions".into());
     }
+    if !spec.spin.is_zero() {
+        args.push("--spin".into());
+        args.push(seconds(spec.spin));
+    }
     if !spec.source_ips.is_empty() {
         let ips: Vec<String> = spec.source_ips.iter().map(|ip| ip.to_string()).collect();
         args.push("--source-ips".into());

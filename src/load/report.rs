@@ -28,9 +28,9 @@ pub struct RunInfo {
     pub idle: bool,
 }
 
-/// The server's resident memory over the run, when it is local.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServerMemory {
+/// The server's resident memory and CPU over the run, when it is local.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerUsage {
     pub pid: u32,
     /// Before the generator connected.
     pub before_bytes: Option<u64>,
@@ -40,9 +40,13 @@ pub struct ServerMemory {
     pub end_bytes: Option<u64>,
     /// Highest value seen (sampled once a second).
     pub max_bytes: Option<u64>,
+    /// CPU time the server used in the measured window, seconds.
+    pub cpu_seconds: Option<f64>,
+    /// Its CPU time when the window began (to subtract at the end).
+    pub cpu_start_seconds: Option<f64>,
 }
 
-impl ServerMemory {
+impl ServerUsage {
     /// (ready - before) / sessions ready: what one open session costs the server.
     pub fn per_session_bytes(&self, sessions: u64) -> Option<f64> {
         let (before, ready) = (self.before_bytes?, self.ready_bytes?);
@@ -60,7 +64,7 @@ impl ServerMemory {
 pub struct Report {
     pub info: RunInfo,
     pub stats: Stats,
-    pub server: Option<ServerMemory>,
+    pub server: Option<ServerUsage>,
 }
 
 fn ms(us: u64) -> f64 {
@@ -135,9 +139,15 @@ impl Report {
                 json!({"op": label, "weight": weight, "ok": counts.ok, "failed": counts.failed})
             })
             .collect();
+        let per_request_us = |seconds: f64| {
+            let requests = s.ok + s.failed;
+            (requests > 0).then(|| seconds * 1e6 / requests as f64)
+        };
         let server = self.server.as_ref().map(|server| {
             json!({
                 "pid": server.pid,
+                "cpu_seconds": server.cpu_seconds,
+                "cpu_us_per_request": server.cpu_seconds.and_then(per_request_us),
                 "rss_bytes": {
                     "before": server.before_bytes,
                     "ready": server.ready_bytes,
@@ -186,6 +196,8 @@ impl Report {
             "reconnects": s.reconnects,
             "bytes_sent": s.bytes_sent,
             "bytes_received": s.bytes_received,
+            "generator_cpu_seconds": s.cpu_seconds,
+            "generator_cpu_us_per_request": per_request_us(s.cpu_seconds),
             "server": server,
         })
     }
@@ -284,6 +296,27 @@ impl Report {
                 thousands(counts.failed)
             );
         }
+        let requests = s.ok + s.failed;
+        let per_request = |seconds: f64| {
+            if requests > 0 {
+                format!(" ({:.1} µs per request)", seconds * 1e6 / requests as f64)
+            } else {
+                String::new()
+            }
+        };
+        let server_cpu = self
+            .server
+            .as_ref()
+            .and_then(|server| server.cpu_seconds)
+            .map_or("server ?".to_string(), |cpu| {
+                format!("server {cpu:.2} s{}", per_request(cpu))
+            });
+        let _ = writeln!(
+            out,
+            "cpu           {server_cpu}, generator {:.2} s{} in the measured window",
+            s.cpu_seconds,
+            per_request(s.cpu_seconds)
+        );
         if let Some(server) = &self.server {
             let show = |v: Option<u64>| v.map_or("?".to_string(), mib);
             let _ = write!(
@@ -346,6 +379,7 @@ mod tests {
         stats.sessions_ready = 20;
         stats.reinitializations = 2;
         stats.notifications = 5;
+        stats.cpu_seconds = 0.25;
         Report {
             info: RunInfo {
                 target: "http://127.0.0.1:8080/mcp".into(),
@@ -362,12 +396,14 @@ mod tests {
                 idle: false,
             },
             stats,
-            server: Some(ServerMemory {
+            server: Some(ServerUsage {
                 pid: 42,
                 before_bytes: Some(10 << 20),
                 ready_bytes: Some((10 << 20) + 20 * 4096),
                 end_bytes: Some(11 << 20),
                 max_bytes: Some(12 << 20),
+                cpu_seconds: Some(0.5),
+                cpu_start_seconds: Some(3.0),
             }),
         }
     }
@@ -396,6 +432,9 @@ mod tests {
         assert_eq!(json["server"]["pid"], 42);
         assert_eq!(json["server"]["rss_per_session_bytes"], 4096.0);
         assert_eq!(json["notifications"], 5);
+        assert_eq!(json["server"]["cpu_seconds"], 0.5);
+        assert_eq!(json["server"]["cpu_us_per_request"], 0.5e6 / 1_001.0);
+        assert_eq!(json["generator_cpu_seconds"], 0.25);
     }
 
     #[test]
@@ -411,6 +450,7 @@ mod tests {
             "2 re-initialized",
             "tools/call:echo (weight 8): 1,000 ok, 0 failed",
             "ping (weight 1): 0 ok, 1 failed",
+            "cpu           server 0.50 s (499.5 µs per request), generator 0.25 s (249.8 µs per request) in the measured window",
             "pid 42: RSS 10.0 MiB before, 10.1 MiB with sessions open, 11.0 MiB at the end, 12.0 MiB max; 4.0 KiB per session",
         ] {
             assert!(text.contains(expected), "{expected:?} missing from\n{text}");

@@ -117,6 +117,8 @@ pub struct Stats {
     pub sessions_failed: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// CPU time the generator's threads used in the measured window, seconds.
+    pub cpu_seconds: f64,
 }
 
 impl Stats {
@@ -139,6 +141,7 @@ impl Stats {
             sessions_failed: 0,
             bytes_sent: 0,
             bytes_received: 0,
+            cpu_seconds: 0.0,
         }
     }
 
@@ -221,6 +224,7 @@ impl Stats {
         self.sessions_failed += other.sessions_failed;
         self.bytes_sent += other.bytes_sent;
         self.bytes_received += other.bytes_received;
+        self.cpu_seconds += other.cpu_seconds;
         Ok(())
     }
 }

@@ -99,6 +99,9 @@ pub struct WorkerPlan {
     pub source_ports: Option<(u16, u16)>,
     /// Local addresses to connect from, in turn (empty: any).
     pub source_ips: Vec<std::net::IpAddr>,
+    /// How long the executor spins looking for work before it parks
+    /// (zero parks at once).
+    pub spin_before_park: Duration,
 }
 
 /// What workers (threads, or child processes) tell the coordinator.
@@ -126,11 +129,14 @@ pub fn spawn(
         .name(format!("load-{}", plan.index))
         .spawn(move || {
             let failed = events.clone();
-            let executor = LocalExecutorBuilder::new(Placement::Unbound)
+            let mut builder = LocalExecutorBuilder::new(Placement::Unbound)
                 .name(&format!("load-{}", plan.index))
                 .io_memory(IO_MEMORY_BYTES)
-                .ring_depth(RING_DEPTH)
-                .make();
+                .ring_depth(RING_DEPTH);
+            if !plan.spin_before_park.is_zero() {
+                builder = builder.spin_before_park(plan.spin_before_park);
+            }
+            let executor = builder.make();
             let executor = match executor {
                 Ok(executor) => executor,
                 Err(error) => {
@@ -337,13 +343,28 @@ async fn run(
     };
     worker.running.set(true);
     worker.go.open();
+    // This thread's CPU time over the measured window.
+    let cpu_start = Rc::new(Cell::new(None));
+    let cpu_sampler = {
+        let cpu_start = cpu_start.clone();
+        let wait = measure_from.saturating_sub(worker.now());
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(wait).await;
+            cpu_start.set(Some(super::host::thread_cpu_seconds()));
+        })
+    };
     worker.run_done.done.wait().await;
+    let cpu_end = super::host::thread_cpu_seconds();
+    drop(cpu_sampler);
     drop(ticker);
     worker.send_tick();
     let missed = worker.pacer.borrow().missed(worker.now());
     let stats = {
         let mut stats = worker.stats.borrow_mut();
         stats.missed = missed;
+        stats.cpu_seconds = cpu_start
+            .get()
+            .map_or(0.0, |start| (cpu_end - start).max(0.0));
         stats.clone()
     };
     worker.send(Event::Final {
