@@ -56,7 +56,7 @@ trap stop_server EXIT INT TERM
 start_server() {
     local name=$1
     stop_server
-    "$BIN" serve --http 127.0.0.1:0 --tcp 127.0.0.1:0 --log warn \
+    "$BIN" serve --http 127.0.0.1:0 --tcp 127.0.0.1:0 --admin 127.0.0.1:0 --log warn \
         ${SHARDS:+--shards "$SHARDS"} >"$OUT/$name.serve.out" 2>"$OUT/$name.serve.err" &
     SERVER_PID=$!
     HTTP_ADDR=""

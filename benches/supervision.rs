@@ -64,6 +64,7 @@ fn session_env() -> Rc<SessionEnv> {
         state_key: shardmcp::protocol::request_state::StateKey::random(),
         resource_updates: Rc::new(|_uri: &str| {}),
         mailbox_capacity: 64,
+        transport: "bench",
     })
 }
 

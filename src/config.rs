@@ -14,6 +14,8 @@ pub struct Config {
     pub listen: ListenConfig,
     pub limits: LimitsConfig,
     pub supervision: SupervisionConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +99,13 @@ pub struct ListenConfig {
     /// Pending connections the kernel queues per shard listener (capped by
     /// net.core.somaxconn).
     pub backlog: u32,
+    /// Host names HTTP requests may name in `Host` and `Origin` (DNS-rebinding
+    /// protection); anything else gets 403.
+    pub allowed_hosts: Vec<String>,
+    /// The admin listener (`/metrics`, `/health/live`, `/health/ready`,
+    /// `/admin/tree`), apart from MCP traffic. Empty string disables it.
+    /// Port 0 picks a free port (see the `admin` line `serve` prints).
+    pub admin: String,
 }
 
 impl Default for ListenConfig {
@@ -105,6 +114,68 @@ impl Default for ListenConfig {
             tcp: "127.0.0.1:8081".to_string(),
             http: "127.0.0.1:8080".to_string(),
             backlog: 4_096,
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            admin: "127.0.0.1:9090".to_string(),
+        }
+    }
+}
+
+/// The admin listener's own bounds. It runs on its own threads, off the
+/// shards, so a busy or dead shard cannot make it unresponsive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Threads serving admin connections, one connection each at a time;
+    /// more clients wait in the kernel backlog. Default 2.
+    pub workers: usize,
+    /// Longest an admin client may take to send its request or read the
+    /// answer before its connection is closed. Default 2000 ms.
+    pub io_timeout_ms: u64,
+    /// How long a scrape waits for each shard's figures; a shard that has
+    /// not answered by then is reported down (`shardmcp_shard_up 0`, and
+    /// `/health/ready` answers 503). Default 1000 ms.
+    pub shard_answer_timeout_ms: u64,
+    /// Largest admin request head (request line and headers); a larger one
+    /// gets 431. Default 8192 bytes.
+    pub request_head_bytes_max: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            workers: 2,
+            io_timeout_ms: 2_000,
+            shard_answer_timeout_ms: 1_000,
+            request_head_bytes_max: 8_192,
+        }
+    }
+}
+
+/// Log lines on stderr.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (one human-readable line per event) or `json` (one JSON
+    /// object per line, for log shippers). Default `text`.
+    pub format: LogFormat,
+    /// Filter in tracing's env-filter syntax, e.g. `info` or
+    /// `warn,shardmcp=debug`. `--log` and then RUST_LOG override it.
+    /// Default `info`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
         }
     }
 }
@@ -145,6 +216,27 @@ pub struct LimitsConfig {
     pub request_timeout_ms: u64,
     /// Connections one shard serves at once; more wait in the kernel backlog.
     pub connections_per_shard_max: usize,
+    /// How long an HTTP connection may sit idle between requests.
+    pub http_idle_timeout_ms: u64,
+    /// How long a client may take to send a whole request once it started
+    /// (slow clients are answered 408 and cut off).
+    pub http_read_timeout_ms: u64,
+    /// How long one write to a client may wait for it to read.
+    pub http_write_timeout_ms: u64,
+    /// An HTTP session nobody used (and nobody watches a stream of) for this
+    /// long is closed; its id then gets 404.
+    pub http_session_idle_ms: u64,
+    /// A quiet SSE stream gets a comment line this often.
+    pub sse_keepalive_ms: u64,
+    /// The `retry` hint each SSE stream opens with: how long a client waits
+    /// before it reconnects.
+    pub sse_retry_ms: u64,
+    /// SSE events one stream keeps so that a client can resume it.
+    pub event_store_events_per_stream: usize,
+    /// Bytes of SSE history one shard keeps in all.
+    pub event_store_bytes_max: usize,
+    /// How long a stream nobody is connected to stays resumable.
+    pub event_store_retention_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -165,6 +257,15 @@ impl Default for LimitsConfig {
             task_ttl_ms_max: 3_600_000,
             request_timeout_ms: 30_000,
             connections_per_shard_max: 65_536,
+            http_idle_timeout_ms: 60_000,
+            http_read_timeout_ms: 10_000,
+            http_write_timeout_ms: 10_000,
+            http_session_idle_ms: 1_800_000,
+            sse_keepalive_ms: 15_000,
+            sse_retry_ms: 1_000,
+            event_store_events_per_stream: 256,
+            event_store_bytes_max: 64 << 20,
+            event_store_retention_ms: 300_000,
         }
     }
 }
@@ -346,6 +447,49 @@ impl Config {
                 .parse::<SocketAddr>()
                 .map_err(|e| invalid("listen.tcp", format!("`{}`: {e}", self.listen.tcp)))?;
         }
+        if !self.listen.admin.is_empty() {
+            self.listen
+                .admin
+                .parse::<SocketAddr>()
+                .map_err(|e| invalid("listen.admin", format!("`{}`: {e}", self.listen.admin)))?;
+        }
+        let a = &self.admin;
+        if a.workers == 0 || a.workers > 64 {
+            return Err(invalid("admin.workers", "must be between 1 and 64"));
+        }
+        if a.io_timeout_ms == 0 || a.io_timeout_ms > 60_000 {
+            return Err(invalid(
+                "admin.io_timeout_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if a.shard_answer_timeout_ms == 0 || a.shard_answer_timeout_ms > 60_000 {
+            return Err(invalid(
+                "admin.shard_answer_timeout_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if a.shard_answer_timeout_ms < r.control_poll_ms {
+            return Err(invalid(
+                "admin.shard_answer_timeout_ms",
+                format!(
+                    "{} ms is shorter than runtime.control_poll_ms ({} ms), so shards could never answer in time",
+                    a.shard_answer_timeout_ms, r.control_poll_ms
+                ),
+            ));
+        }
+        if a.request_head_bytes_max < 256 || a.request_head_bytes_max > 1 << 20 {
+            return Err(invalid(
+                "admin.request_head_bytes_max",
+                "must be between 256 and 1048576",
+            ));
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!("`{}`: {error}", self.log.level),
+            ));
+        }
         let l = &self.limits;
         for (key, value) in [
             ("limits.sessions_per_pool_max", l.sessions_per_pool_max),
@@ -401,10 +545,43 @@ impl Config {
                 "must be greater than 0",
             ));
         }
-        if l.request_timeout_ms == 0 {
+        for (key, value) in [
+            ("limits.request_timeout_ms", l.request_timeout_ms),
+            ("limits.http_idle_timeout_ms", l.http_idle_timeout_ms),
+            ("limits.http_read_timeout_ms", l.http_read_timeout_ms),
+            ("limits.http_write_timeout_ms", l.http_write_timeout_ms),
+            ("limits.http_session_idle_ms", l.http_session_idle_ms),
+            ("limits.sse_keepalive_ms", l.sse_keepalive_ms),
+            (
+                "limits.event_store_retention_ms",
+                l.event_store_retention_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if l.event_store_events_per_stream == 0 {
             return Err(invalid(
-                "limits.request_timeout_ms",
-                "must be greater than 0",
+                "limits.event_store_events_per_stream",
+                "must be at least 1",
+            ));
+        }
+        if l.event_store_bytes_max < 64 << 10 {
+            return Err(invalid(
+                "limits.event_store_bytes_max",
+                "must be at least 65536",
+            ));
+        }
+        let bare_host = |host: &str| {
+            !host.is_empty()
+                && !host.contains(|c: char| c.is_whitespace() || c == '/')
+                && (!host.contains(':') || host.parse::<std::net::Ipv6Addr>().is_ok())
+        };
+        if !self.listen.allowed_hosts.iter().all(|host| bare_host(host)) {
+            return Err(invalid(
+                "listen.allowed_hosts",
+                "each entry is a bare host name or address, without scheme or port",
             ));
         }
         let s = &self.supervision;
@@ -513,6 +690,59 @@ mod tests {
         let text = "[runtime]\ndrain_deadline_ms = 100\n[supervision]\nsession_shutdown_ms = 200\n";
         let error = Config::parse(text).unwrap_err().to_string();
         assert!(error.contains("session_shutdown_ms"), "{error}");
+    }
+
+    /// Every key of a TOML text, as `table.key`.
+    fn keys(text: &str) -> Vec<String> {
+        let value: toml::Value = toml::from_str(text).unwrap();
+        let mut keys = Vec::new();
+        for (table, entries) in value.as_table().unwrap() {
+            for key in entries.as_table().unwrap().keys() {
+                keys.push(format!("{table}.{key}"));
+            }
+        }
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults_and_names_every_key() {
+        let example = include_str!("../shardmcp.example.toml");
+        // No documented differences: the example is the defaults, spelled out.
+        assert_eq!(Config::parse(example).unwrap(), Config::default());
+        assert_eq!(keys(example), keys(&Config::default().to_toml()));
+    }
+
+    #[test]
+    fn admin_and_log_keys_are_checked_by_name() {
+        let error = Config::parse("[listen]\nadmin = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("config key `listen.admin`"), "{error}");
+        assert_eq!(
+            Config::parse("[admin]\nworkers = 0\n")
+                .unwrap_err()
+                .to_string(),
+            "config key `admin.workers`: must be between 1 and 64"
+        );
+        let error = Config::parse("[admin]\nshard_answer_timeout_ms = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("runtime.control_poll_ms"), "{error}");
+        let error = Config::parse("[log]\nformat = \"xml\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("xml"), "{error}");
+        let error = Config::parse("[log]\nlevel = \"shardmcp=loud\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("config key `log.level`"), "{error}");
+        let config = Config::parse("[log]\nformat = \"json\"\nlevel = \"warn\"\n").unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert!(
+            Config::parse("[listen]\nadmin = \"\"\n").is_ok(),
+            "empty disables"
+        );
     }
 
     #[test]

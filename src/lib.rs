@@ -5,6 +5,7 @@
 //! after it, and only `runtime` wires parts together):
 //!
 //! - [`cli`]: the `shardmcp` subcommands and their flags.
+//! - [`doctor`]: host checks against what `serve` needs and what `tuning/` recommends.
 //! - [`runtime`]: the node (shards, signals, drain, shard restarts) and one shard's tree.
 //! - [`transport`]: listeners: bytes in, frames to session actors, bytes out.
 //! - [`pool`]: pool supervisors (bulkheads) and session placement by id hash.
@@ -15,6 +16,7 @@
 //! - [`registry`]: session ids (owning shard + 128 random bits) and shard-local maps.
 //! - [`supervision`]: OTP child specs, strategies, intensity, restart timing, the tree.
 //! - [`load`]: `shardmcp load`, the MCP load generator (a client; imports no other part).
+//! - [`observe`]: per-shard counters and histograms; Prometheus text and tree renderers.
 //! - [`config`]: every bound as a named, documented value; TOML with unknown keys refused.
 //! - [`time`], [`sync`]: injected clock and shard-local primitives underneath it all.
 
@@ -22,9 +24,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod ids;
 pub mod load;
 pub mod mesh;
+pub mod observe;
 pub mod pool;
 pub mod protocol;
 pub mod registry;

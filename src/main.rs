@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use shardmcp::cli::{self, Cli, Command};
 
@@ -10,15 +9,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Panics that supervision catches are logged as one line, not a dump.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(target: "shardmcp::panic", "{info}");
+    }));
     let result = match &cli.command {
-        Command::Serve(args) => {
-            init_logging(args.log.as_deref());
-            // Panics that supervision catches are logged as one line, not a dump.
-            std::panic::set_hook(Box::new(|info| {
-                tracing::error!(target: "shardmcp::panic", "{info}");
-            }));
-            cli::serve(args).map_err(|error| error.to_string())
-        }
+        // `serve` sets up logging once its configuration is known.
+        Command::Serve(args) => cli::serve(args).map_err(|error| error.to_string()),
+        Command::Tree(args) => cli::tree(args).map_err(|error| error.to_string()),
+        Command::Doctor(args) => match cli::doctor(args) {
+            Ok(true) => Ok(()),
+            // The report already says what fails.
+            Ok(false) => return ExitCode::FAILURE,
+            Err(error) => Err(error.to_string()),
+        },
         Command::Load(args) => cli::load(args).map_err(|error| error.to_string()),
     };
     match result {
@@ -28,15 +32,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(filter: Option<&str>) {
-    let filter = match filter {
-        Some(filter) => EnvFilter::new(filter),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -47,6 +47,8 @@ fn serve_prints_its_listener_answers_and_drains_on_sigterm_with_exit_0() {
             "127.0.0.1:0",
             "--http",
             "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
             "--log",
             "warn",
         ])
@@ -56,9 +58,9 @@ fn serve_prints_its_listener_answers_and_drains_on_sigterm_with_exit_0() {
         .expect("binary runs");
     let mut server = Server(child);
     let mut stdout = BufReader::new(server.0.stdout.take().unwrap());
-    // One line per listener (tcp and http, in the order they came up).
+    // One line per listener (tcp and http, in the order they came up, then admin).
     let mut lines = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
         lines.push(line);
@@ -75,6 +77,10 @@ fn serve_prints_its_listener_answers_and_drains_on_sigterm_with_exit_0() {
         .expect("a tcp listener line")
         .clone();
     assert!(line.contains("(2 shards, SO_REUSEPORT)"), "{line}");
+    assert!(
+        lines[2].starts_with("shardmcp: admin listening on 127.0.0.1:"),
+        "{lines:?}"
+    );
     let addr: SocketAddr = line.split_whitespace().nth(4).unwrap().parse().unwrap();
 
     let mut clients: Vec<Client> = (0..8).map(|_| Client::connect(addr).unwrap()).collect();
@@ -150,6 +156,8 @@ fn a_port_in_use_is_reported_not_retried_forever() {
             "1",
             "--http",
             "",
+            "--admin",
+            "",
             "--tcp",
             &addr.to_string(),
         ])
@@ -173,7 +181,136 @@ fn help_explains_serve_and_its_flags() {
     let output = shardmcp().args(["serve", "--help"]).output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
-    for flag in ["--config", "--shards", "--pools", "--tcp", "--print-config"] {
+    for flag in [
+        "--config",
+        "--shards",
+        "--pools",
+        "--tcp",
+        "--http",
+        "--admin",
+        "--print-config",
+        "--log",
+    ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
+}
+
+#[test]
+fn an_admin_port_in_use_is_reported() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let output = shardmcp()
+        .args([
+            "serve",
+            "--shards",
+            "1",
+            "--http",
+            "",
+            "--tcp",
+            "127.0.0.1:0",
+            "--admin",
+            &addr.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!(
+            "shardmcp: error: cannot reserve admin address {addr}"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn doctor_runs_here_and_prints_a_report_whose_exit_status_follows_its_fails() {
+    let output = shardmcp()
+        .args(["doctor", "--shards", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0], "shardmcp doctor: this host against tuning/ (2 shards)",
+        "{stdout}"
+    );
+    for check in [
+        "kernel",
+        "io_uring",
+        "memlock",
+        "nofile",
+        "listen",
+        "somaxconn",
+        "syn_backlog",
+        "port_range",
+        "nr_open",
+        "file_max",
+        "cores",
+        "isolation",
+        "thp",
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.split_whitespace().nth(1) == Some(check))
+            .unwrap_or_else(|| panic!("no {check} line in:\n{stdout}"));
+        let level = line.split_whitespace().next().unwrap();
+        assert!(["ok", "warn", "fail"].contains(&level), "{line}");
+    }
+    // Every warn or fail is followed by its fix.
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("warn") || line.starts_with("fail") {
+            assert!(lines[i + 1].trim_start().starts_with("fix: "), "{line}");
+        }
+    }
+    let failed = lines.iter().any(|l| l.starts_with("fail"));
+    let totals = lines.last().unwrap();
+    assert!(totals.starts_with("doctor: "), "{totals}");
+    assert_eq!(output.status.success(), !failed, "{stdout}");
+    // This test runs on a kernel that serves the other tests, so io_uring works.
+    assert!(
+        stdout.contains("\nok    io_uring     ring created"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let dir = std::env::temp_dir().join(format!("shardmcp-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("json.toml");
+    std::fs::write(&path, "[log]\nformat = \"json\"\nlevel = \"info\"\n").unwrap();
+    let child = shardmcp()
+        .args(["serve", "--shards", "1", "--http", "", "--admin", ""])
+        .args(["--tcp", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    let mut line = String::new();
+    BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("tcp listening"), "{line}");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(server.0.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let status = wait_with_limit(&mut server.0, common::IO_TIMEOUT).expect("exits");
+    assert!(status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut server.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["level"] == "INFO" && e["message"] == "drained; bye"),
+        "{stderr}"
+    );
 }

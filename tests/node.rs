@@ -232,6 +232,20 @@ fn over_tcp_progress_precedes_the_result_and_cancellation_is_read_mid_call() {
         .exchange(r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#)
         .unwrap();
     assert_eq!(pong["id"], 7, "the cancelled call sent nothing before this");
+    // The demo's tally: the first call ran to its end, the cancelled one stopped.
+    client.send(r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"slow","arguments":{"ms":0}}}"#);
+    // Its log lines come first.
+    let probe = loop {
+        let frame = client.read_frame().expect("a frame");
+        if frame["id"] == 8 {
+            break frame;
+        }
+    };
+    assert_eq!(
+        probe["result"]["structuredContent"],
+        serde_json::json!({"waitedMs": 0, "othersRunning": 0, "completed": 1, "stopped": 1}),
+        "{probe}"
+    );
     node.drain();
     node.join().unwrap();
 }
@@ -329,6 +343,10 @@ fn oversized_and_malformed_lines_get_clear_errors_and_the_session_lives_on() {
         .as_str()
         .unwrap()
         .contains("message_bytes_max"));
+    assert!(
+        client.ping(),
+        "the session lives on after an oversized line"
+    );
     node.drain();
     node.join().unwrap();
 }

@@ -1,15 +1,19 @@
 //! The `shardmcp` command line. Subcommands turn their errors into one line
 //! and an exit code; the logic lives in the library.
 
+mod doctor;
 mod load;
 mod serve;
+mod tree;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use doctor::{doctor, DoctorError};
 pub use load::{load, LoadArgs, LoadCliError};
-pub use serve::{serve, ServeError};
+pub use serve::{effective_config, init_logging, serve, ServeError};
+pub use tree::{fetch_tree, tree, TreeError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +36,37 @@ pub enum Command {
     /// Drive real, initialized MCP sessions against any MCP server and
     /// report throughput, latency percentiles, errors and availability.
     Load(LoadArgs),
+    /// Print the live supervision tree of a running server (node, shards,
+    /// supervisors with their strategies and restart counts), fetched from
+    /// its admin listener.
+    Tree(TreeArgs),
+    /// Check this host against what `serve` needs and what tuning/
+    /// recommends (kernel, io_uring, limits, sysctls, cores, huge pages);
+    /// prints ok / warn / fail per check with its fix, and exits 1 when
+    /// something would stop `serve` from working.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TreeArgs {
+    /// The server's admin listener (`listen.admin`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub admin: String,
+    /// Print the JSON of `/admin/tree` as it came instead of the tree.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The configuration `serve` will run with (shards, io memory, backlog
+    /// and listen addresses are checked against the host) [default: the
+    /// embedded defaults].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Shards `serve` will run [default: runtime.shards, or one per core].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -54,11 +89,16 @@ pub struct ServeArgs {
     /// [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    /// Admin listen address (`/metrics`, `/health/live`, `/health/ready`,
+    /// `/admin/tree`); "" disables it [default: 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
-    /// Log filter for stderr, e.g. "info" or "shardmcp=debug" [default: info,
-    /// or RUST_LOG when set].
+    /// Log filter for stderr, e.g. "info" or "shardmcp=debug" [default:
+    /// RUST_LOG when set, else log.level of the config, "info"]. The format
+    /// (text or json) is log.format.
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
 }

@@ -2,7 +2,9 @@
 
 use std::io::Write;
 
-use crate::config::{Config, ConfigError};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, ConfigError, LogConfig, LogFormat};
 use crate::runtime::{self, NodeError};
 
 use super::ServeArgs;
@@ -35,8 +37,28 @@ pub fn effective_config(args: &ServeArgs) -> Result<Config, ConfigError> {
     if let Some(http) = &args.http {
         config.listen.http = http.clone();
     }
+    if let Some(admin) = &args.admin {
+        config.listen.admin = admin.clone();
+    }
     config.validate()?;
     Ok(config)
+}
+
+/// Logs on stderr: the filter is `--log`, else RUST_LOG, else `log.level`;
+/// the format is `log.format`. Once per process.
+pub fn init_logging(log: &LogConfig, flag: Option<&str>) {
+    let filter = match flag {
+        Some(filter) => EnvFilter::new(filter),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level)),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // try_init: a second call (tests, embedding) keeps the first subscriber.
+    let _ = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
@@ -45,6 +67,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         print!("{}", config.to_toml());
         return Ok(());
     }
+    init_logging(&config.log, args.log.as_deref());
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -56,13 +79,21 @@ pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     {
         let mut out = std::io::stdout().lock();
         for listener in node.listeners() {
-            let _ = writeln!(
-                out,
-                "shardmcp: {} listening on {} ({shards} shards, SO_REUSEPORT)",
-                listener.kind, listener.addr
-            );
+            let _ = if listener.kind == "admin" {
+                writeln!(
+                    out,
+                    "shardmcp: admin listening on {} (/metrics, /health/live, /health/ready, /admin/tree)",
+                    listener.addr
+                )
+            } else {
+                writeln!(
+                    out,
+                    "shardmcp: {} listening on {} ({shards} shards, SO_REUSEPORT)",
+                    listener.kind, listener.addr
+                )
+            };
         }
-        if node.listeners().is_empty() {
+        if node.listeners().iter().all(|l| l.kind == "admin") {
             let _ = writeln!(out, "shardmcp: running {shards} shards with no listeners");
         }
         let _ = out.flush();

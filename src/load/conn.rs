@@ -429,6 +429,8 @@ impl Conn {
             let mut bad = false;
             let body = std::mem::take(&mut self.body);
             parser.feed(&body, |data| match id.map(|id| classify(data, id)) {
+                // A priming event (an id for resumption, no message).
+                _ if data.iter().all(u8::is_ascii_whitespace) => {}
                 Some(Ok(Frame::Response(outcome))) => answer.outcome = Some(outcome),
                 Some(Ok(Frame::Notification)) => answer.notifications += 1,
                 Some(Ok(Frame::ServerRequest)) => answer.server_requests += 1,

@@ -2,8 +2,12 @@
 //! CPU placement, signals, drain, shard restarts) and the shard (one pinned
 //! executor running its supervision tree). It holds no MCP rules.
 
+pub mod admin;
 pub mod node;
 pub mod shard;
 
-pub use node::{available_cpus, start, Drainer, Listener, NodeError, NodeEvent, NodeHandle};
+pub use node::{
+    available_cpus, start, Drainer, Listener, NodeError, NodeEvent, NodeHandle, NodeStatus,
+    ShardStatus,
+};
 pub use shard::{Fault, ShardEvent, ShardExit, ShardReport};

@@ -30,7 +30,9 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the node waits for a shard to answer a query or a fault.
 const SHARD_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Extra time past the drain deadline before the node stops waiting for shards.
-const DRAIN_GRACE: Duration = Duration::from_secs(2);
+pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// Commands (drain, queries, admin scrapes) waiting for the node loop.
+const NODE_COMMANDS_CAPACITY: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -66,6 +68,8 @@ pub enum NodeError {
     NoAnswer(ShardId),
     #[error("no shard {0}")]
     NoSuchShard(ShardId),
+    #[error("cannot start the admin listener: {0}")]
+    Admin(std::io::Error),
 }
 
 /// What the node tells observers.
@@ -82,9 +86,50 @@ pub struct Listener {
     pub addr: SocketAddr,
 }
 
-enum NodeCommand {
+pub(crate) enum NodeCommand {
     Drain,
     ToShard(ShardId, ShardControl),
+    /// The node's view of its shards.
+    Status(Sender<NodeStatus>),
+    /// Ask every running shard for its report; each answers on the sender.
+    QueryAll(Sender<ShardReport>),
+    /// Hold (true) or release (false) the restart of a shard.
+    HoldRestarts(ShardId, bool),
+}
+
+/// The node's view of its shards, for readiness and the admin tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// A drain has begun: the node is on its way out.
+    pub draining: bool,
+    /// The listeners every shard runs (`tcp`, `http`), in start order.
+    pub expected_listeners: Vec<&'static str>,
+    pub shards: Vec<ShardStatus>,
+    /// The node's shard restart intensity (`runtime.shard_restarts_max` per
+    /// `runtime.shard_restart_period_ms`).
+    pub shard_restarts_max: u32,
+    pub shard_restart_period_ms: u64,
+}
+
+/// One shard as the node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStatus {
+    pub shard: ShardId,
+    /// Its thread is running (it may still be starting its listeners).
+    pub running: bool,
+    /// Listeners it reported bound since it last started.
+    pub listening: Vec<&'static str>,
+    /// Times the node restarted it.
+    pub restarts: u64,
+    /// Its restart is held (see [`NodeHandle::hold_restarts`]).
+    pub held: bool,
+}
+
+impl ShardStatus {
+    /// Running, and every expected listener has reported in.
+    pub fn is_up(&self, expected: &[&'static str]) -> bool {
+        self.running && expected.iter().all(|kind| self.listening.contains(kind))
+    }
 }
 
 /// Starts a drain from any thread.
@@ -106,6 +151,9 @@ pub struct NodeHandle {
     thread: Option<JoinHandle<Result<(), NodeError>>>,
     listeners: Vec<Listener>,
     shards: usize,
+    /// Dropped with the handle, after `Drop` has drained and joined the
+    /// node, so it answers (503, draining) while a drain runs.
+    admin: Option<super::admin::AdminServer>,
 }
 
 impl NodeHandle {
@@ -131,6 +179,48 @@ impl NodeHandle {
             .iter()
             .find(|l| l.kind == "tcp")
             .map(|l| l.addr)
+    }
+
+    /// The admin listener's address, if one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.kind == "admin")
+            .map(|l| l.addr)
+    }
+
+    /// The node's view of its shards.
+    pub fn status(&self) -> Result<NodeStatus, NodeError> {
+        let (reply, answer) = bounded(1);
+        self.commands
+            .send(NodeCommand::Status(reply))
+            .map_err(|_| NodeError::Stopped)?;
+        answer
+            .recv_timeout(SHARD_ANSWER_TIMEOUT)
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Holds the restart of `shard`: if it dies, it stays down (readiness
+    /// says so) until [`release_restarts`](Self::release_restarts). For
+    /// maintenance and fault experiments; a held shard that is running is
+    /// untouched.
+    pub fn hold_restarts(&self, shard: ShardId) -> Result<(), NodeError> {
+        self.set_hold(shard, true)
+    }
+
+    /// Ends a hold; a shard that died while held is restarted now (its
+    /// death counts against the node's restart intensity as usual).
+    pub fn release_restarts(&self, shard: ShardId) -> Result<(), NodeError> {
+        self.set_hold(shard, false)
+    }
+
+    fn set_hold(&self, shard: ShardId, hold: bool) -> Result<(), NodeError> {
+        if shard.index() >= self.shards {
+            return Err(NodeError::NoSuchShard(shard));
+        }
+        self.commands
+            .send(NodeCommand::HoldRestarts(shard, hold))
+            .map_err(|_| NodeError::Stopped)
     }
 
     /// Events since the last call (shard exits, restarts, listeners).
@@ -237,6 +327,20 @@ struct ShardSlot {
     deaths: VecDeque<Instant>,
     restarts: u64,
     running: bool,
+    /// Listener kinds reported since the shard last started.
+    listening: Vec<&'static str>,
+    /// Restarts held by the operator.
+    held: bool,
+    /// Why it died, while a held restart waits.
+    pending_restart: Option<ShardExit>,
+}
+
+impl ShardSlot {
+    fn note_listening(&mut self, kind: &'static str) {
+        if !self.listening.contains(&kind) {
+            self.listening.push(kind);
+        }
+    }
 }
 
 struct Node {
@@ -282,6 +386,12 @@ impl Node {
             };
         let tcp = reserve_listener("tcp", &config.listen.tcp)?;
         let http = reserve_listener("http", &config.listen.http)?;
+        // Bound before any shard starts, so a taken port fails the start at once.
+        let admin_listener = if config.listen.admin.is_empty() {
+            None
+        } else {
+            Some(super::admin::bind(&config.listen.admin)?)
+        };
 
         let (events_tx, events_rx) = bounded(SHARD_EVENTS_CAPACITY);
         let (observer_tx, observer_rx) = bounded(OBSERVER_EVENTS_CAPACITY);
@@ -308,11 +418,14 @@ impl Node {
                 deaths: VecDeque::new(),
                 restarts: 0,
                 running: true,
+                listening: Vec::new(),
+                held: false,
+                pending_restart: None,
             });
         }
 
-        let listeners = node.await_ready(&events_rx)?;
-        let (commands_tx, commands_rx) = bounded(64);
+        let mut listeners = node.await_ready(&events_rx)?;
+        let (commands_tx, commands_rx) = bounded(NODE_COMMANDS_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("shardmcp-node".into())
             .spawn(move || {
@@ -323,13 +436,28 @@ impl Node {
                 shard: ShardId(0),
                 source,
             })?;
-        Ok(NodeHandle {
-            commands: commands_tx,
+        let mut handle = NodeHandle {
+            commands: commands_tx.clone(),
             observer: observer_rx,
             thread: Some(thread),
-            listeners,
+            listeners: Vec::new(),
             shards,
-        })
+            admin: None,
+        };
+        if let Some((listener, addr)) = admin_listener {
+            // On failure `handle` drops here, which drains what started.
+            handle.admin = Some(super::admin::AdminServer::start(
+                listener,
+                commands_tx,
+                config.clone(),
+            )?);
+            listeners.push(Listener {
+                kind: "admin",
+                addr,
+            });
+        }
+        handle.listeners = listeners;
+        Ok(handle)
     }
 
     fn spawn_shard(
@@ -361,7 +489,7 @@ impl Node {
             .map_err(|source| NodeError::Spawn { shard, source })
     }
 
-    fn await_ready(&self, events: &Receiver<ShardEvent>) -> Result<Vec<Listener>, NodeError> {
+    fn await_ready(&mut self, events: &Receiver<ShardEvent>) -> Result<Vec<Listener>, NodeError> {
         let expected = usize::from(self.tcp.is_some()) + usize::from(self.http.is_some());
         let mut ready = vec![0usize; self.slots.len()];
         let mut listeners: Vec<Listener> = Vec::new();
@@ -371,6 +499,7 @@ impl Node {
             match events.recv_timeout(remaining) {
                 Ok(ShardEvent::Listening { shard, kind, addr }) => {
                     ready[shard.index()] += 1;
+                    self.slots[shard.index()].note_listening(kind);
                     if !listeners.iter().any(|l| l.kind == kind) {
                         listeners.push(Listener { kind, addr });
                     }
@@ -434,7 +563,9 @@ impl Node {
                     let Ok(event) = event else { return Err(NodeError::Stopped) };
                     match event {
                         ShardEvent::Exited { shard, exit } => {
-                            self.slots[shard.index()].running = false;
+                            let slot = &mut self.slots[shard.index()];
+                            slot.running = false;
+                            slot.listening.clear();
                             // Its peers stop sending to it and fail their calls now.
                             self.mesh.close_shard(shard);
                             let _ = self.observer.try_send(NodeEvent::Shard(ShardEvent::Exited {
@@ -444,15 +575,24 @@ impl Node {
                             if draining_since.is_some() || exit == ShardExit::Drained {
                                 continue;
                             }
+                            let slot = &mut self.slots[shard.index()];
+                            if slot.held {
+                                tracing::error!(%shard, ?exit, "shard died; its restart is held");
+                                slot.pending_restart = Some(exit);
+                                continue;
+                            }
                             tracing::error!(%shard, ?exit, "shard died; restarting it");
-                            if let Err(error) = self.restart_shard(shard, &exit) {
-                                tracing::error!(%error, "node giving up");
+                            if let Some(error) = self.restart_or_give_up(shard, &exit, drain_deadline) {
                                 failure = Some(error);
                                 draining_since = Some(Instant::now());
-                                self.drain_all(drain_deadline);
                             }
                         }
-                        ShardEvent::Listening { .. } => {
+                        ShardEvent::Listening { shard, kind, .. } => {
+                            // Noted before observers hear of it, so a status
+                            // asked after the event already shows it.
+                            if let Some(slot) = self.slots.get_mut(shard.index()) {
+                                slot.note_listening(kind);
+                            }
                             let _ = self.observer.try_send(NodeEvent::Shard(event));
                         }
                     }
@@ -471,9 +611,73 @@ impl Node {
                             None => tracing::warn!(%shard, "command for a shard that does not exist"),
                         }
                     }
+                    Ok(NodeCommand::Status(reply)) => {
+                        let _ = reply.try_send(self.status(draining_since.is_some()));
+                    }
+                    Ok(NodeCommand::QueryAll(reply)) => {
+                        // A shard that is down has no one to answer: its
+                        // absence is the answer.
+                        for slot in self.slots.iter().filter(|slot| slot.running) {
+                            let _ = slot.control.try_send(ShardControl::Query(reply.clone()));
+                        }
+                    }
+                    Ok(NodeCommand::HoldRestarts(shard, hold)) => {
+                        let Some(slot) = self.slots.get_mut(shard.index()) else { continue };
+                        slot.held = hold;
+                        let pending = if hold { None } else { slot.pending_restart.take() };
+                        if let (Some(exit), None) = (pending, draining_since) {
+                            tracing::info!(%shard, "restart released; restarting the shard");
+                            if let Some(error) = self.restart_or_give_up(shard, &exit, drain_deadline) {
+                                failure = Some(error);
+                                draining_since = Some(Instant::now());
+                            }
+                        }
+                    }
                 },
                 default(tick) => {}
             }
+        }
+    }
+
+    /// Restarts `shard`; past the restart intensity, starts draining every
+    /// shard and returns why the node gives up.
+    fn restart_or_give_up(
+        &mut self,
+        shard: ShardId,
+        exit: &ShardExit,
+        drain_deadline: Duration,
+    ) -> Option<NodeError> {
+        let error = self.restart_shard(shard, exit).err()?;
+        tracing::error!(%error, "node giving up");
+        self.drain_all(drain_deadline);
+        Some(error)
+    }
+
+    fn status(&self, draining: bool) -> NodeStatus {
+        let mut expected_listeners = Vec::new();
+        if self.tcp.is_some() {
+            expected_listeners.push("tcp");
+        }
+        if self.http.is_some() {
+            expected_listeners.push("http");
+        }
+        NodeStatus {
+            draining,
+            expected_listeners,
+            shards: self
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(index, slot)| ShardStatus {
+                    shard: ShardId(index as u16),
+                    running: slot.running,
+                    listening: slot.listening.clone(),
+                    restarts: slot.restarts,
+                    held: slot.held,
+                })
+                .collect(),
+            shard_restarts_max: self.config.runtime.shard_restarts_max,
+            shard_restart_period_ms: self.config.runtime.shard_restart_period_ms,
         }
     }
 
@@ -524,6 +728,7 @@ impl Node {
         slot.control = control_tx;
         slot.thread = Some(thread);
         slot.running = true;
+        slot.listening.clear();
         slot.restarts += 1;
         let _ = self.observer.try_send(NodeEvent::ShardRestarted {
             shard,

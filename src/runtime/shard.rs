@@ -21,25 +21,26 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use futures_lite::future;
-use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::local_channel::{LocalReceiver, LocalSender};
 use glommio::sync::{Gate, Semaphore};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
 use crate::ids::ShardId;
 use crate::mesh::{Incoming, MeshPort, PeerEnds, PollPolicy, ShardEnds};
+use crate::observe::MetricsSnapshot;
 use crate::pool::PoolSet;
 use crate::protocol::request_state::StateKey;
 use crate::registry::{Registry, SessionId};
 use crate::server::ServerFactory;
 use crate::session::{SessionEnv, SessionLimits, SessionRegistry};
 use crate::supervision::{
-    panic_message, ChildContext, ChildSpec, ExitReason, RestartSummary, SpecError, Strategy,
-    SupFlags, Supervisor, SupervisorEnv, SupervisorSpec, TreeNode,
+    panic_message, ChildContext, ChildSpec, ExitReason, RestartBuckets, RestartSummary, SpecError,
+    Strategy, SupFlags, Supervisor, SupervisorEnv, SupervisorSpec, TreeNode,
 };
 use crate::sync::Event;
 use crate::time::{SharedClock, SystemClock};
-use crate::transport::http::{Forward, HttpSessions};
+use crate::transport::http::{Answer, Exchange, Forward, HttpSessions};
 use crate::transport::sockets;
 use crate::transport::tcp::{self, TcpService, Wire};
 
@@ -51,18 +52,33 @@ pub enum ShardMessage {
     SessionUnknown,
     /// A resource changed: tell this shard's sessions that follow it.
     ResourceUpdated(String),
-    /// An HTTP body for a session owned by the receiving shard; the frames
-    /// of the request stream back as `StreamFrame`s tagged `stream`, then the
-    /// call is answered with `SessionReply` (or `SessionUnknown`).
+    /// An HTTP exchange for a session owned by the receiving shard; the call
+    /// is answered with `HttpAnswer`, and a streamed answer's events follow
+    /// as `StreamFrame` calls tagged `stream`, then `StreamEnd`.
     HttpForward {
         session: SessionId,
-        body: Bytes,
+        exchange: Exchange,
         stream: u64,
     },
-    /// One frame of a forwarded request's stream, for the shard it came from.
+    /// The owner's answer to `HttpForward`.
+    HttpAnswer(RemoteAnswer),
+    /// One event of a forwarded stream, for the shard whose connection
+    /// shows it; answered `SessionReply` while that connection keeps up,
+    /// `SessionUnknown` once it is gone (the owner then keeps the events
+    /// for the client to resume).
     StreamFrame { stream: u64, frame: Bytes },
+    /// A forwarded stream ended.
+    StreamEnd { stream: u64 },
     /// End a session owned by the receiving shard (HTTP DELETE elsewhere).
     DeleteSession(SessionId),
+}
+
+/// An [`Answer`] as it crosses the mesh: a stream's events follow apart.
+pub enum RemoteAnswer {
+    Reply(Option<Bytes>),
+    Streaming,
+    Refused(&'static str, String),
+    UnknownSession,
 }
 
 /// Faults the node can inject into a shard (tests, and chaos later).
@@ -72,6 +88,9 @@ pub enum Fault {
     PanicShard,
     /// Kill pool `n` as a crash would; the pools supervisor restarts it empty.
     KillPool(usize),
+    /// Block the shard's thread for this long, as a handler stuck in a long
+    /// loop would: nothing on the shard runs, it answers no one.
+    Stall(Duration),
 }
 
 /// A shard's state as seen from outside, gathered on the shard.
@@ -85,6 +104,21 @@ pub struct ShardReport {
     /// HTTP requests sent to the shard owning their session.
     pub http_forwarded: u64,
     pub tree: TreeNode,
+    /// Requests, sessions and connections as this shard counted them.
+    pub metrics: MetricsSnapshot,
+    /// Tasks held by this shard's sessions.
+    pub tasks: usize,
+    /// Messages waiting in this shard's mesh queue to each peer.
+    pub mesh_queue_depth: Vec<(ShardId, usize)>,
+    /// Mesh calls this shard has waiting for replies.
+    pub mesh_pending_calls: usize,
+    /// Restart durations, bucketed by `observe::metrics::RESTART_BUCKETS_NS`.
+    pub restart_durations: RestartBuckets,
+    /// SSE streams open or kept for resumption, and the bytes of history kept.
+    pub event_store_streams: usize,
+    pub event_store_bytes: usize,
+    /// SSE connections dropped because their client read too slowly.
+    pub sse_slow_clients: u64,
 }
 
 /// Commands from the node. Control traffic only: nothing on the request path.
@@ -174,6 +208,8 @@ pub fn run(start: ShardStart) -> ShardExit {
 /// The shard's own state, shared by its workers; lives as long as the shard.
 pub struct ShardContext {
     pub shard: ShardId,
+    /// Shards in the node (this one's mesh peers are the others).
+    pub shards: usize,
     pub config: Arc<Config>,
     pub clock: SharedClock,
     pub registry: Rc<SessionRegistry>,
@@ -214,6 +250,7 @@ async fn run_tree(start: ShardStart) -> ShardExit {
     );
     let ctx = Rc::new(ShardContext {
         shard: start.shard,
+        shards: start.shards,
         config: config.clone(),
         clock: clock.clone(),
         registry: Rc::new(Registry::new(start.shard, sessions_max)),
@@ -221,7 +258,7 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         mesh: mesh.clone(),
         drain: Event::new(),
         connections: Rc::new(Gate::new()),
-        http: Rc::default(),
+        http: Rc::new(HttpSessions::new(&config.limits, clock.clone())),
         forwarded: RefCell::new(HashMap::new()),
         next_stream: std::cell::Cell::new(0),
         forwarded_total: std::cell::Cell::new(0),
@@ -260,6 +297,8 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         state_key: start.state_key.clone(),
         resource_updates: resource_update_hook(&ctx, start.shards),
         mailbox_capacity: config.limits.session_mailbox_capacity,
+        // Each listener gets a copy labelled with its own transport.
+        transport: "none",
     });
     let root = match build_tree(
         &ctx,
@@ -301,7 +340,13 @@ fn build_tree(
     let control_worker = ChildSpec::worker("control", move |child| {
         control_loop(control_ctx.clone(), control.clone(), child)
     });
-    let services = SupervisorSpec::new("services", service_flags).child(control_worker);
+    let mut services = SupervisorSpec::new("services", service_flags).child(control_worker);
+    if http.is_some() {
+        let sweep_ctx = ctx.clone();
+        services = services.child(ChildSpec::worker("http-sweeper", move |_child| {
+            sweep_http(sweep_ctx.clone())
+        }));
+    }
 
     let mut listeners = SupervisorSpec::new("listeners", service_flags);
     let wires = [
@@ -314,9 +359,13 @@ fn build_tree(
         let events = events.clone();
         let service = Rc::new(TcpService {
             wire,
+            allowed_hosts: ctx.config.listen.allowed_hosts.clone(),
             registry: ctx.registry.clone(),
             pools: ctx.pools.clone(),
-            sessions: sessions.clone(),
+            sessions: Rc::new(SessionEnv {
+                transport: kind,
+                ..SessionEnv::clone(sessions)
+            }),
             limits: ctx.config.limits.clone(),
             listen_backlog: ctx.config.listen.backlog as i32,
             clock: ctx.clock.clone(),
@@ -348,6 +397,7 @@ fn resource_update_hook(ctx: &Rc<ShardContext>, shards: usize) -> crate::session
     Rc::new(move |uri: &str| {
         let Some(ctx) = weak.upgrade() else { return };
         crate::session::deliver_resource_updated(&ctx.registry, uri);
+        ctx.http.deliver_resource_updated(uri);
         for peer in (0..shards)
             .map(|index| ShardId(index as u16))
             .filter(|&peer| peer != ctx.shard)
@@ -362,6 +412,17 @@ fn resource_update_hook(ctx: &Rc<ShardContext>, shards: usize) -> crate::session
     })
 }
 
+/// How often idle HTTP sessions and stale SSE history are looked for.
+const HTTP_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Closes idle HTTP sessions and expires SSE history, forever.
+async fn sweep_http(ctx: Rc<ShardContext>) -> ExitReason {
+    loop {
+        ctx.clock.sleep(HTTP_SWEEP_INTERVAL).await;
+        ctx.http.sweep(&ctx.registry);
+    }
+}
+
 /// Serves what other shards send: forwarded session requests, resource updates.
 fn install_mesh_handler(ctx: &Rc<ShardContext>) {
     let weak = Rc::downgrade(ctx);
@@ -372,24 +433,39 @@ fn install_mesh_handler(ctx: &Rc<ShardContext>) {
             match incoming.body {
                 ShardMessage::ResourceUpdated(uri) => {
                     crate::session::deliver_resource_updated(&ctx.registry, &uri);
+                    ctx.http.deliver_resource_updated(&uri);
                 }
                 ShardMessage::StreamFrame { stream, frame } => {
                     let target = ctx.forwarded.borrow().get(&stream).cloned();
-                    if let Some(target) = target {
+                    // Never wait here: a connection that cannot take the
+                    // event now is dropped, and its client resumes.
+                    let delivered = target.is_some_and(|target| target.try_send(frame).is_ok());
+                    if !delivered {
+                        ctx.forwarded.borrow_mut().remove(&stream);
+                    }
+                    if let Some(reply_to) = incoming.reply_to {
+                        let answer = if delivered {
+                            ShardMessage::SessionReply(None)
+                        } else {
+                            ShardMessage::SessionUnknown
+                        };
                         glommio::spawn_local(async move {
-                            let _ = target.send(frame).await;
+                            let _ = ctx.mesh.reply(reply_to, answer).await;
                         })
                         .detach();
                     }
                 }
+                ShardMessage::StreamEnd { stream } => {
+                    ctx.forwarded.borrow_mut().remove(&stream);
+                }
                 ShardMessage::HttpForward {
                     session,
-                    body,
+                    exchange,
                     stream,
                 } => {
                     if let Some(reply_to) = incoming.reply_to {
                         glommio::spawn_local(serve_forwarded(
-                            ctx, from, reply_to, session, body, stream,
+                            ctx, from, reply_to, session, exchange, stream,
                         ))
                         .detach();
                     }
@@ -413,96 +489,103 @@ fn install_mesh_handler(ctx: &Rc<ShardContext>) {
                     }
                 }
                 // Replies are taken by the mesh itself; nothing else is sent here.
-                ShardMessage::SessionReply(_) | ShardMessage::SessionUnknown => {}
+                ShardMessage::SessionReply(_)
+                | ShardMessage::SessionUnknown
+                | ShardMessage::HttpAnswer(_) => {}
             }
         });
 }
 
-/// Runs, on the owning shard, a request another shard received over HTTP:
-/// its frames go back as `StreamFrame` casts, then the reply answers the call
-/// (the queue back is FIFO, so the frames arrive first).
+/// Runs, on the owning shard, an HTTP exchange another shard received. A
+/// streamed answer's events go back one call each, so the pump learns when
+/// that shard's connection is gone and stops (the events stay in the store
+/// for the client to resume).
 async fn serve_forwarded(
     ctx: Rc<ShardContext>,
     origin: ShardId,
     reply_to: crate::mesh::ReplyTo,
     session: SessionId,
-    body: Bytes,
+    exchange: Exchange,
     stream: u64,
 ) {
-    let Some(handle) = ctx.registry.get(&session) else {
-        let _ = ctx.mesh.reply(reply_to, ShardMessage::SessionUnknown).await;
+    let answer = match ctx.registry.get(&session) {
+        Some(handle) => ctx.http.exchange(&handle, exchange).await,
+        None => Answer::UnknownSession,
+    };
+    let (remote, events) = match answer {
+        Answer::Reply(reply) => (RemoteAnswer::Reply(reply), None),
+        Answer::Stream(events) => (RemoteAnswer::Streaming, Some(events)),
+        Answer::Refused(status, reason) => (RemoteAnswer::Refused(status, reason), None),
+        Answer::UnknownSession => (RemoteAnswer::UnknownSession, None),
+    };
+    if ctx
+        .mesh
+        .reply(reply_to, ShardMessage::HttpAnswer(remote))
+        .await
+        .is_err()
+    {
         return;
-    };
-    let request_id =
-        match crate::protocol::jsonrpc::decode(&body, ctx.config.limits.message_bytes_max) {
-            Ok(crate::protocol::jsonrpc::Incoming::Single(
-                crate::protocol::jsonrpc::Message::Request { id, .. },
-            )) => Some(id),
-            _ => None,
-        };
-    let pump = request_id.as_ref().map(|id| {
-        let (frames_tx, frames) = local_channel::new_bounded::<Bytes>(256);
-        ctx.http.open_stream(&handle, id.clone(), frames_tx);
-        let mesh = ctx.mesh.clone();
-        glommio::spawn_local(async move {
-            while let Some(frame) = frames.recv().await {
-                if mesh
-                    .cast(origin, ShardMessage::StreamFrame { stream, frame })
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        })
-    });
-    let reply = handle.request(body).await;
-    if let Some(id) = &request_id {
-        // Closing the stream ends the pump once it has sent what is queued.
-        ctx.http.end_stream(&handle, id);
     }
-    if let Some(pump) = pump {
-        pump.await;
+    let Some(events) = events else { return };
+    let timeout = Duration::from_millis(ctx.config.runtime.mesh_call_timeout_ms);
+    while let Some(frame) = events.recv().await {
+        let sent = ctx
+            .mesh
+            .call(origin, ShardMessage::StreamFrame { stream, frame }, timeout)
+            .await;
+        if !matches!(sent, Ok(ShardMessage::SessionReply(_))) {
+            // Dropping `events` detaches the stream on this shard.
+            return;
+        }
     }
-    let answer = match reply {
-        Ok(reply) => ShardMessage::SessionReply(reply),
-        Err(_) => ShardMessage::SessionUnknown,
-    };
-    let _ = ctx.mesh.reply(reply_to, answer).await;
+    let _ = ctx
+        .mesh
+        .cast(origin, ShardMessage::StreamEnd { stream })
+        .await;
 }
 
-/// HTTP's way to sessions on other shards: one mesh call per request, with
-/// the request's frames streamed back as casts.
+/// HTTP's way to sessions on other shards: one mesh call per exchange, with
+/// a streamed answer's events coming back as calls of their own.
 struct MeshForward {
     ctx: std::rc::Weak<ShardContext>,
 }
 
 impl Forward for MeshForward {
-    fn forward(
+    fn exchange(
         &self,
         session: SessionId,
-        body: Bytes,
-        frames: LocalSender<Bytes>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Option<Bytes>>>>> {
+        exchange: Exchange,
+        events: (LocalSender<Bytes>, LocalReceiver<Bytes>),
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer>>> {
         let ctx = self.ctx.clone();
         Box::pin(async move {
-            let ctx = ctx.upgrade()?;
+            let Some(ctx) = ctx.upgrade() else {
+                return Answer::UnknownSession;
+            };
+            let (sender, receiver) = events;
             let stream = ctx.next_stream.get();
             ctx.next_stream.set(stream.wrapping_add(1));
             ctx.forwarded_total.set(ctx.forwarded_total.get() + 1);
-            ctx.forwarded.borrow_mut().insert(stream, Rc::new(frames));
+            ctx.forwarded.borrow_mut().insert(stream, Rc::new(sender));
             let timeout = Duration::from_millis(ctx.config.limits.request_timeout_ms);
             let message = ShardMessage::HttpForward {
                 session,
-                body,
+                exchange,
                 stream,
             };
             let answer = ctx.mesh.call(session.shard(), message, timeout).await;
+            let answer = match answer {
+                Ok(ShardMessage::HttpAnswer(RemoteAnswer::Streaming)) => {
+                    return Answer::Stream(receiver)
+                }
+                Ok(ShardMessage::HttpAnswer(RemoteAnswer::Reply(reply))) => Answer::Reply(reply),
+                Ok(ShardMessage::HttpAnswer(RemoteAnswer::Refused(status, reason))) => {
+                    Answer::Refused(status, reason)
+                }
+                _ => Answer::UnknownSession,
+            };
             ctx.forwarded.borrow_mut().remove(&stream);
-            match answer {
-                Ok(ShardMessage::SessionReply(reply)) => Some(reply),
-                _ => None,
-            }
+            answer
         })
     }
 
@@ -533,6 +616,14 @@ impl Forward for MeshForward {
 impl ShardContext {
     pub fn report(&self) -> ShardReport {
         let root = self.root.borrow().clone();
+        let restart_durations = root
+            .as_ref()
+            .map(|root| {
+                root.env()
+                    .stats
+                    .cumulative(crate::observe::metrics::RESTART_BUCKETS_NS)
+            })
+            .unwrap_or_default();
         let (tree, restarts) = match root {
             Some(root) => (root.tree(), root.env().stats.summary()),
             None => (
@@ -558,6 +649,23 @@ impl ShardContext {
             mesh_full_events: self.mesh.full_events(),
             http_forwarded: self.forwarded_total.get(),
             tree,
+            metrics: crate::observe::snapshot(),
+            tasks: self
+                .registry
+                .handles()
+                .iter()
+                .map(|handle| handle.task_count())
+                .sum(),
+            mesh_queue_depth: (0..self.shards)
+                .map(|index| ShardId(index as u16))
+                .filter(|&peer| peer != self.shard)
+                .map(|peer| (peer, self.mesh.queue_depth(peer)))
+                .collect(),
+            mesh_pending_calls: self.mesh.pending_calls(),
+            event_store_streams: self.http.store().streams(),
+            event_store_bytes: self.http.store().bytes(),
+            sse_slow_clients: self.http.store().slow_sinks(),
+            restart_durations,
         }
     }
 
@@ -645,6 +753,15 @@ fn inject(ctx: &Rc<ShardContext>, fault: Fault) {
         Fault::KillPool(index) => {
             tracing::warn!(shard = %ctx.shard, pool = index, "injected fault: kill pool");
             ctx.pools.kill_pool(index);
+        }
+        Fault::Stall(duration) => {
+            tracing::warn!(shard = %ctx.shard, ?duration, "injected fault: stall the shard");
+            // After a yield, so the node gets its acknowledgement first.
+            glommio::spawn_local(async move {
+                futures_lite::future::yield_now().await;
+                std::thread::sleep(duration);
+            })
+            .detach();
         }
     }
 }

@@ -281,11 +281,16 @@ pub fn add_fixtures(server: ServerBuilder) -> Result<ServerBuilder, ServerError>
                     )))
                 })?,
         )
-        .tool(text_tool(
-            "test_reconnection",
-            "Answers after the stream it was called on may have been closed and resumed.",
-            "Reconnection test completed",
-        )?)
+        .tool(
+            Tool::builder(
+                "test_reconnection",
+                "Closes the SSE stream it was called on, then answers: the client gets the answer by resuming the stream (SEP-1699).",
+            )
+            .handler(|call| async move {
+                call.close_stream().await;
+                Ok(ToolResult::text("Reconnection test completed"))
+            })?,
+        )
         .resource(Resource::text(
             "test://static-text",
             "static-text",

@@ -1,5 +1,6 @@
 //! The embedded default server that plain `shardmcp serve` runs.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +18,65 @@ const README: &str =
 or get the greeting and review prompts.";
 
 pub fn factory() -> ServerFactory {
-    Arc::new(build)
+    // One tally for the node: every shard's `slow` counts into it.
+    let tally = Arc::new(SlowTally::default());
+    Arc::new(move || build_with(tally.clone()))
 }
 
 pub fn build() -> Result<Server, ServerError> {
+    build_with(Arc::default())
+}
+
+/// How many `slow` calls are running, ran to their end, or were stopped
+/// before it (cancelled, or their request dropped). Each result reports it,
+/// so a client can see from a later call that a cancelled one really stopped.
+#[derive(Default)]
+struct SlowTally {
+    running: AtomicU64,
+    completed: AtomicU64,
+    stopped: AtomicU64,
+}
+
+/// One running `slow` call; dropped unfinished (the handler returned early
+/// or its future was dropped), it counts as stopped.
+struct SlowRun {
+    tally: Arc<SlowTally>,
+    finished: bool,
+}
+
+impl SlowRun {
+    fn start(tally: Arc<SlowTally>) -> SlowRun {
+        tally.running.fetch_add(1, Ordering::SeqCst);
+        SlowRun {
+            tally,
+            finished: false,
+        }
+    }
+
+    /// Marks this call finished; what the tally says of the others.
+    fn finish(mut self) -> serde_json::Value {
+        self.finished = true;
+        json!({
+            "othersRunning": self.tally.running.load(Ordering::SeqCst) - 1,
+            "completed": self.tally.completed.load(Ordering::SeqCst),
+            "stopped": self.tally.stopped.load(Ordering::SeqCst),
+        })
+    }
+}
+
+impl Drop for SlowRun {
+    fn drop(&mut self) {
+        let ended = if self.finished {
+            &self.tally.completed
+        } else {
+            &self.tally.stopped
+        };
+        ended.fetch_add(1, Ordering::SeqCst);
+        self.tally.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn build_with(tally: Arc<SlowTally>) -> Result<Server, ServerError> {
     let demo = Server::builder("shardmcp", env!("CARGO_PKG_VERSION"))
         .title("shardmcp demo server")
         .instructions("A demo server: echo text, add numbers, or wait a while with `slow`; read demo://readme and demo://notes/{name}; get the greeting and review prompts.")
@@ -109,42 +165,7 @@ pub fn build() -> Result<Server, ServerError> {
                     }
                 })?,
         )
-        .tool(
-            Tool::builder(
-                "slow",
-                "Waits for the given number of milliseconds (at most 60000) in four steps, \
-                 reporting progress and logging each step; cancellable.",
-            )
-            .input_schema(json!({
-                "type": "object",
-                "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": 60000}},
-                "required": ["ms"]
-            }))
-            .task_support(TaskSupport::Optional)
-            .handler(|call| async move {
-                const STEPS: u64 = 4;
-                let ms = call.arguments.get("ms").and_then(|v| v.as_u64()).unwrap_or(0);
-                for step in 1..=STEPS {
-                    let waited = futures_lite::future::or(
-                        async {
-                            glommio::timer::sleep(Duration::from_millis(ms / STEPS)).await;
-                            true
-                        },
-                        async {
-                            call.cancelled().await;
-                            false
-                        },
-                    )
-                    .await;
-                    if !waited {
-                        return Err(ToolError::Failed("cancelled".into()));
-                    }
-                    call.log(LogLevel::Info, Some("slow"), json!({"step": step, "of": STEPS})).await;
-                    call.progress(step as f64, Some(STEPS as f64), None).await;
-                }
-                Ok(ToolResult::text(format!("waited {ms} ms")))
-            })?,
-        )
+        .tool(slow_tool(tally)?)
         .tool(
             Tool::builder("touch_note", "Marks demo://notes/{name} as changed: its subscribers are told.")
                 .input_schema(json!({
@@ -161,6 +182,75 @@ pub fn build() -> Result<Server, ServerError> {
         ;
     // The conformance suite's fixtures ride along, so the default server passes it.
     super::conformance::add_fixtures(demo)?.build()
+}
+
+/// `slow`: waits in four steps, logging and reporting progress at each;
+/// stops when cancelled. Its result carries the tally of all `slow` calls.
+fn slow_tool(tally: Arc<SlowTally>) -> Result<Tool, ServerError> {
+    Tool::builder(
+        "slow",
+        "Waits for the given number of milliseconds (at most 60000) in four steps, \
+         reporting progress and logging each step; cancellable. Its result tells how \
+         many other slow calls are running, ran to their end, or were stopped.",
+    )
+    .input_schema(json!({
+        "type": "object",
+        "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": 60000}},
+        "required": ["ms"]
+    }))
+    .output_schema(json!({
+        "type": "object",
+        "properties": {
+            "waitedMs": {"type": "integer"},
+            "othersRunning": {"type": "integer"},
+            "completed": {"type": "integer"},
+            "stopped": {"type": "integer"}
+        },
+        "required": ["waitedMs", "othersRunning", "completed", "stopped"]
+    }))
+    .task_support(TaskSupport::Optional)
+    .handler(move |call| {
+        let tally = tally.clone();
+        async move {
+            let run = SlowRun::start(tally);
+            const STEPS: u64 = 4;
+            let ms = call
+                .arguments
+                .get("ms")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0);
+            for step in 1..=STEPS {
+                let waited = futures_lite::future::or(
+                    async {
+                        glommio::timer::sleep(Duration::from_millis(ms / STEPS)).await;
+                        true
+                    },
+                    async {
+                        call.cancelled().await;
+                        false
+                    },
+                )
+                .await;
+                if !waited {
+                    return Err(ToolError::Failed("cancelled".into()));
+                }
+                call.log(
+                    LogLevel::Info,
+                    Some("slow"),
+                    json!({"step": step, "of": STEPS}),
+                )
+                .await;
+                call.progress(step as f64, Some(STEPS as f64), None).await;
+            }
+            let mut tally = run.finish();
+            tally["waitedMs"] = json!(ms);
+            Ok(ToolResult {
+                content: vec![Content::text(format!("waited {ms} ms"))],
+                structured_content: Some(tally),
+                is_error: false,
+            })
+        }
+    })
 }
 
 fn complete_from(applies: bool, candidates: &[&str], partial: &str) -> Vec<String> {

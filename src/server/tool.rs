@@ -47,6 +47,11 @@ pub trait Peer {
     /// Tells every session on every shard that subscribed to `uri` that
     /// it changed.
     fn resource_updated(&self, uri: &str);
+    /// Asks the transport to close the SSE stream this call answers on,
+    /// without ending the call (SEP-1699): the client reconnects with
+    /// `Last-Event-ID` and gets the rest. Queued behind what the call sent
+    /// before; transports without resumable streams ignore it.
+    fn close_stream(&self) -> Pin<Box<dyn Future<Output = ()>>>;
 }
 
 /// What a handler gets for one call.
@@ -101,6 +106,13 @@ impl ToolCall {
     /// subscribed to it, on any shard, gets `notifications/resources/updated`.
     pub fn resource_updated(&self, uri: &str) {
         self.peer.resource_updated(uri);
+    }
+
+    /// Closes the SSE stream this call answers on while the call goes on;
+    /// the client resumes it with `Last-Event-ID` and gets the rest,
+    /// answer included (see [`Peer::close_stream`]).
+    pub async fn close_stream(&self) {
+        self.peer.close_stream().await;
     }
 
     /// The client's roots (`roots/list`).

@@ -111,9 +111,15 @@ impl SessionHandle {
     pub fn outbox_len(&self) -> usize {
         self.session.outbox_len()
     }
+
+    /// Tasks the session holds (for metrics).
+    pub fn task_count(&self) -> usize {
+        self.session.task_count()
+    }
 }
 
 /// What every session of a shard shares: the shard's server and the bounds.
+#[derive(Clone)]
 pub struct SessionEnv {
     pub server: Rc<Server>,
     pub limits: SessionLimits,
@@ -124,6 +130,9 @@ pub struct SessionEnv {
     pub resource_updates: UpdateHook,
     /// Frames waiting in one session's mailbox; senders wait when it is full.
     pub mailbox_capacity: usize,
+    /// The transport its sessions arrive on (`tcp`, `http`...), the label
+    /// they are counted under.
+    pub transport: &'static str,
 }
 
 /// Creates a session: a fresh id, an actor in the id's pool, an entry in the
@@ -171,10 +180,12 @@ pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, env: Rc<SessionEnv>) 
         if let Err(error) = registry.insert(id, handle) {
             return Box::pin(async move { ExitReason::Error(error.to_string()) });
         }
+        crate::observe::record_session_opened(env.transport);
         let cleanup = Cleanup {
             registry: registry.clone(),
             id,
             session: session.clone(),
+            transport: env.transport,
         };
         Box::pin(async move {
             let _cleanup = cleanup;
@@ -215,11 +226,13 @@ struct Cleanup {
     registry: Rc<SessionRegistry>,
     id: SessionId,
     session: Rc<McpSession>,
+    transport: &'static str,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         self.registry.remove(&self.id);
         self.session.close();
+        crate::observe::record_session_closed(self.transport);
     }
 }

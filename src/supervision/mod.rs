@@ -43,7 +43,7 @@ pub use spec::{
     ChildFuture, ChildKind, ChildSpec, DynamicTemplate, ExitReason, Restart, Shutdown, SpecError,
     StartFn, Strategy, SupFlags,
 };
-pub use stats::{RestartStats, RestartSummary};
+pub use stats::{RestartBuckets, RestartStats, RestartSummary};
 pub use supervisor::{ChildKey, RunningSupervisor, Supervisor, SupervisorError, SupervisorSpec};
 pub use tree::TreeNode;
 

@@ -25,6 +25,14 @@ pub struct RestartSummary {
     pub max_ns: u64,
 }
 
+/// Restart durations bucketed for Prometheus (see [`RestartStats::cumulative`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RestartBuckets {
+    pub cumulative: Vec<u64>,
+    pub sum_ns: f64,
+    pub count: u64,
+}
+
 impl Default for RestartStats {
     fn default() -> Self {
         Self::new()
@@ -63,6 +71,29 @@ impl RestartStats {
         self.duration_ns.borrow()
     }
 
+    /// The histogram in Prometheus form: for each bound (ns), how many
+    /// restarts took at most that long; then the sum of all durations in ns
+    /// (from the histogram's mean, so within its 3 significant digits) and
+    /// the count.
+    pub fn cumulative(&self, bounds_ns: &[u64]) -> RestartBuckets {
+        let histogram = self.duration_ns.borrow();
+        let count = histogram.len();
+        RestartBuckets {
+            cumulative: bounds_ns
+                .iter()
+                .map(|&bound| {
+                    if count == 0 {
+                        0
+                    } else {
+                        histogram.count_between(0, bound.min(RESTART_NS_MAX))
+                    }
+                })
+                .collect(),
+            sum_ns: histogram.mean() * count as f64,
+            count,
+        }
+    }
+
     pub fn summary(&self) -> RestartSummary {
         let histogram = self.duration_ns.borrow();
         RestartSummary {
@@ -72,5 +103,29 @@ impl RestartStats {
             p99_ns: histogram.value_at_quantile(0.99),
             max_ns: histogram.max(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cumulative_buckets_count_restarts_at_most_each_bound() {
+        let stats = RestartStats::new();
+        let empty = stats.cumulative(&[1_000, 1_000_000]);
+        assert_eq!((empty.cumulative, empty.count), (vec![0, 0], 0));
+        for micros in [2, 3, 500, 20_000] {
+            stats.record_duration(Duration::from_micros(micros));
+        }
+        let buckets = stats.cumulative(&[1_000, 10_000, 1_000_000, 100_000_000]);
+        assert_eq!(buckets.cumulative, vec![0, 2, 3, 4]);
+        assert_eq!(buckets.count, 4);
+        let exact = 20_505_000.0;
+        assert!(
+            (buckets.sum_ns - exact).abs() / exact < 0.001,
+            "{}",
+            buckets.sum_ns
+        );
     }
 }

@@ -1,121 +1,391 @@
-//! Streamable HTTP (first slice): `POST /mcp` carries JSON-RPC and answers a
-//! request with an SSE stream (the request's notifications and server
-//! requests, then its response) or with JSON when the client accepts only
-//! JSON; notifications and responses get 202; `Mcp-Session-Id` is issued at
-//! `initialize`; `DELETE` ends a session; `GET` is answered 405 (no
-//! standalone stream yet). Host and Origin are checked against the localhost
-//! forms (DNS-rebinding protection). A request for a session owned by
-//! another shard goes there through [`Forward`] (the mesh), and its frames
-//! come back on this connection. Resumable streams, the GET stream and the
-//! 2026-07-28 header checks come with the transports issue.
+//! Streamable HTTP (the 2025-11-25 transport) at `/mcp`, and the legacy
+//! HTTP+SSE transport (2024-11-05) at `/sse` + `/messages`.
+//!
+//! - `POST /mcp` carries JSON-RPC. Requests are answered with an SSE stream
+//!   (the request's notifications and server requests, then its response)
+//!   or with JSON when the client accepts only JSON; notifications and
+//!   responses get 202. `Mcp-Session-Id` is issued at `initialize`.
+//! - `GET /mcp` opens the session's standalone SSE stream, or resumes any of
+//!   its streams after `Last-Event-ID`; the history lives in the owning
+//!   shard's [`EventStore`]. Every stream starts with a priming event (an id
+//!   and the `retry` hint), so a client can resume from the very start.
+//! - `DELETE /mcp` ends the session.
+//! - A request for a session another shard owns goes there through
+//!   [`Forward`] (the mesh); its events come back to this connection.
+//! - A 2026-07-28 request (its envelope in `_meta`, no session) is served
+//!   here, on the accepting shard, with no mesh hop.
+//! - Host and Origin are checked against `listen.allowed_hosts`
+//!   (DNS-rebinding protection). Idle, slow and dead clients time out.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::os::fd::AsRawFd;
-use std::rc::Rc;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 
+use crate::config::LimitsConfig;
 use crate::protocol::jsonrpc::{decode, Id, Incoming, Message};
 use crate::protocol::version::{era_of, HANDSHAKE_VERSIONS};
-use crate::registry::SessionId;
-use crate::session::{self, OutFrame, SessionHandle};
+use crate::registry::{IdHasher, SessionId};
+use crate::session::{self, McpSession, OutFrame, SessionHandle, SessionRegistry};
+use crate::sync::Event;
+use crate::time::SharedClock;
 
+use super::event_store::{EventStore, ResumeError, StoreLimits};
 use super::sockets;
 use super::tcp::TcpService;
 
 /// Largest request head (request line and headers).
 const HEAD_BYTES_MAX: usize = 16 << 10;
 const HEADERS_MAX: usize = 64;
-/// Frames waiting for one request's SSE stream.
+/// Events queued between a session's streams and one connection.
 const STREAM_FRAMES_MAX: usize = 256;
+/// Room offered to each read; small, because idle connections hold it.
+const READ_CHUNK_BYTES: usize = 4 << 10;
 
-/// Routes a session's outbox frames to the POST stream of the request they
-/// belong to; frames for no open stream are dropped (there is no GET stream).
-#[derive(Default)]
-struct Router {
-    streams: RefCell<HashMap<Id, Rc<LocalSender<Bytes>>>>,
+/// What an HTTP request asks of a session, on the shard that owns it.
+pub enum Exchange {
+    /// A POST body; `requests` are the ids of the requests in it (none: it
+    /// holds only notifications and responses).
+    Post {
+        body: Bytes,
+        requests: Vec<Id>,
+        sse: bool,
+    },
+    /// A GET: the standalone stream, or the stream `last_event_id` names.
+    Get { last_event_id: Option<String> },
+    /// A POST to `/messages` of a legacy HTTP+SSE session: the answer goes
+    /// to the session's SSE stream.
+    LegacyPost { body: Bytes },
+}
+
+/// The owning shard's answer to an [`Exchange`].
+pub enum Answer {
+    /// A JSON body (200), or nothing to say (202).
+    Reply(Option<Bytes>),
+    /// SSE events until the channel closes.
+    Stream(LocalReceiver<Bytes>),
+    /// Refused with this status and reason.
+    Refused(&'static str, String),
+    UnknownSession,
 }
 
 /// Reaches sessions owned by other shards (the runtime implements it over
 /// the mesh).
 pub trait Forward {
-    /// Hands `body` to `session` on its owning shard. The frames of the
-    /// request go to `frames` as they come; the future gives the reply
-    /// (`None` for a notification), or `None` when the session is unknown.
-    fn forward(
+    /// Runs `exchange` on `session`'s owning shard. When the answer is a
+    /// stream, its events arrive on `events` (the answer's own receiver is
+    /// the other end of it).
+    fn exchange(
         &self,
         session: SessionId,
-        body: Bytes,
-        frames: LocalSender<Bytes>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Option<Bytes>>>>>;
+        exchange: Exchange,
+        events: (LocalSender<Bytes>, LocalReceiver<Bytes>),
+    ) -> Pin<Box<dyn Future<Output = Answer>>>;
     /// Ends `session` on its owning shard; false when it is unknown.
-    fn delete(
-        &self,
-        session: SessionId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool>>>;
+    fn delete(&self, session: SessionId) -> Pin<Box<dyn Future<Output = bool>>>;
 }
 
-/// The routers of this shard's HTTP sessions, and the way to other shards'.
-#[derive(Default)]
+/// What this shard knows of one of its HTTP sessions.
+struct Link {
+    last_seen: Cell<Duration>,
+    /// Frames the routing task has taken from the session's outbox.
+    routed: Cell<u64>,
+    /// Requests waiting until `routed` reaches a count (see `flush`).
+    waiters: RefCell<Vec<(u64, Event)>>,
+}
+
+impl Link {
+    fn release_all(&self) {
+        for (_, waiter) in self.waiters.borrow_mut().drain(..) {
+            waiter.set();
+        }
+    }
+}
+
+type Links = HashMap<SessionId, Link, BuildHasherDefault<IdHasher>>;
+
+/// The HTTP sessions this shard owns, their streams, and the way to other
+/// shards' sessions.
 pub struct HttpSessions {
-    routers: RefCell<HashMap<String, Rc<Router>>>,
+    store: EventStore,
+    links: RefCell<Links>,
     forward: RefCell<Option<Rc<dyn Forward>>>,
+    clock: SharedClock,
+    session_idle: Duration,
+    /// 2026-07-28 `subscriptions/listen` requests running on this shard:
+    /// they have no registry entry, so resource updates reach them here.
+    listening: RefCell<Vec<Weak<McpSession>>>,
+}
+
+/// Keeps a stateless session in [`HttpSessions::deliver_resource_updated`]'s
+/// reach while it lives.
+struct Listening<'a> {
+    sessions: &'a HttpSessions,
+    session: Weak<McpSession>,
+}
+
+impl Drop for Listening<'_> {
+    fn drop(&mut self) {
+        self.sessions
+            .listening
+            .borrow_mut()
+            .retain(|other| !other.ptr_eq(&self.session) && other.strong_count() > 0);
+    }
 }
 
 impl HttpSessions {
+    pub fn new(limits: &LimitsConfig, clock: SharedClock) -> Self {
+        HttpSessions {
+            store: EventStore::new(
+                StoreLimits {
+                    events_per_stream: limits.event_store_events_per_stream,
+                    bytes_max: limits.event_store_bytes_max,
+                    retained_for: Duration::from_millis(limits.event_store_retention_ms),
+                    retry_ms: limits.sse_retry_ms,
+                    sink_capacity: STREAM_FRAMES_MAX,
+                },
+                clock.clone(),
+            ),
+            links: RefCell::new(Links::default()),
+            forward: RefCell::new(None),
+            clock,
+            session_idle: Duration::from_millis(limits.http_session_idle_ms),
+            listening: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Tells this shard's running 2026-07-28 listens that `uri` changed
+    /// (sessions in the registry are told by the runtime).
+    pub fn deliver_resource_updated(&self, uri: &str) {
+        let listening: Vec<Rc<McpSession>> = self
+            .listening
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for session in listening {
+            session.deliver_resource_updated(uri);
+        }
+    }
+
+    fn listen(&self, session: &Rc<McpSession>) -> Listening<'_> {
+        let session = Rc::downgrade(session);
+        self.listening.borrow_mut().push(session.clone());
+        Listening {
+            sessions: self,
+            session,
+        }
+    }
+
     pub fn set_forward(&self, forward: Rc<dyn Forward>) {
         *self.forward.borrow_mut() = Some(forward);
     }
 
-    /// Starts streaming request `id` of a local session: its frames go to
-    /// `frames` until `end_stream` (used for requests forwarded here).
-    pub fn open_stream(&self, handle: &SessionHandle, id: Id, frames: LocalSender<Bytes>) {
-        self.router(handle)
-            .streams
-            .borrow_mut()
-            .insert(id, Rc::new(frames));
+    pub fn store(&self) -> &EventStore {
+        &self.store
     }
 
-    pub fn end_stream(&self, handle: &SessionHandle, id: &Id) {
-        self.router(handle).streams.borrow_mut().remove(id);
+    /// HTTP sessions of this shard.
+    pub fn len(&self) -> usize {
+        self.links.borrow().len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.links.borrow().is_empty()
+    }
+
+    /// Drops what this shard keeps for a session that ended.
     pub fn forget_session(&self, id: &SessionId) {
-        self.forget(id);
+        let link = self.links.borrow_mut().remove(id);
+        if let Some(link) = link {
+            link.release_all();
+        }
+        self.store.forget(id);
     }
 
-    fn router(&self, handle: &SessionHandle) -> Rc<Router> {
-        let key = handle.id().to_string();
-        if let Some(router) = self.routers.borrow().get(&key) {
-            return router.clone();
+    /// Serves `exchange` for `handle`, a session this shard owns.
+    pub async fn exchange(self: &Rc<Self>, handle: &SessionHandle, exchange: Exchange) -> Answer {
+        let id = handle.id();
+        if !self.link(handle) {
+            return Answer::UnknownSession;
         }
-        let router = Rc::new(Router::default());
-        if let Some(outbox) = handle.take_outbox() {
-            let routing = router.clone();
-            glommio::spawn_local(route_frames(outbox, routing)).detach();
+        match exchange {
+            Exchange::Post { body, requests, .. } if requests.is_empty() => {
+                match handle.request(body).await {
+                    Ok(_) => Answer::Reply(None),
+                    Err(_) => Answer::UnknownSession,
+                }
+            }
+            Exchange::Post {
+                body, sse: false, ..
+            } => match handle.request(body).await {
+                Ok(reply) => Answer::Reply(Some(reply.unwrap_or_default())),
+                Err(_) => Answer::UnknownSession,
+            },
+            Exchange::Post { body, requests, .. } => {
+                let (number, events) = self.store.open_request_stream(id, &requests);
+                let sessions = self.clone();
+                let handle = handle.clone();
+                // The request outlives the connection: a client that drops
+                // it resumes the stream and still gets the answer.
+                glommio::spawn_local(async move {
+                    let reply = handle.request(body).await.ok().flatten();
+                    sessions.flush(&handle).await;
+                    sessions.store.finish(id, number, reply);
+                })
+                .detach();
+                Answer::Stream(events)
+            }
+            Exchange::Get {
+                last_event_id: None,
+            } => Answer::Stream(self.store.open_standalone(id, true)),
+            Exchange::Get {
+                last_event_id: Some(last),
+            } => match self.store.resume(id, &last) {
+                Ok(events) => Answer::Stream(events),
+                Err(error @ ResumeError::Malformed(_)) => {
+                    Answer::Refused("400 Bad Request", error.to_string())
+                }
+                Err(error) => Answer::Refused("404 Not Found", error.to_string()),
+            },
+            Exchange::LegacyPost { body } => {
+                let sessions = self.clone();
+                let handle = handle.clone();
+                glommio::spawn_local(async move {
+                    let reply = handle.request(body).await.ok().flatten();
+                    sessions.flush(&handle).await;
+                    if let Some(reply) = reply {
+                        sessions.store.route(id, None, reply);
+                    }
+                })
+                .detach();
+                Answer::Reply(None)
+            }
         }
-        self.routers.borrow_mut().insert(key, router.clone());
-        router
     }
 
-    fn forget(&self, id: &SessionId) {
-        self.routers.borrow_mut().remove(&id.to_string());
+    /// Closes sessions no client has touched for `http_session_idle_ms`
+    /// (none is watching a stream of theirs), and expires stream history.
+    pub fn sweep(&self, registry: &SessionRegistry) {
+        let now = self.clock.now();
+        let idle: Vec<SessionId> = self
+            .links
+            .borrow()
+            .iter()
+            .filter(|(id, link)| {
+                now.saturating_sub(link.last_seen.get()) >= self.session_idle
+                    && !self.store.has_sink(id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            tracing::debug!(session = %id, "HTTP session idle too long; closed");
+            session::close(registry, &id);
+            self.forget_session(&id);
+        }
+        self.store.expire();
+    }
+
+    /// Notes that the client used the session, and starts routing its
+    /// outbox to its streams the first time. False when the session's
+    /// outbox is gone (another transport owns it).
+    fn link(self: &Rc<Self>, handle: &SessionHandle) -> bool {
+        let id = handle.id();
+        let now = self.clock.now();
+        if let Some(link) = self.links.borrow().get(&id) {
+            link.last_seen.set(now);
+            return true;
+        }
+        let Some(outbox) = handle.take_outbox() else {
+            return false;
+        };
+        self.links.borrow_mut().insert(
+            id,
+            Link {
+                last_seen: Cell::new(now),
+                routed: Cell::new(0),
+                waiters: RefCell::new(Vec::new()),
+            },
+        );
+        glommio::spawn_local(route_frames(Rc::downgrade(self), id, outbox)).detach();
+        true
+    }
+
+    fn route(&self, id: SessionId, frame: OutFrame) {
+        if frame.is_close_stream() {
+            // A handler asked to close its request's stream (SEP-1699).
+            if let Some(related) = &frame.related {
+                self.store.detach_request(id, related);
+            }
+            return;
+        }
+        self.store.route(id, frame.related.as_ref(), frame.frame);
+    }
+
+    /// Waits until the routing task has taken every frame the session has
+    /// queued so far, so a reply routed next comes after the notifications
+    /// its handler sent. (The outbox has one reader, the routing task: it
+    /// routes each frame as it takes it, in order.)
+    async fn flush(&self, handle: &SessionHandle) {
+        let queued = handle.outbox_len() as u64;
+        if queued == 0 {
+            return;
+        }
+        let waiter = {
+            let links = self.links.borrow();
+            let Some(link) = links.get(&handle.id()) else {
+                return;
+            };
+            let waiter = Event::new();
+            link.waiters
+                .borrow_mut()
+                .push((link.routed.get() + queued, waiter.clone()));
+            waiter
+        };
+        waiter.wait().await;
+    }
+
+    /// Counts a routed frame and releases the requests that waited for it.
+    fn routed_one(&self, id: &SessionId) {
+        if let Some(link) = self.links.borrow().get(id) {
+            let routed = link.routed.get() + 1;
+            link.routed.set(routed);
+            link.waiters.borrow_mut().retain(|(target, waiter)| {
+                if *target <= routed {
+                    waiter.set();
+                    false
+                } else {
+                    true
+                }
+            });
+        }
     }
 }
 
-async fn route_frames(outbox: LocalReceiver<OutFrame>, router: Rc<Router>) {
+async fn route_frames(
+    sessions: Weak<HttpSessions>,
+    id: SessionId,
+    outbox: LocalReceiver<OutFrame>,
+) {
     while let Some(frame) = outbox.recv().await {
-        let Some(related) = frame.related else {
-            continue;
+        let Some(sessions) = sessions.upgrade() else {
+            return;
         };
-        let stream = router.streams.borrow().get(&related).cloned();
-        if let Some(stream) = stream {
-            let _ = stream.send(frame.frame).await;
-        }
+        sessions.route(id, frame);
+        sessions.routed_one(&id);
+    }
+    // The session ended (its outbox closed): so do its streams.
+    if let Some(sessions) = sessions.upgrade() {
+        sessions.forget_session(&id);
     }
 }
 
@@ -134,30 +404,61 @@ impl Request {
             .find(|(key, _)| key.eq_ignore_ascii_case(name))
             .map(|(_, value)| value.as_str())
     }
+
+    fn accepts_sse(&self) -> bool {
+        self.header("accept")
+            .is_some_and(|accept| accept.contains("text/event-stream"))
+    }
+
+    fn query(&self, key: &str) -> Option<&str> {
+        let query = self.path.split_once('?')?.1;
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(name, _)| *name == key)
+            .map(|(_, value)| value)
+    }
 }
 
-/// Serves one HTTP/1.1 connection (keep-alive, one request at a time).
+/// Why reading a request stopped.
+enum ReadError {
+    /// Answer with this status, then close.
+    Status(&'static str),
+    /// The client went away, or stayed silent: close quietly.
+    Closed,
+}
+
+/// Serves one HTTP/1.1 connection (keep-alive; requests one at a time).
 pub async fn serve_connection(
     mut stream: TcpStream,
     service: Rc<TcpService>,
     sessions: Rc<HttpSessions>,
 ) {
     let tracked = sockets::track(stream.as_raw_fd());
-    let mut buffer = BytesMut::with_capacity(4 << 10);
+    let limits = &service.limits;
+    // A client that stops reading is cut off instead of holding the shard.
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(limits.http_write_timeout_ms)));
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
-        let request =
-            match read_request(&mut stream, &mut buffer, service.limits.message_bytes_max).await {
-                Ok(Some(request)) => request,
-                Ok(None) => break,
-                Err(status) => {
-                    let _ = respond(&mut stream, status, &[], b"", false).await;
-                    break;
-                }
-            };
+        let request = match read_request(&mut stream, &mut buffer, &service).await {
+            Ok(request) => request,
+            Err(ReadError::Closed) => break,
+            Err(ReadError::Status(status)) => {
+                let _ = respond(&mut stream, status, &[], status.as_bytes(), false).await;
+                break;
+            }
+        };
         let keep_alive = request.keep_alive && !service.drain.is_set();
-        if handle(&mut stream, request, &service, &sessions, keep_alive)
-            .await
-            .is_err()
+        if handle(
+            &mut stream,
+            &mut buffer,
+            request,
+            &service,
+            &sessions,
+            keep_alive,
+        )
+        .await
+        .is_err()
             || !keep_alive
         {
             break;
@@ -167,11 +468,48 @@ pub async fn serve_connection(
     let _ = stream.close().await;
 }
 
+/// Reads one request: the connection may idle up to `http_idle_timeout_ms`
+/// before it starts, and must then deliver the whole request within
+/// `http_read_timeout_ms` (slow clients do not hold a connection open).
 async fn read_request(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
+    service: &TcpService,
+) -> Result<Request, ReadError> {
+    let limits = &service.limits;
+    if buffer.is_empty() {
+        let idle = service
+            .clock
+            .sleep(Duration::from_millis(limits.http_idle_timeout_ms));
+        let drained = service.drain.wait();
+        let first = future::or(async { Some(read_more(stream, buffer).await) }, async {
+            future::or(idle, drained).await;
+            None
+        })
+        .await;
+        match first {
+            Some(Ok(())) => {}
+            Some(Err(_)) | None => return Err(ReadError::Closed),
+        }
+    }
+    let deadline = service
+        .clock
+        .sleep(Duration::from_millis(limits.http_read_timeout_ms));
+    future::or(
+        parse_request(stream, buffer, limits.message_bytes_max),
+        async {
+            deadline.await;
+            Err(ReadError::Status("408 Request Timeout"))
+        },
+    )
+    .await
+}
+
+async fn parse_request(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
     body_max: usize,
-) -> Result<Option<Request>, &'static str> {
+) -> Result<Request, ReadError> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
         let mut parsed = httparse::Request::new(&mut headers);
@@ -190,20 +528,25 @@ async fn read_request(
                         )
                     })
                     .collect();
-                let length = headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .map(|(_, v)| v.trim().parse::<usize>().map_err(|_| "400 Bad Request"))
-                    .transpose()?
+                let header = |name: &str| {
+                    headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.trim().to_ascii_lowercase())
+                };
+                if header("transfer-encoding").is_some() {
+                    // Bodies are JSON-RPC messages of known size.
+                    return Err(ReadError::Status("411 Length Required"));
+                }
+                let length = header("content-length")
+                    .map(|v| v.parse::<usize>())
+                    .transpose()
+                    .map_err(|_| ReadError::Status("400 Bad Request"))?
                     .unwrap_or(0);
                 if length > body_max {
-                    return Err("413 Payload Too Large");
+                    return Err(ReadError::Status("413 Payload Too Large"));
                 }
-                let connection = headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("connection"))
-                    .map(|(_, v)| v.to_ascii_lowercase());
-                let keep_alive = match connection.as_deref() {
+                let keep_alive = match header("connection").as_deref() {
                     Some("close") => false,
                     Some("keep-alive") => true,
                     _ => version == 1,
@@ -212,34 +555,32 @@ async fn read_request(
                 while buffer.len() < length {
                     read_more(stream, buffer)
                         .await
-                        .map_err(|_| "400 Bad Request")?;
+                        .map_err(|_| ReadError::Closed)?;
                 }
                 let body = buffer.split_to(length).freeze();
-                return Ok(Some(Request {
+                return Ok(Request {
                     method,
                     path,
                     headers,
                     body,
                     keep_alive,
-                }));
+                });
             }
             Ok(httparse::Status::Partial) => {
                 if buffer.len() > HEAD_BYTES_MAX {
-                    return Err("431 Request Header Fields Too Large");
+                    return Err(ReadError::Status("431 Request Header Fields Too Large"));
                 }
-                match read_more(stream, buffer).await {
-                    Ok(()) => {}
-                    Err(_) if buffer.is_empty() => return Ok(None),
-                    Err(_) => return Err("400 Bad Request"),
+                if read_more(stream, buffer).await.is_err() {
+                    return Err(ReadError::Closed);
                 }
             }
-            Err(_) => return Err("400 Bad Request"),
+            Err(_) => return Err(ReadError::Status("400 Bad Request")),
         }
     }
 }
 
 async fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut) -> std::io::Result<()> {
-    let mut chunk = [0u8; 4 << 10];
+    let mut chunk = [0u8; READ_CHUNK_BYTES];
     let read = stream.read(&mut chunk).await?;
     if read == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -248,30 +589,32 @@ async fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut) -> std::io::Re
     Ok(())
 }
 
-/// Host and Origin must name this machine (DNS-rebinding protection).
-fn trusted(request: &Request) -> bool {
-    fn local(authority: &str) -> bool {
+/// Host and Origin must name an allowed host (DNS-rebinding protection).
+fn trusted(request: &Request, allowed: &[String]) -> bool {
+    let allowed_host = |authority: &str| {
         let host = authority
             .trim()
             .trim_start_matches("http://")
             .trim_start_matches("https://");
         let host = match host.strip_prefix('[') {
             Some(rest) => rest.split(']').next().unwrap_or(""),
-            None => host.split(':').next().unwrap_or(""),
+            None => host.split([':', '/']).next().unwrap_or(""),
         };
-        matches!(host, "localhost" | "127.0.0.1" | "::1")
-    }
-    request.header("host").is_some_and(local) && request.header("origin").is_none_or(local)
+        allowed.iter().any(|name| name.eq_ignore_ascii_case(host))
+    };
+    request.header("host").is_some_and(allowed_host)
+        && request.header("origin").is_none_or(allowed_host)
 }
 
 async fn handle(
     stream: &mut TcpStream,
+    buffer: &mut BytesMut,
     request: Request,
     service: &Rc<TcpService>,
     sessions: &Rc<HttpSessions>,
     keep_alive: bool,
 ) -> std::io::Result<()> {
-    if !trusted(&request) {
+    if !trusted(&request, &service.allowed_hosts) {
         return respond(
             stream,
             "403 Forbidden",
@@ -281,9 +624,37 @@ async fn handle(
         )
         .await;
     }
-    if request.path.split('?').next() != Some("/mcp") {
-        return respond(stream, "404 Not Found", &[], b"", keep_alive).await;
+    let route = request.path.split('?').next().unwrap_or("");
+    match (route, request.method.as_str()) {
+        ("/mcp", _) => mcp(stream, buffer, request, service, sessions, keep_alive).await,
+        ("/sse", "GET") => legacy_open(stream, buffer, service, sessions, keep_alive).await,
+        ("/messages", "POST") => {
+            legacy_post(stream, buffer, request, service, sessions, keep_alive).await
+        }
+        ("/sse", _) | ("/messages", _) => {
+            let allow = if route == "/sse" { "GET" } else { "POST" };
+            respond(
+                stream,
+                "405 Method Not Allowed",
+                &[("Allow", allow)],
+                b"",
+                keep_alive,
+            )
+            .await
+        }
+        _ => respond(stream, "404 Not Found", &[], b"", keep_alive).await,
     }
+}
+
+/// The Streamable HTTP endpoint.
+async fn mcp(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    request: Request,
+    service: &Rc<TcpService>,
+    sessions: &Rc<HttpSessions>,
+    keep_alive: bool,
+) -> std::io::Result<()> {
     if let Some(version) = request.header("mcp-protocol-version") {
         if era_of(version).is_none() {
             let body = format!(
@@ -294,97 +665,125 @@ async fn handle(
         }
     }
     let session_header = request.header("mcp-session-id").map(str::to_string);
-    match request.method.as_str() {
-        "POST" => {}
+    let session_id = session_header
+        .as_deref()
+        .map(|text| SessionId::parse(text).ok());
+    let exchange = match request.method.as_str() {
+        "POST" => None,
+        "GET" => {
+            if !request.accepts_sse() {
+                return respond(
+                    stream,
+                    "406 Not Acceptable",
+                    &[],
+                    b"GET /mcp opens an SSE stream: Accept must include text/event-stream",
+                    keep_alive,
+                )
+                .await;
+            }
+            Some(Exchange::Get {
+                last_event_id: request.header("last-event-id").map(str::to_string),
+            })
+        }
         "DELETE" => {
-            let Some(id) = session_header.and_then(|text| SessionId::parse(&text).ok()) else {
+            let Some(Some(id)) = session_id else {
                 return missing_session(stream, keep_alive).await;
             };
-            let forward = sessions.forward.borrow().clone();
-            if let Some(forward) = forward.filter(|_| id.shard() != service.registry.shard()) {
-                let status = if forward.delete(id).await {
-                    "200 OK"
-                } else {
-                    "404 Not Found"
-                };
-                return respond(stream, status, &[], b"", keep_alive).await;
-            }
-            if service.registry.contains(&id) {
-                session::close(&service.registry, &id);
-                sessions.forget(&id);
-                return respond(stream, "200 OK", &[], b"", keep_alive).await;
-            }
-            return respond(stream, "404 Not Found", &[], b"", keep_alive).await;
+            let deleted = match foreign_forward(sessions, service, &id) {
+                Some(forward) => forward.delete(id).await,
+                None if service.registry.contains(&id) => {
+                    session::close(&service.registry, &id);
+                    sessions.forget_session(&id);
+                    true
+                }
+                None => false,
+            };
+            let status = if deleted { "200 OK" } else { "404 Not Found" };
+            return respond(stream, status, &[], b"", keep_alive).await;
         }
         _ => {
             return respond(
                 stream,
                 "405 Method Not Allowed",
-                &[("Allow", "POST, DELETE")],
+                &[("Allow", "GET, POST, DELETE")],
                 b"",
                 keep_alive,
             )
             .await
         }
-    }
-    // What the body holds decides the answer: requests get one, the rest 202.
-    let (first_request, enveloped) = match decode(&request.body, service.limits.message_bytes_max) {
-        Ok(Incoming::Single(Message::Request { id, method, params })) => {
-            let enveloped =
-                crate::protocol::stateless::is_enveloped(params.as_ref()) && method != "initialize";
-            (Some((id, method, params)), enveloped)
-        }
-        _ => (None, false),
     };
-    // A 2026-07-28 request needs no session: served here, with no mesh hop.
-    if session_header.is_none() && enveloped {
-        if let Some((id, method, params)) = first_request {
-            return stateless(
+    if let Some(exchange) = exchange {
+        let Some(Some(id)) = session_id else {
+            return missing_session(stream, keep_alive).await;
+        };
+        let answer = run_exchange(sessions, service, id, exchange).await;
+        return write_answer(stream, buffer, answer, &id.to_string(), service, keep_alive).await;
+    }
+    if let Some(content_type) = request.header("content-type") {
+        if !content_type
+            .to_ascii_lowercase()
+            .contains("application/json")
+        {
+            return respond(
                 stream,
-                request,
-                service,
-                id,
-                &method,
-                params.as_ref(),
+                "415 Unsupported Media Type",
+                &[],
+                b"POST /mcp takes Content-Type: application/json",
                 keep_alive,
             )
             .await;
         }
     }
-    let first_request = first_request.map(|(id, method, _)| (id, method));
-    // A session owned by another shard: its requests go there over the mesh.
-    let foreign = session_header
-        .as_deref()
-        .and_then(|text| SessionId::parse(text).ok())
-        .filter(|id| id.shard() != service.registry.shard());
-    let forward = sessions.forward.borrow().clone();
-    if let (Some(id), Some(forward)) = (foreign, forward) {
-        return forwarded(
-            stream,
-            request,
-            forward,
-            id,
-            first_request.map(|(id, _)| id),
-            keep_alive,
-        )
-        .await;
-    }
-    let handle = match session_header {
-        Some(text) => match SessionId::parse(&text)
-            .ok()
-            .and_then(|id| service.registry.get(&id))
-        {
-            Some(handle) => handle,
-            None => {
-                return respond(stream, "404 Not Found", &[], b"unknown session", keep_alive).await
+    // What the body holds decides the answer: requests get one, the rest 202.
+    let mut requests = Vec::new();
+    let mut single = None;
+    match decode(&request.body, service.limits.message_bytes_max) {
+        Ok(Incoming::Single(Message::Request { id, method, params })) => {
+            requests.push(id.clone());
+            single = Some((id, method, params));
+        }
+        Ok(Incoming::Batch(entries)) => {
+            for entry in entries.iter().flatten() {
+                if let Message::Request { id, .. } = entry {
+                    requests.push(id.clone());
+                }
             }
-        },
-        None if first_request
+        }
+        Ok(Incoming::Single(_)) => {}
+        // Bad JSON or a bad envelope: the session answers it with the error.
+        Err(refusal) => requests.push(refusal.id.unwrap_or(Id::Int(0))),
+    }
+    // A 2026-07-28 request needs no session: served here, with no mesh hop.
+    if session_header.is_none() {
+        if let Some((id, method, params)) = &single {
+            if crate::protocol::stateless::is_enveloped(params.as_ref()) && method != "initialize" {
+                return stateless(
+                    stream,
+                    buffer,
+                    sessions,
+                    &request,
+                    service,
+                    id.clone(),
+                    method,
+                    params.as_ref(),
+                    keep_alive,
+                )
+                .await;
+            }
+        }
+    }
+    let sse = request.accepts_sse();
+    let id = match session_id {
+        Some(Some(id)) => id,
+        Some(None) => {
+            return respond(stream, "404 Not Found", &[], b"unknown session", keep_alive).await
+        }
+        None if single
             .as_ref()
-            .is_some_and(|(_, method)| method == "initialize") =>
+            .is_some_and(|(_, method, _)| method == "initialize") =>
         {
             match session::open(&service.registry, &service.pools, &service.sessions) {
-                Ok(handle) => handle,
+                Ok(handle) => handle.id(),
                 Err(error) => {
                     let body = error.to_string();
                     return respond(
@@ -400,116 +799,159 @@ async fn handle(
         }
         None => return missing_session(stream, keep_alive).await,
     };
-    let session_id = handle.id().to_string();
-    let router = sessions.router(&handle);
-    let Some((id, _)) = first_request else {
-        let _ = handle.request(request.body).await;
+    let exchange = Exchange::Post {
+        body: request.body,
+        requests,
+        sse,
+    };
+    let answer = run_exchange(sessions, service, id, exchange).await;
+    write_answer(stream, buffer, answer, &id.to_string(), service, keep_alive).await
+}
+
+/// Runs an exchange where the session lives: here, or over the mesh.
+async fn run_exchange(
+    sessions: &Rc<HttpSessions>,
+    service: &TcpService,
+    id: SessionId,
+    exchange: Exchange,
+) -> Answer {
+    if let Some(forward) = foreign_forward(sessions, service, &id) {
+        return forward
+            .exchange(id, exchange, local_channel::new_bounded(STREAM_FRAMES_MAX))
+            .await;
+    }
+    match service.registry.get(&id) {
+        Some(handle) => sessions.exchange(&handle, exchange).await,
+        None => Answer::UnknownSession,
+    }
+}
+
+fn foreign_forward(
+    sessions: &HttpSessions,
+    service: &TcpService,
+    id: &SessionId,
+) -> Option<Rc<dyn Forward>> {
+    if id.shard() == service.registry.shard() {
+        return None;
+    }
+    sessions.forward.borrow().clone()
+}
+
+async fn write_answer(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    answer: Answer,
+    session: &str,
+    service: &TcpService,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    match answer {
+        Answer::Reply(Some(body)) => {
+            let headers = [
+                ("Content-Type", "application/json"),
+                ("Mcp-Session-Id", session),
+            ];
+            respond(stream, "200 OK", &headers, &body, keep_alive).await
+        }
+        Answer::Reply(None) => {
+            respond(
+                stream,
+                "202 Accepted",
+                &[("Mcp-Session-Id", session)],
+                b"",
+                keep_alive,
+            )
+            .await
+        }
+        Answer::Stream(events) => {
+            write_sse_head(stream, session, keep_alive).await?;
+            write_events(stream, buffer, &events, service).await
+        }
+        Answer::Refused(status, reason) => {
+            respond(stream, status, &[], reason.as_bytes(), keep_alive).await
+        }
+        Answer::UnknownSession => {
+            respond(stream, "404 Not Found", &[], b"unknown session", keep_alive).await
+        }
+    }
+}
+
+/// `GET /sse` (2024-11-05): a new session whose every message to the client
+/// travels on this stream, after an `endpoint` event naming where to POST.
+/// The session ends with the stream.
+async fn legacy_open(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    service: &Rc<TcpService>,
+    sessions: &Rc<HttpSessions>,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let handle = match session::open(&service.registry, &service.pools, &service.sessions) {
+        Ok(handle) => handle,
+        Err(error) => {
+            let body = error.to_string();
+            return respond(
+                stream,
+                "503 Service Unavailable",
+                &[],
+                body.as_bytes(),
+                keep_alive,
+            )
+            .await;
+        }
+    };
+    let id = handle.id();
+    if !sessions.link(&handle) {
+        session::close(&service.registry, &id);
+        return respond(stream, "500 Internal Server Error", &[], b"", false).await;
+    }
+    sessions.store.set_legacy(id);
+    let events = sessions.store.open_standalone(id, false);
+    let endpoint = format!("event: endpoint\ndata: /messages?sessionId={id}\n\n");
+    let outcome = async {
+        write_sse_head(stream, "", keep_alive).await?;
+        write_chunk(stream, endpoint.as_bytes()).await?;
+        write_events(stream, buffer, &events, service).await
+    }
+    .await;
+    session::close(&service.registry, &id);
+    sessions.forget_session(&id);
+    outcome
+}
+
+/// `POST /messages?sessionId=…` (2024-11-05): accepted with 202; the answer
+/// goes to the session's SSE stream.
+async fn legacy_post(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    request: Request,
+    service: &Rc<TcpService>,
+    sessions: &Rc<HttpSessions>,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let Some(text) = request.query("sessionId") else {
         return respond(
             stream,
-            "202 Accepted",
-            &[("Mcp-Session-Id", &session_id)],
-            b"",
+            "400 Bad Request",
+            &[],
+            b"missing sessionId query parameter",
             keep_alive,
         )
         .await;
     };
-    let wants_sse = request
-        .header("accept")
-        .is_some_and(|accept| accept.contains("text/event-stream"));
-    if !wants_sse {
-        let reply = handle
-            .request(request.body)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let headers = [
-            ("Content-Type", "application/json"),
-            ("Mcp-Session-Id", session_id.as_str()),
-        ];
-        return respond(stream, "200 OK", &headers, &reply, keep_alive).await;
-    }
-    let (frames_tx, frames) = local_channel::new_bounded(STREAM_FRAMES_MAX);
-    router
-        .streams
-        .borrow_mut()
-        .insert(id.clone(), Rc::new(frames_tx));
-    let reply = async { handle.request(request.body).await.ok() };
-    let streamed = stream_until_reply(stream, &frames, reply, &session_id, keep_alive).await;
-    router.streams.borrow_mut().remove(&id);
-    streamed
-}
-
-/// Serves a request for a session another shard owns.
-async fn forwarded(
-    stream: &mut TcpStream,
-    request: Request,
-    forward: Rc<dyn Forward>,
-    session: SessionId,
-    request_id: Option<Id>,
-    keep_alive: bool,
-) -> std::io::Result<()> {
-    let session_text = session.to_string();
-    let wants_sse = request
-        .header("accept")
-        .is_some_and(|accept| accept.contains("text/event-stream"));
-    let (frames_tx, frames) = local_channel::new_bounded(STREAM_FRAMES_MAX);
-    let reply = forward.forward(session, request.body, frames_tx);
-    if request_id.is_none() || !wants_sse {
-        let Some(reply) = reply.await else {
-            return respond(stream, "404 Not Found", &[], b"unknown session", keep_alive).await;
-        };
-        return match reply {
-            Some(reply) if request_id.is_some() => {
-                let headers = [
-                    ("Content-Type", "application/json"),
-                    ("Mcp-Session-Id", session_text.as_str()),
-                ];
-                respond(stream, "200 OK", &headers, &reply, keep_alive).await
-            }
-            _ => {
-                respond(
-                    stream,
-                    "202 Accepted",
-                    &[("Mcp-Session-Id", &session_text)],
-                    b"",
-                    keep_alive,
-                )
-                .await
-            }
-        };
-    }
-    stream_until_reply(stream, &frames, reply, &session_text, keep_alive).await
-}
-
-/// Streams a request's frames as SSE events until its reply comes, then the
-/// frames still queued, then the reply. The head goes out with the first
-/// event, so a `None` reply (unknown session) can still be answered 404.
-async fn stream_until_reply(
-    stream: &mut TcpStream,
-    frames: &LocalReceiver<Bytes>,
-    reply: impl std::future::Future<Output = Option<Option<Bytes>>>,
-    session: &str,
-    keep_alive: bool,
-) -> std::io::Result<()> {
-    futures_lite::pin!(reply);
-    let first = future::or(async { Err(frames.recv().await) }, async {
-        Ok((&mut reply).await)
-    })
+    let Ok(id) = SessionId::parse(text) else {
+        return respond(stream, "404 Not Found", &[], b"unknown session", keep_alive).await;
+    };
+    let answer = run_exchange(
+        sessions,
+        service,
+        id,
+        Exchange::LegacyPost { body: request.body },
+    )
     .await;
-    match first {
-        Ok(None) => respond(stream, "404 Not Found", &[], b"unknown session", keep_alive).await,
-        Ok(Some(done)) => {
-            write_sse_head(stream, session, keep_alive).await?;
-            stream_frames(stream, frames, async { done }).await
-        }
-        Err(frame) => {
-            write_sse_head(stream, session, keep_alive).await?;
-            if let Some(frame) = frame {
-                write_event(stream, &frame).await?;
-            }
-            stream_frames(stream, frames, async { reply.await.flatten() }).await
-        }
+    match answer {
+        Answer::Reply(_) => respond(stream, "202 Accepted", &[], b"Accepted", keep_alive).await,
+        other => write_answer(stream, buffer, other, "", service, keep_alive).await,
     }
 }
 
@@ -520,7 +962,9 @@ async fn stream_until_reply(
 #[allow(clippy::too_many_arguments)]
 async fn stateless(
     stream: &mut TcpStream,
-    request: Request,
+    buffer: &mut BytesMut,
+    sessions: &HttpSessions,
+    request: &Request,
     service: &Rc<TcpService>,
     id: Id,
     method: &str,
@@ -554,7 +998,7 @@ async fn stateless(
         return respond(stream, "400 Bad Request", &headers, &body, keep_alive).await;
     }
     let env = &service.sessions;
-    let session = crate::session::McpSession::new(
+    let session = McpSession::new(
         env.server.clone(),
         env.limits,
         env.clock.clone(),
@@ -564,16 +1008,25 @@ async fn stateless(
     let Some(outbox) = session.take_outbox() else {
         return respond(stream, "500 Internal Server Error", &[], b"", keep_alive).await;
     };
-    let wants_sse = request
-        .header("accept")
-        .is_some_and(|accept| accept.contains("text/event-stream"));
+    // A listen hears the shard's resource updates while it runs.
+    let _listening = (method == "subscriptions/listen").then(|| sessions.listen(&session));
     let reply = session.handle_frame(&request.body);
     futures_lite::pin!(reply);
-    // Until the first notification, the answer may still be plain JSON.
-    let first = future::or(async { Err(outbox.recv().await) }, async {
-        Ok((&mut reply).await)
-    })
+    let pipelined_max = service.limits.message_bytes_max + HEAD_BYTES_MAX;
+    // Until the first notification, the answer may still be plain JSON. In
+    // this revision a client that goes away cancels its request.
+    let first = future::or(
+        async { Some(Err(outbox.recv().await)) },
+        future::or(async { Some(Ok((&mut reply).await)) }, async {
+            until_gone(stream, buffer, pipelined_max).await;
+            None
+        }),
+    )
     .await;
+    let Some(first) = first else {
+        session.close();
+        return Err(std::io::ErrorKind::ConnectionAborted.into());
+    };
     match first {
         Ok(reply) => {
             let reply = reply.unwrap_or_default();
@@ -597,22 +1050,48 @@ async fn stateless(
             )
             .await
         }
-        Err(frame) if wants_sse => {
+        Err(frame) if request.accepts_sse() => {
             write_sse_head(stream, "", keep_alive).await?;
-            if let Some(frame) = frame {
-                write_event(stream, &frame.frame).await?;
-            }
-            let (frames_tx, frames) = local_channel::new_bounded(STREAM_FRAMES_MAX);
-            let pump = glommio::spawn_local(async move {
-                while let Some(frame) = outbox.recv().await {
-                    if frames_tx.send(frame.frame).await.is_err() {
-                        break;
+            let mut frame = frame;
+            // No session, so nothing to resume: events carry no ids.
+            let outcome = async {
+                loop {
+                    match frame {
+                        Some(out) if !out.frame.is_empty() => {
+                            write_chunk(stream, &message_event(&out.frame)).await?
+                        }
+                        Some(_) => {}
+                        None => break,
                     }
+                    let next = future::or(
+                        async { Some(Err(outbox.recv().await)) },
+                        future::or(async { Some(Ok((&mut reply).await)) }, async {
+                            until_gone(stream, buffer, pipelined_max).await;
+                            None
+                        }),
+                    )
+                    .await;
+                    frame = match next {
+                        None => return Err(std::io::ErrorKind::ConnectionAborted.into()),
+                        Some(Err(next)) => next,
+                        Some(Ok(done)) => {
+                            // The handler is done: what it queued, then its answer.
+                            while let Some(Some(out)) = future::poll_once(outbox.recv()).await {
+                                if !out.frame.is_empty() {
+                                    write_chunk(stream, &message_event(&out.frame)).await?;
+                                }
+                            }
+                            if let Some(done) = done {
+                                write_chunk(stream, &message_event(&done)).await?;
+                            }
+                            break;
+                        }
+                    };
                 }
-            });
-            let outcome = stream_frames(stream, &frames, reply).await;
+                stream.write_all(b"0\r\n\r\n").await
+            }
+            .await;
             session.close();
-            drop(pump);
             outcome
         }
         // A client that takes only JSON gets the result; notifications are dropped.
@@ -630,37 +1109,67 @@ async fn stateless(
     }
 }
 
-/// After the head: events until the reply, the queued rest, the reply, the end.
-async fn stream_frames(
+/// Writes SSE events until the stream ends, with a comment line whenever it
+/// has been quiet for `sse_keepalive_ms` (so proxies keep it and a dead
+/// client is found out), then ends the chunked body.
+async fn write_events(
     stream: &mut TcpStream,
-    frames: &LocalReceiver<Bytes>,
-    reply: impl std::future::Future<Output = Option<Bytes>>,
+    buffer: &mut BytesMut,
+    events: &LocalReceiver<Bytes>,
+    service: &TcpService,
 ) -> std::io::Result<()> {
-    futures_lite::pin!(reply);
-    let reply = loop {
-        let next = future::or(async { Err(frames.recv().await) }, async {
-            Ok((&mut reply).await)
+    let keepalive = Duration::from_millis(service.limits.sse_keepalive_ms);
+    let pipelined_max = service.limits.message_bytes_max + HEAD_BYTES_MAX;
+    loop {
+        let quiet = service.clock.sleep(keepalive);
+        let drained = service.drain.wait();
+        let next = future::or(async { Wake::Event(events.recv().await) }, async {
+            quiet.await;
+            Wake::Quiet
+        });
+        let next = future::or(next, async {
+            drained.await;
+            Wake::Event(None)
+        });
+        // A client that hangs up frees its connection at once.
+        let next = future::or(next, async {
+            until_gone(stream, buffer, pipelined_max).await;
+            Wake::Gone
         })
         .await;
         match next {
-            Err(Some(frame)) => write_event(stream, &frame).await?,
-            // The sender is gone: no frame can come; only the reply is left.
-            Err(None) => break (&mut reply).await,
-            Ok(reply) => break reply,
+            Wake::Event(Some(event)) => write_chunk(stream, &event).await?,
+            Wake::Event(None) => break,
+            Wake::Quiet => write_chunk(stream, b": keepalive\n\n").await?,
+            Wake::Gone => return Err(std::io::ErrorKind::ConnectionAborted.into()),
         }
-    };
-    while let Ok(Some(frame)) = future::or(async { Ok(frames.recv().await) }, async {
-        futures_lite::future::yield_now().await;
-        Err(())
-    })
-    .await
-    {
-        write_event(stream, &frame).await?;
-    }
-    if let Some(reply) = reply {
-        write_event(stream, &reply).await?;
     }
     stream.write_all(b"0\r\n\r\n").await
+}
+
+/// What woke a stream writer.
+enum Wake {
+    Event(Option<Bytes>),
+    Quiet,
+    Gone,
+}
+
+/// Completes when the client has hung up. Bytes it sends meanwhile (its next
+/// request, pipelined) are kept in `buffer`, up to `max`; then it is no
+/// longer watched.
+async fn until_gone(stream: &mut TcpStream, buffer: &mut BytesMut, max: usize) {
+    if buffer.len() < max && read_more(stream, buffer).await.is_err() {
+        return;
+    }
+    future::pending::<()>().await;
+}
+
+fn message_event(frame: &[u8]) -> Vec<u8> {
+    let mut event = Vec::with_capacity(frame.len() + 24);
+    event.extend_from_slice(b"event: message\ndata: ");
+    event.extend_from_slice(frame);
+    event.extend_from_slice(b"\n\n");
+    event
 }
 
 async fn missing_session(stream: &mut TcpStream, keep_alive: bool) -> std::io::Result<()> {
@@ -687,13 +1196,10 @@ async fn write_sse_head(
     stream.write_all(head.as_bytes()).await
 }
 
-async fn write_event(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<()> {
-    let mut event = Vec::with_capacity(frame.len() + 32);
-    event.extend_from_slice(b"event: message\ndata: ");
-    event.extend_from_slice(frame);
-    event.extend_from_slice(b"\n\n");
-    let mut chunk = format!("{:x}\r\n", event.len()).into_bytes();
-    chunk.extend_from_slice(&event);
+async fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+    let mut chunk = Vec::with_capacity(data.len() + 16);
+    chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    chunk.extend_from_slice(data);
     chunk.extend_from_slice(b"\r\n");
     stream.write_all(&chunk).await
 }
@@ -717,4 +1223,56 @@ async fn respond(
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(body);
     stream.write_all(&bytes).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> Request {
+        Request {
+            method: "POST".into(),
+            path: "/messages?x=1&sessionId=abc".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: Bytes::new(),
+            keep_alive: true,
+        }
+    }
+
+    #[test]
+    fn host_and_origin_must_be_allowed() {
+        let allowed = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        assert!(trusted(&request(&[("Host", "127.0.0.1:8080")]), &allowed));
+        assert!(trusted(&request(&[("Host", "[::1]:80")]), &allowed));
+        assert!(trusted(
+            &request(&[("host", "localhost"), ("Origin", "http://localhost:3000")]),
+            &allowed
+        ));
+        assert!(!trusted(&request(&[]), &allowed), "Host is required");
+        assert!(!trusted(
+            &request(&[("Host", "evil.example.com")]),
+            &allowed
+        ));
+        assert!(!trusted(
+            &request(&[("Host", "localhost"), ("Origin", "http://evil.example.com")]),
+            &allowed
+        ));
+        assert!(!trusted(
+            &request(&[("Host", "localhost.evil.example.com")]),
+            &allowed
+        ));
+        let wider = vec!["mcp.internal".to_string()];
+        assert!(trusted(&request(&[("Host", "mcp.internal:8080")]), &wider));
+    }
+
+    #[test]
+    fn query_parameters_are_found_by_name() {
+        let r = request(&[]);
+        assert_eq!(r.query("sessionId"), Some("abc"));
+        assert_eq!(r.query("x"), Some("1"));
+        assert_eq!(r.query("y"), None);
+    }
 }

@@ -3,6 +3,7 @@
 //! a connection lives and dies on the shard that accepted it. Transports see
 //! sessions, never tools.
 
+pub mod event_store;
 pub mod http;
 pub mod sockets;
 pub mod tcp;

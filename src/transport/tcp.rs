@@ -47,6 +47,8 @@ impl Wire {
 /// What a listener needs from its shard.
 pub struct TcpService {
     pub wire: Wire,
+    /// Host names HTTP requests may carry in `Host` and `Origin`.
+    pub allowed_hosts: Vec<String>,
     pub registry: Rc<SessionRegistry>,
     pub pools: Rc<PoolSet>,
     pub sessions: Rc<SessionEnv>,
@@ -81,6 +83,7 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
         Ok(local) => local,
         Err(error) => return ExitReason::Error(format!("tcp listener has no address: {error}")),
     };
+    crate::observe::declare_transport(service.wire.name());
     (service.on_listening)(local);
     let mut errors_in_a_row = 0u32;
     loop {
@@ -111,6 +114,8 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
                 // Nagle plus delayed ACKs would add 40 ms to every reply.
                 let _ = stream.set_nodelay(true);
                 let service_for_connection = service.clone();
+                // Counted open until the task ends or is dropped.
+                let counted = crate::observe::connection_opened(service.wire.name());
                 let spawned = service.connections.spawn(async move {
                     match &service_for_connection.wire {
                         Wire::NewlineJson => {
@@ -126,6 +131,7 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
                             .await
                         }
                     }
+                    drop(counted);
                     drop(permit);
                 });
                 match spawned {
@@ -184,8 +190,15 @@ async fn serve_connection(mut stream: TcpStream, service: Rc<TcpService>) {
                         "message exceeds limits.message_bytes_max ({} bytes)",
                         service.limits.message_bytes_max
                     );
-                    let _ = stream.write_all(&error_line(-32600, &message)).await;
-                    break;
+                    // The rest of the line is skipped; the session goes on.
+                    if stream
+                        .write_all(&error_line(-32600, &message))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    continue;
                 }
                 NextLine::NeedMore => {}
             }
@@ -232,6 +245,8 @@ async fn serve_connection(mut stream: TcpStream, service: Rc<TcpService>) {
         match event {
             Wake::Read(Ok(read)) if read > 0 => lines.filled(read),
             Wake::Read(_) => break, // EOF or error
+            // An empty frame only asks an SSE transport to close a stream.
+            Wake::Out(frame) if frame.is_empty() => {}
             Wake::Out(frame) => {
                 if write_line(&mut stream, &frame).await.is_err() {
                     break;
@@ -264,6 +279,9 @@ struct Lines {
     /// Bytes of `buffer` that were really read (the rest is room for a read).
     committed: usize,
     line_bytes_max: usize,
+    /// Inside a line that was too long: its bytes are skipped up to its end,
+    /// and the next line is read as usual.
+    discarding: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -280,24 +298,40 @@ impl Lines {
             scanned: 0,
             committed: 0,
             line_bytes_max,
+            discarding: false,
         }
     }
 
-    /// The next non-empty line without its line ending.
+    /// The next non-empty line without its line ending. A line past the
+    /// bound is reported once, as soon as it is known, and then skipped.
     fn next_line(&mut self) -> NextLine {
         loop {
             let Some(offset) = self.buffer[self.scanned..].iter().position(|&b| b == b'\n') else {
-                self.scanned = self.buffer.len();
-                return if self.scanned > self.line_bytes_max {
-                    NextLine::TooLong
+                if self.discarding || self.buffer.len() > self.line_bytes_max {
+                    let reported = self.discarding;
+                    self.discarding = true;
+                    self.buffer.clear();
+                    self.committed = 0;
+                    self.scanned = 0;
+                    if !reported {
+                        return NextLine::TooLong;
+                    }
                 } else {
-                    NextLine::NeedMore
-                };
+                    self.scanned = self.buffer.len();
+                }
+                return NextLine::NeedMore;
             };
             let end = self.scanned + offset;
             self.scanned = 0;
-            if end > self.line_bytes_max {
-                return NextLine::TooLong;
+            if self.discarding || end > self.line_bytes_max {
+                let reported = self.discarding;
+                self.discarding = false;
+                let _ = self.buffer.split_to(end + 1);
+                self.committed -= end + 1;
+                if !reported {
+                    return NextLine::TooLong;
+                }
+                continue;
             }
             let mut line = self.buffer.split_to(end + 1).freeze();
             self.committed -= end + 1;
@@ -397,14 +431,23 @@ mod tests {
     #[test]
     fn refuses_a_line_past_the_bound_whether_complete_or_still_arriving() {
         let mut lines = Lines::new(8);
-        feed(&mut lines, b"0123456789\n");
+        feed(&mut lines, b"0123456789\nok\n");
         assert_eq!(lines.next_line(), NextLine::TooLong);
+        assert_eq!(lines.next_line(), NextLine::Line(Bytes::from_static(b"ok")));
 
+        // Still arriving: reported once, then skipped to its end.
         let mut lines = Lines::new(8);
         feed(&mut lines, b"01234");
         assert_eq!(lines.next_line(), NextLine::NeedMore);
         feed(&mut lines, b"56789");
         assert_eq!(lines.next_line(), NextLine::TooLong);
+        feed(&mut lines, b"abcdefghijkl");
+        assert_eq!(lines.next_line(), NextLine::NeedMore);
+        feed(&mut lines, b"mn\nnext\n");
+        assert_eq!(
+            lines.next_line(),
+            NextLine::Line(Bytes::from_static(b"next"))
+        );
 
         let mut lines = Lines::new(8);
         feed(&mut lines, b"01234567\n");

@@ -20,6 +20,8 @@ pub fn test_config(shards: usize, pools: usize) -> Config {
     config.runtime.drain_deadline_ms = 5_000;
     config.listen.tcp = "127.0.0.1:0".to_string();
     config.listen.http = "127.0.0.1:0".to_string();
+    // Every test node has its own admin port, so tests can run side by side.
+    config.listen.admin = "127.0.0.1:0".to_string();
     config
 }
 
@@ -43,10 +45,13 @@ impl Client {
         })
     }
 
-    /// Sends one line without waiting for anything.
+    /// Sends one line without waiting for anything. One write: a server
+    /// that refuses the line and closes must not find half of it sent (the
+    /// newline's write would then fail with EPIPE).
     pub fn send(&mut self, line: &str) {
-        self.writer.write_all(line.as_bytes()).expect("sent");
-        self.writer.write_all(b"\n").expect("sent");
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("sent");
     }
 
     /// Reads the next frame the server sends.
@@ -63,8 +68,7 @@ impl Client {
 
     /// Sends one line and reads one line back.
     pub fn exchange(&mut self, line: &str) -> std::io::Result<serde_json::Value> {
-        self.writer.write_all(line.as_bytes())?;
-        self.writer.write_all(b"\n")?;
+        self.writer.write_all(format!("{line}\n").as_bytes())?;
         let mut reply = String::new();
         if self.reader.read_line(&mut reply)? == 0 {
             return Err(std::io::Error::new(

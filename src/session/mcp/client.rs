@@ -111,6 +111,16 @@ impl Peer for RequestPeer {
         announce_from(&self.session, uri);
     }
 
+    fn close_stream(&self) -> Pin<Box<dyn Future<Output = ()>>> {
+        let session = self.session.clone();
+        let related = self.related.clone();
+        Box::pin(async move {
+            if let Some(session) = session.upgrade() {
+                session.push(OutFrame::close_stream(related)).await;
+            }
+        })
+    }
+
     fn request(
         &self,
         method: &'static str,

@@ -36,6 +36,7 @@ use crate::server::{
 };
 
 use super::tasks::TaskTable;
+use crate::observe::{self, Outcome};
 use crate::sync::{catch_panic, oneshot, Event, OneshotSender};
 use crate::time::SharedClock;
 
@@ -141,11 +142,29 @@ pub struct McpSession {
 pub type UpdateHook = Rc<dyn Fn(&str)>;
 
 /// A frame for the client, tagged with the request it belongs to (if any),
-/// so a transport with one stream per request can route it.
+/// so a transport with one stream per request can route it. An empty frame
+/// carries no message: it asks the transport to close the stream of
+/// `related` (see [`OutFrame::close_stream`]).
 #[derive(Debug, Clone)]
 pub struct OutFrame {
     pub related: Option<Id>,
     pub frame: Bytes,
+}
+
+impl OutFrame {
+    /// Asks the transport to close the SSE stream request `related` answers
+    /// on, while the request goes on (the client resumes the stream).
+    pub fn close_stream(related: Id) -> Self {
+        OutFrame {
+            related: Some(related),
+            frame: Bytes::new(),
+        }
+    }
+
+    /// Whether this frame only asks to close a stream.
+    pub fn is_close_stream(&self) -> bool {
+        self.frame.is_empty()
+    }
 }
 
 impl McpSession {
@@ -203,6 +222,11 @@ impl McpSession {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.borrow().len()
+    }
+
+    /// Tasks this session holds (for metrics).
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
     }
 
     /// Ends the session: running requests and tasks are cancelled and
@@ -353,6 +377,7 @@ impl McpSession {
         method: &str,
         params: Option<Value>,
     ) -> Option<Bytes> {
+        let started = self.clock.now();
         let cancel = Event::new();
         {
             let mut in_flight = self.in_flight.borrow_mut();
@@ -360,6 +385,7 @@ impl McpSession {
                 let error = RpcError::invalid_request(format!(
                     "request id {id} is already in use by a running request"
                 ));
+                observe::record_request(method, Outcome::Refused, Duration::ZERO);
                 return Some(encode_error(Some(&id), &error));
             }
             if in_flight.len() >= self.limits.in_flight_max {
@@ -370,6 +396,7 @@ impl McpSession {
                         self.limits.in_flight_max
                     ),
                 );
+                observe::record_request(method, Outcome::Refused, Duration::ZERO);
                 return Some(encode_error(Some(&id), &error));
             }
             in_flight.insert(id.clone(), cancel.clone());
@@ -379,6 +406,7 @@ impl McpSession {
         // client wants: no timeout for those.
         let unbounded = matches!(method, "subscriptions/listen" | "tasks/result");
         let timer = (!unbounded).then(|| self.clock.sleep(self.limits.request_timeout));
+        let timed_out = Cell::new(false);
         // Cancellation is polled first: when it and the work become ready
         // together (a handler that stops because it was cancelled), it wins.
         let outcome = future::or(
@@ -391,6 +419,7 @@ impl McpSession {
                     Some(timer) => timer.await,
                     None => future::pending::<()>().await,
                 }
+                timed_out.set(true);
                 Some(Ok(Err(RpcError::internal(format!(
                     "{method} did not finish within {} ms",
                     self.limits.request_timeout.as_millis()
@@ -402,20 +431,28 @@ impl McpSession {
         let cancelled = cancel.is_set();
         // A handler still running after its timeout is told to stop.
         cancel.set();
-        match outcome {
+        let (reply, counted) = match outcome {
             // Cancelled: the spec says the receiver sends no response.
-            None => None,
-            Some(_) if cancelled => None,
-            Some(Ok(Ok(result))) => Some(encode_result(&id, &result)),
-            Some(Ok(Err(error))) => Some(encode_error(Some(&id), &error)),
+            None => (None, Outcome::Cancelled),
+            Some(_) if cancelled => (None, Outcome::Cancelled),
+            Some(Ok(Ok(result))) => (Some(encode_result(&id, &result)), Outcome::Ok),
+            Some(Ok(Err(error))) => (
+                Some(encode_error(Some(&id), &error)),
+                if timed_out.get() {
+                    Outcome::Timeout
+                } else {
+                    Outcome::Error
+                },
+            ),
             Some(Err(panic)) => {
                 tracing::error!(%id, method, %panic, "handler panicked");
-                Some(encode_error(
-                    Some(&id),
-                    &RpcError::internal(format!("internal error while handling {method}")),
-                ))
+                let error = RpcError::internal(format!("internal error while handling {method}"));
+                (Some(encode_error(Some(&id), &error)), Outcome::Panic)
             }
-        }
+        };
+        let elapsed = self.clock.now().saturating_sub(started);
+        observe::record_request(method, counted, elapsed);
+        reply
     }
 
     fn handle_notification(&self, method: &str, params: Option<&Value>) {

@@ -292,6 +292,12 @@ impl Peer for StatelessPeer {
         announce_from(&self.session, uri);
     }
 
+    /// A 2026-07-28 call has no session to resume a stream in: its stream
+    /// stays open until the answer.
+    fn close_stream(&self) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(async {})
+    }
+
     fn request(
         &self,
         method: &'static str,
