@@ -13,8 +13,12 @@
 # Environment: SESSIONS (15000), DURATION (60s), WARMUP (5s), RATE (10000,
 # total req/s; "closed" for closed loop), SHARDS (server shards, default one
 # per core), THREADS (generator threads, default one per core), HOLD (5s,
-# how long idle sessions are held in memory mode), OUT (target/load),
-# SKIP_BUILD=1 to use target/release/shardmcp as it is. Needs jq.
+# how long idle sessions are held in memory mode), SIZES ("1000 5000 15000",
+# session counts of memory mode), OUT (target/load), SKIP_BUILD=1 to use
+# target/release/shardmcp as it is. For other hosts (benches/load_100k.sh):
+# SERVER_CONFIG (a config file for serve), SERVER_WRAP and LOAD_WRAP
+# (commands put in front, e.g. "taskset -c 0-15"), LOAD_ARGS (more load
+# flags, e.g. "--procs 4 --source-ips 127.0.0.1-4"). Needs jq.
 #
 # Every server is started on free ports (port 0) and stopped on exit, even
 # on failure. The reports are in $OUT/*.json and $OUT/*.txt.
@@ -27,7 +31,12 @@ DURATION=${DURATION:-60s}
 WARMUP=${WARMUP:-5s}
 RATE=${RATE:-10000}
 HOLD=${HOLD:-5s}
+SIZES=${SIZES:-1000 5000 15000}
 OUT=${OUT:-target/load}
+# Word-split on purpose: they hold a command and its arguments.
+read -r -a SERVER_WRAP <<<"${SERVER_WRAP:-}"
+read -r -a LOAD_WRAP <<<"${LOAD_WRAP:-}"
+read -r -a LOAD_ARGS <<<"${LOAD_ARGS:-}"
 BIN=target/release/shardmcp
 
 command -v jq >/dev/null || { echo "load_15k: needs jq" >&2; exit 2; }
@@ -56,8 +65,9 @@ trap stop_server EXIT INT TERM
 start_server() {
     local name=$1
     stop_server
-    "$BIN" serve --http 127.0.0.1:0 --tcp 127.0.0.1:0 --admin 127.0.0.1:0 --log warn \
-        ${SHARDS:+--shards "$SHARDS"} >"$OUT/$name.serve.out" 2>"$OUT/$name.serve.err" &
+    "${SERVER_WRAP[@]}" "$BIN" serve --http 127.0.0.1:0 --tcp 127.0.0.1:0 --admin 127.0.0.1:0 \
+        --log warn ${SERVER_CONFIG:+--config "$SERVER_CONFIG"} ${SHARDS:+--shards "$SHARDS"} \
+        >"$OUT/$name.serve.out" 2>"$OUT/$name.serve.err" &
     SERVER_PID=$!
     HTTP_ADDR=""
     TCP_ADDR=""
@@ -96,8 +106,9 @@ run_load() {
     local name=$1
     shift
     # shellcheck disable=SC2046
-    "$BIN" load "$@" --sessions "$SESSIONS" --duration "$DURATION" --warmup "$WARMUP" \
-        $(rate_args) ${THREADS:+--threads "$THREADS"} --json "$OUT/$name.json" \
+    "${LOAD_WRAP[@]}" "$BIN" load "$@" --sessions "$SESSIONS" --duration "$DURATION" \
+        --warmup "$WARMUP" $(rate_args) ${THREADS:+--threads "$THREADS"} "${LOAD_ARGS[@]}" \
+        --json "$OUT/$name.json" \
         2> >(tee "$OUT/$name.progress" >&2) | tee "$OUT/$name.txt"
 }
 
@@ -127,7 +138,7 @@ run_mode() {
 memory_mode() {
     echo "== server memory per idle session (RSS with sessions open - RSS before) / sessions, held $HOLD"
     printf '%-8s %-26s %12s %12s %14s\n' sessions "transport" "before MiB" "open MiB" "KiB/session"
-    for n in 1000 5000 15000; do
+    for n in $SIZES; do
         for variant in tcp http http64; do
             local name="memory-$variant-$n"
             start_server "$name"
@@ -143,8 +154,9 @@ memory_mode() {
                     label="http (64 conns in all)"
                     ;;
             esac
-            "$BIN" load "${args[@]}" --sessions "$n" --idle --duration "$HOLD" --quiet \
-                ${THREADS:+--threads "$THREADS"} --json "$OUT/$name.json" >"$OUT/$name.txt"
+            "${LOAD_WRAP[@]}" "$BIN" load "${args[@]}" --sessions "$n" --idle --duration "$HOLD" \
+                --quiet ${THREADS:+--threads "$THREADS"} "${LOAD_ARGS[@]}" \
+                --json "$OUT/$name.json" >"$OUT/$name.txt"
             jq -r --arg what "$label" '[(.sessions|tostring), $what,
                 ((.server.rss_bytes.before / 1048576 * 10 | floor) / 10 | tostring),
                 ((.server.rss_bytes.ready / 1048576 * 10 | floor) / 10 | tostring),
