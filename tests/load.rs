@@ -512,10 +512,52 @@ fn help_explains_every_flag_and_the_mix_syntax() {
         "--slice",
         "--source-ips",
         "--spin",
+        "--spread-sessions",
         "tools/call:NAME[:ARGS]",
         "resources/read:URI",
         "coordinated",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
+}
+
+/// By default a session keeps to the connection that opened it, so on a
+/// two-shard node nothing crosses the mesh; spread sessions do cross it.
+#[test]
+fn sessions_keep_to_their_connection_unless_spread() {
+    use shardmcp::ids::ShardId;
+    let node =
+        shardmcp::runtime::start(test_config(2, 2), shardmcp::server::demo::factory()).unwrap();
+    let addr = node.http_addr().unwrap();
+    let forwarded = || -> u64 {
+        (0..2)
+            .map(|shard| node.query(ShardId(shard)).unwrap().http_forwarded)
+            .sum()
+    };
+    let run = |spread: bool| {
+        let spec = LoadSpec::new(LoadSettings {
+            target: Some(format!("http://{addr}/mcp")),
+            transport: "http".into(),
+            sessions: 32,
+            connections: Some(16),
+            threads: Some(2),
+            duration: Duration::from_millis(500),
+            timeout: Duration::from_secs(5),
+            mix: "ping".into(),
+            spread_sessions: spread,
+            ..LoadSettings::default()
+        })
+        .unwrap();
+        let report = load::run(&spec, None).expect("the run completes");
+        assert_eq!(report.stats.errors_total(), 0, "{}", report.to_text());
+        assert!(report.stats.ok > 0);
+    };
+    run(false);
+    assert_eq!(forwarded(), 0, "every request went to its session's shard");
+    run(true);
+    // 16 connections land on both shards (SO_REUSEPORT hashing); sessions
+    // taken round-robin then reach connections of the other shard.
+    assert!(forwarded() > 0);
+    node.drain();
+    node.join().unwrap();
 }

@@ -26,9 +26,10 @@ pub struct LoadArgs {
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub sessions: u64,
     /// TCP connections, all processes together [default: --sessions]. Over
-    /// http, sessions are shared out over connections round-robin
-    /// (keep-alive: any connection carries any session), so there may be
-    /// more sessions than connections. Over tcp it must equal --sessions.
+    /// http, sessions are shared out over the connections (keep-alive: one
+    /// connection carries several sessions in turn), so there may be more
+    /// sessions than connections, or fewer (connections then share them).
+    /// Over tcp it must equal --sessions.
     #[arg(long, value_name = "N")]
     pub connections: Option<u64>,
     /// Length of the measured window, e.g. 60s, 500ms, 2m.
@@ -94,6 +95,12 @@ pub struct LoadArgs {
     /// (for a generator on cores of its own, not beside the server).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub spin: Duration,
+    /// http: any connection carries any session, round-robin, so a
+    /// session's requests arrive on connections the server accepted on
+    /// other shards (exercises its cross-shard forwarding). By default a
+    /// session keeps to the connection that initialized it.
+    #[arg(long)]
+    pub spread_sessions: bool,
     /// Run only slice K of N of the connections and sessions, writing JSON
     /// lines for a parent process on stdout (what --procs children run).
     #[arg(long, value_name = "K/N")]
@@ -152,6 +159,7 @@ impl LoadArgs {
             server_pid: self.server_pid,
             source_ips: self.source_ips.clone(),
             spin: self.spin,
+            spread_sessions: self.spread_sessions,
             slice: self.slice.clone(),
         }
     }

@@ -314,6 +314,8 @@ pub struct LoadSpec {
     pub source_ips: Vec<std::net::IpAddr>,
     /// Executor spin before parking (`--spin`).
     pub spin: Duration,
+    /// HTTP: any connection carries any session (`--spread-sessions`).
+    pub spread_sessions: bool,
     /// This process runs slice `.0` of `.1` for a parent (`--slice K/N`).
     pub slice: Option<(u64, u64)>,
 }
@@ -338,6 +340,7 @@ pub struct LoadSettings {
     /// Comma-separated local addresses to connect from.
     pub source_ips: Option<String>,
     pub spin: Duration,
+    pub spread_sessions: bool,
     pub slice: Option<String>,
 }
 
@@ -430,6 +433,7 @@ impl LoadSpec {
             server_pid: settings.server_pid,
             source_ips,
             spin: settings.spin,
+            spread_sessions: settings.spread_sessions,
             slice,
         })
     }
@@ -509,6 +513,7 @@ impl LoadSpec {
                     source_ports,
                     source_ips: self.source_ips.clone(),
                     spin_before_park: self.spin,
+                    spread_sessions: self.spread_sessions,
                 }
             })
             .collect()

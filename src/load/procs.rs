@@ -175,6 +175,9 @@ pub fn child_args(spec: &LoadSpec, index: u64, procs: u64) -> Vec<String> {
     if spec.keep_sessions {
         args.push("--keep-sessions".into());
     }
+    if spec.spread_sessions {
+        args.push("--spread-sessions".into());
+    }
     if !spec.spin.is_zero() {
         args.push("--spin".into());
         args.push(seconds(spec.spin));

@@ -3,10 +3,14 @@
 //! session), wait for the go signal, run (warmup, then the measured window),
 //! report, clean up (DELETE HTTP sessions unless kept).
 //!
-//! HTTP sessions live in a thread-wide table: any connection of the thread
-//! carries any session, taking them round-robin, so sessions may outnumber
-//! connections (and, with fewer sessions, several connections share one).
-//! Over TCP each connection is one session.
+//! HTTP sessions live in a thread-wide table. By default each session keeps
+//! to the connection that initialized it (connection k of C owns sessions
+//! k, k+C, k+2C... and takes them in turn), as a client with its own
+//! keep-alive connection would; with fewer sessions than connections,
+//! several connections share one. With `spread_sessions` any connection
+//! carries any session, round-robin, so a session's requests arrive on
+//! connections the server accepted on other shards. Over TCP each
+//! connection is one session.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -102,6 +106,8 @@ pub struct WorkerPlan {
     /// How long the executor spins looking for work before it parks
     /// (zero parks at once).
     pub spin_before_park: Duration,
+    /// HTTP: any connection carries any session (see the module doc).
+    pub spread_sessions: bool,
 }
 
 /// What workers (threads, or child processes) tell the coordinator.
@@ -249,9 +255,8 @@ struct Worker {
     stats: RefCell<Stats>,
     tick: RefCell<Tick>,
     slots: RefCell<Vec<Slot>>,
+    /// Next session to take with `spread_sessions`.
     cursor: Cell<usize>,
-    /// Next HTTP session to initialize during setup.
-    setup_next: Cell<usize>,
     next_id: Cell<u64>,
     rng: RefCell<SmallRng>,
     pacer: RefCell<Pacer>,
@@ -263,8 +268,6 @@ struct Worker {
     /// Set when `go` opens (setup is over).
     running: Cell<bool>,
     cleanup: Latch,
-    /// HTTP sessions DELETEd at the end (the next index to delete).
-    cleanup_next: Cell<usize>,
 }
 
 async fn run(
@@ -291,7 +294,6 @@ async fn run(
                 .collect(),
         ),
         cursor: Cell::new(0),
-        setup_next: Cell::new(0),
         next_id: Cell::new(0),
         rng: RefCell::new(SmallRng::seed_from_u64(0x5eed_0000 + plan.index as u64)),
         pacer: RefCell::new(Pacer::closed(
@@ -309,7 +311,6 @@ async fn run(
         go: Latch::new(),
         running: Cell::new(false),
         cleanup: Latch::new(),
-        cleanup_next: Cell::new(0),
         plan,
         source,
         events,
@@ -607,14 +608,27 @@ impl Worker {
         outcome
     }
 
-    /// The next session for a request, round-robin; claims an empty one for
-    /// initializing. None when all are being initialized by others.
-    fn claim(&self) -> Option<Claim> {
+    /// The next session for a request on connection `conn` (`turn` counts
+    /// its claims); claims an empty one for initializing. None when all it
+    /// may use are being initialized by other connections.
+    fn claim(&self, conn: usize, turn: &mut usize) -> Option<Claim> {
         let mut slots = self.slots.borrow_mut();
-        let count = slots.len();
-        for _ in 0..count {
-            let index = self.cursor.get();
-            self.cursor.set((index + 1) % count);
+        let sessions = slots.len();
+        let candidates = if self.plan.spread_sessions {
+            sessions
+        } else {
+            usable_slots(conn, self.plan.connections, sessions)
+        };
+        for _ in 0..candidates {
+            let index = if self.plan.spread_sessions {
+                let index = self.cursor.get() % sessions.max(1);
+                self.cursor.set(index + 1);
+                index
+            } else {
+                let index = usable_slot(conn, self.plan.connections, sessions, *turn);
+                *turn = turn.wrapping_add(1);
+                index
+            };
             match &slots[index].state {
                 SlotState::Ready { id, version } => {
                     return Some(Claim::Use {
@@ -644,6 +658,31 @@ impl Worker {
     }
 }
 
+/// Sessions connection `conn` of `conns` initializes and deletes: `conn`,
+/// `conn + conns`, ... below `sessions`.
+fn owned_slots(conn: usize, conns: usize, sessions: usize) -> impl Iterator<Item = usize> {
+    (conn..sessions).step_by(conns.max(1))
+}
+
+/// How many sessions connection `conn` takes requests to: those it owns,
+/// or one it shares when sessions are fewer than connections.
+fn usable_slots(conn: usize, conns: usize, sessions: usize) -> usize {
+    if sessions >= conns {
+        sessions.saturating_sub(conn).div_ceil(conns.max(1))
+    } else {
+        usize::from(sessions > 0)
+    }
+}
+
+/// The session of connection `conn`'s claim number `turn`.
+fn usable_slot(conn: usize, conns: usize, sessions: usize, turn: usize) -> usize {
+    if sessions >= conns {
+        conn + (turn % usable_slots(conn, conns, sessions).max(1)) * conns
+    } else {
+        conn % sessions.max(1)
+    }
+}
+
 /// Runs `work` for at most `limit`; None on timeout.
 async fn with_timeout<T>(limit: Duration, work: impl std::future::Future<Output = T>) -> Option<T> {
     future::or(async { Some(work.await) }, async {
@@ -666,14 +705,14 @@ const INITIALIZED: &[u8] = br#"{"jsonrpc":"2.0","method":"notifications/initiali
 /// One connection's whole life.
 async fn connection(worker: Rc<Worker>, index: usize) {
     match worker.plan.wire {
-        Wire::Http { .. } => http_connection(&worker).await,
+        Wire::Http { .. } => http_connection(&worker, index).await,
         Wire::Tcp { .. } => tcp_connection(&worker, index).await,
     }
 }
 
-async fn http_connection(worker: &Worker) {
+async fn http_connection(worker: &Worker, index: usize) {
     let mut conn: Option<Conn> = None;
-    // Setup: open the connection, then initialize sessions from the queue.
+    // Setup: open the connection, then initialize the sessions it owns.
     for attempt in 0..SETUP_ATTEMPTS_MAX {
         match worker.connect().await {
             Ok(opened) => {
@@ -692,12 +731,7 @@ async fn http_connection(worker: &Worker) {
             }
         }
     }
-    loop {
-        let slot = worker.setup_next.get();
-        if slot >= worker.plan.sessions {
-            break;
-        }
-        worker.setup_next.set(slot + 1);
+    for slot in owned_slots(index, worker.plan.connections, worker.plan.sessions) {
         worker.slots.borrow_mut()[slot].state = SlotState::Initializing;
         let mut ready = false;
         for _ in 0..SETUP_ATTEMPTS_MAX {
@@ -724,12 +758,12 @@ async fn http_connection(worker: &Worker) {
     if worker.plan.idle {
         idle_until_end(worker).await;
     } else {
-        http_run(worker, &mut conn).await;
+        http_run(worker, &mut conn, index).await;
     }
     worker.run_done.finish_one();
     worker.cleanup.wait().await;
     if !worker.plan.keep_sessions {
-        http_cleanup(worker, &mut conn).await;
+        http_cleanup(worker, &mut conn, index).await;
     }
     if let Some(conn) = conn {
         conn.reset();
@@ -741,11 +775,12 @@ async fn idle_until_end(worker: &Worker) {
     glommio::timer::sleep(end.saturating_sub(worker.now())).await;
 }
 
-async fn http_run(worker: &Worker, conn: &mut Option<Conn>) {
+async fn http_run(worker: &Worker, conn: &mut Option<Conn>, index: usize) {
     let Wire::Http { host, path, .. } = &worker.plan.wire else {
         return;
     };
     let mut body = Vec::with_capacity(256);
+    let mut turn = 0usize;
     loop {
         let ticket = worker.pacer.borrow_mut().take(worker.now());
         let Ticket::Send { intended, wait } = ticket else {
@@ -755,7 +790,7 @@ async fn http_run(worker: &Worker, conn: &mut Option<Conn>) {
             glommio::timer::sleep(wait).await;
         }
         let claim = loop {
-            match worker.claim() {
+            match worker.claim(index, &mut turn) {
                 Some(claim) => break claim,
                 None => glommio::timer::sleep(SESSION_WAIT).await,
             }
@@ -811,18 +846,13 @@ async fn http_run(worker: &Worker, conn: &mut Option<Conn>) {
     }
 }
 
-/// DELETEs this thread's sessions, shared out among its connections.
-async fn http_cleanup(worker: &Worker, conn: &mut Option<Conn>) {
+/// DELETEs the sessions this connection owns.
+async fn http_cleanup(worker: &Worker, conn: &mut Option<Conn>, index: usize) {
     let Wire::Http { host, path, .. } = &worker.plan.wire else {
         return;
     };
-    loop {
-        let index = worker.cleanup_next.get();
-        if index >= worker.plan.sessions {
-            return;
-        }
-        worker.cleanup_next.set(index + 1);
-        let session = match &worker.slots.borrow()[index].state {
+    for slot in owned_slots(index, worker.plan.connections, worker.plan.sessions) {
+        let session = match &worker.slots.borrow()[slot].state {
             SlotState::Ready { id: Some(id), .. } => id.clone(),
             _ => continue,
         };
@@ -975,5 +1005,32 @@ async fn tcp_run(worker: &Worker, conn: &mut Option<Conn>, index: usize) {
             }
         };
         worker.record_request(op, intended, result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_session_keeps_to_one_connection_and_every_session_is_used() {
+        // 10 sessions over 4 connections: 0,4,8 / 1,5,9 / 2,6 / 3,7.
+        let owned: Vec<Vec<usize>> = (0..4).map(|c| owned_slots(c, 4, 10).collect()).collect();
+        assert_eq!(
+            owned,
+            [vec![0, 4, 8], vec![1, 5, 9], vec![2, 6], vec![3, 7]]
+        );
+        for conn in 0..4 {
+            assert_eq!(usable_slots(conn, 4, 10), owned[conn].len());
+            let taken: Vec<usize> = (0..6).map(|turn| usable_slot(conn, 4, 10, turn)).collect();
+            let cycle: Vec<usize> = owned[conn].iter().cycle().take(6).copied().collect();
+            assert_eq!(taken, cycle, "connection {conn} takes its own in turn");
+        }
+        // 2 sessions over 5 connections: shared, each initialized by one.
+        let owned: Vec<Vec<usize>> = (0..5).map(|c| owned_slots(c, 5, 2).collect()).collect();
+        assert_eq!(owned, [vec![0], vec![1], vec![], vec![], vec![]]);
+        let used: Vec<usize> = (0..5).map(|c| usable_slot(c, 5, 2, 7)).collect();
+        assert_eq!(used, [0, 1, 0, 1, 0]);
+        assert!((0..5).all(|c| usable_slots(c, 5, 2) == 1));
     }
 }
