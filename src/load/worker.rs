@@ -1020,10 +1020,10 @@ mod tests {
             owned,
             [vec![0, 4, 8], vec![1, 5, 9], vec![2, 6], vec![3, 7]]
         );
-        for conn in 0..4 {
-            assert_eq!(usable_slots(conn, 4, 10), owned[conn].len());
+        for (conn, mine) in owned.iter().enumerate() {
+            assert_eq!(usable_slots(conn, 4, 10), mine.len());
             let taken: Vec<usize> = (0..6).map(|turn| usable_slot(conn, 4, 10, turn)).collect();
-            let cycle: Vec<usize> = owned[conn].iter().cycle().take(6).copied().collect();
+            let cycle: Vec<usize> = mine.iter().cycle().take(6).copied().collect();
             assert_eq!(taken, cycle, "connection {conn} takes its own in turn");
         }
         // 2 sessions over 5 connections: shared, each initialized by one.
