@@ -179,6 +179,31 @@ fn a_short_tcp_run_in_two_processes_has_no_errors_and_merges_both() {
 }
 
 #[test]
+fn a_short_legacy_sse_run_against_shardmcp_serve_has_no_errors() {
+    let server = Server::start();
+    let target = format!("http://{}/sse", server.http);
+    let (output, json) = run_cli(&[
+        "--transport",
+        "sse",
+        "--target",
+        &target,
+        "--sessions",
+        "20",
+        "--connections",
+        "6",
+        "--duration",
+        "1s",
+        "--threads",
+        "2",
+    ]);
+    assert_clean_run(&output, &json, 20);
+    assert_eq!(json["transport"], "sse");
+    for op in json["operations"].as_array().unwrap() {
+        assert!(op["ok"].as_u64().unwrap() > 0, "every mix entry ran: {op}");
+    }
+}
+
+#[test]
 fn http_sessions_outnumbering_connections_share_them() {
     let server = Server::start();
     let target = format!("http://{}/mcp", server.http);
@@ -202,20 +227,35 @@ fn http_sessions_outnumbering_connections_share_them() {
 
 /// Deletes the server's sessions mid-run by killing their pool: the
 /// generator sees 404s and initializes those sessions again.
+/// Requests in flight when their session dies are answered 404, or their
+/// SSE stream (already begun with a priming event) ends without a response;
+/// none is left waiting for the timeout.
 #[test]
 fn sessions_lost_on_a_real_node_are_initialized_again() {
+    lose_sessions_mid_run("http", "/mcp", &["session_not_found", "no_response"]);
+}
+
+/// The server keeps a legacy stream open after its session died, so a
+/// request it accepted just before is never answered: the generator can
+/// only time it out (see the README's known limits).
+#[test]
+fn legacy_sse_sessions_lost_on_a_real_node_are_opened_again() {
+    lose_sessions_mid_run("sse", "/sse", &["session_not_found", "timeout", "closed"]);
+}
+
+fn lose_sessions_mid_run(transport: &str, path: &str, allowed_errors: &[&str]) {
     use shardmcp::ids::ShardId;
     use shardmcp::runtime::{self, Fault};
     let node = runtime::start(test_config(1, 1), shardmcp::server::demo::factory()).unwrap();
     let addr = node.http_addr().unwrap();
     let spec = LoadSpec::new(LoadSettings {
-        target: Some(format!("http://{addr}/mcp")),
-        transport: "http".into(),
+        target: Some(format!("http://{addr}{path}")),
+        transport: transport.into(),
         sessions: 16,
         connections: Some(8),
         threads: Some(1),
         duration: Duration::from_secs(3),
-        timeout: Duration::from_secs(5),
+        timeout: Duration::from_secs(2),
         mix: "ping".into(),
         ..LoadSettings::default()
     })
@@ -243,14 +283,8 @@ fn sessions_lost_on_a_real_node_are_initialized_again() {
     let stats = &report.stats;
     let text = report.to_text();
     assert!(stats.reinitializations >= 1, "{text}");
-    // Requests in flight when their session dies are answered 404, or their
-    // SSE stream (already begun with a priming event) ends without a
-    // response; none is left waiting for the timeout.
     for kind in stats.errors.keys() {
-        assert!(
-            ["session_not_found", "no_response"].contains(&kind.as_str()),
-            "{kind}: {text}"
-        );
+        assert!(allowed_errors.contains(&kind.as_str()), "{kind}: {text}");
     }
     assert!(stats.errors.contains_key("session_not_found"), "{text}");
     assert!(stats.ok > 0, "{}", report.to_text());
@@ -434,7 +468,6 @@ fn bad_settings_are_one_clear_line_and_exit_1() {
         (vec!["--mix", "tools/call"], "needs a name"),
         (vec!["--mix", "ping=0"], "weight"),
         (vec!["--transport", "ws"], "not supported yet"),
-        (vec!["--transport", "sse"], "not supported yet"),
         (
             vec![
                 "--transport",

@@ -12,14 +12,18 @@ use crate::load::{self, mix::DEFAULT_MIX, parse_duration, LoadError, LoadSetting
 #[command(after_long_help = MIX_HELP)]
 pub struct LoadArgs {
     /// Server to load: http://HOST:PORT/PATH for http (path defaults to
-    /// /mcp), HOST:PORT or tcp://HOST:PORT for tcp [default:
-    /// http://127.0.0.1:8080/mcp, or 127.0.0.1:8081 with --transport tcp].
+    /// /mcp) and sse (the stream's path, default /sse), HOST:PORT or
+    /// tcp://HOST:PORT for tcp [default: http://127.0.0.1:8080/mcp,
+    /// http://127.0.0.1:8080/sse with --transport sse, 127.0.0.1:8081 with
+    /// --transport tcp].
     #[arg(long, value_name = "URL|HOST:PORT")]
     pub target: Option<String>,
     /// MCP transport: http (Streamable HTTP: POST, JSON or SSE answers,
-    /// Mcp-Session-Id), tcp (newline-delimited JSON-RPC, one session per
-    /// connection); ws and sse are refused as not supported yet.
-    #[arg(long, value_name = "http|tcp|ws|sse", default_value = "http")]
+    /// Mcp-Session-Id), sse (legacy HTTP+SSE of 2024-11-05: a GET stream
+    /// per session, requests POSTed over --connections, answers on the
+    /// stream), tcp (newline-delimited JSON-RPC, one session per
+    /// connection); ws is refused as not supported yet.
+    #[arg(long, value_name = "http|sse|tcp|ws", default_value = "http")]
     pub transport: String,
     /// MCP sessions to open (initialize + notifications/initialized) and
     /// drive.
@@ -75,7 +79,8 @@ pub struct LoadArgs {
     #[arg(long)]
     pub idle: bool,
     /// Leave the http sessions on the server at the end (they are DELETEd
-    /// otherwise).
+    /// otherwise; legacy sse sessions end with their streams when the
+    /// generator exits).
     #[arg(long)]
     pub keep_sessions: bool,
     /// Exit with status 1 when any request or initialization failed.

@@ -489,6 +489,114 @@ impl Conn {
     }
 }
 
+/// A long-lived SSE stream (legacy HTTP+SSE's `GET /sse`), event by event.
+pub struct EventStream {
+    conn: Conn,
+    framing: Framing,
+    /// Body bytes left with Content-Length framing.
+    length_left: usize,
+    decoder: ChunkedDecoder,
+    parser: SseParser,
+    body: Vec<u8>,
+    /// Parsed events not handed out yet: (type, data).
+    events: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Conn {
+    /// Sends `head` (a GET) and takes its answer as an event stream.
+    pub async fn open_event_stream(
+        mut self,
+        head: &RequestHead<'_>,
+    ) -> Result<EventStream, ErrorKind> {
+        self.out.clear();
+        head.write(b"", &mut self.out);
+        self.send().await?;
+        let response = loop {
+            match parse_head(self.pending()) {
+                Ok(Some(response)) => break response,
+                Ok(None) => self.fill().await?,
+                Err(_) => return Err(ErrorKind::BadResponse),
+            }
+        };
+        self.consume(response.len);
+        if response.status != 200 {
+            return Err(ErrorKind::HttpStatus(response.status));
+        }
+        if !response.event_stream {
+            return Err(ErrorKind::BadResponse);
+        }
+        Ok(EventStream {
+            conn: self,
+            framing: response.framing,
+            length_left: match response.framing {
+                Framing::Length(length) => length,
+                _ => 0,
+            },
+            decoder: ChunkedDecoder::default(),
+            parser: SseParser::default(),
+            body: Vec::new(),
+            events: std::collections::VecDeque::new(),
+        })
+    }
+}
+
+impl EventStream {
+    /// The next event, (type, data); `Closed` when the stream ends.
+    pub async fn next_event(&mut self) -> Result<(Vec<u8>, Vec<u8>), ErrorKind> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(event);
+            }
+            let conn = &mut self.conn;
+            let done = match self.framing {
+                Framing::Chunked => {
+                    let used = self
+                        .decoder
+                        .decode(&conn.buf[conn.start..conn.end], &mut self.body)
+                        .map_err(|_| ErrorKind::BadResponse)?;
+                    conn.consume(used);
+                    self.decoder.is_done()
+                }
+                Framing::Length(_) => {
+                    let take = self.length_left.min(conn.end - conn.start);
+                    self.body
+                        .extend_from_slice(&conn.buf[conn.start..conn.start + take]);
+                    conn.consume(take);
+                    self.length_left -= take;
+                    self.length_left == 0
+                }
+                Framing::Empty => true,
+                Framing::UntilClose => {
+                    let pending = conn.end - conn.start;
+                    self.body.extend_from_slice(&conn.buf[conn.start..conn.end]);
+                    conn.consume(pending);
+                    false
+                }
+            };
+            let events = &mut self.events;
+            self.parser.feed_typed(&self.body, |kind, data| {
+                events.push_back((kind.to_vec(), data.to_vec()))
+            });
+            self.parser.compact(&mut self.body);
+            if self.body.len() > RESPONSE_BODY_BYTES_MAX {
+                return Err(ErrorKind::BadResponse);
+            }
+            if !self.events.is_empty() {
+                continue;
+            }
+            if done {
+                return Err(ErrorKind::Closed);
+            }
+            self.conn.fill().await?;
+        }
+    }
+
+    /// Bytes received on the stream so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.conn.bytes_received
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -246,19 +246,32 @@ fn line_at(input: &[u8]) -> Result<Option<usize>, HttpError> {
 
 /// Splits an event stream into the `data` of each event, incrementally.
 /// Lines end in LF, CRLF or CR; `data` lines of one event are joined with LF;
-/// comments and other fields are skipped.
+/// the `event` field names its type (`message` when absent); comments and
+/// other fields are skipped.
 #[derive(Debug, Default)]
 pub struct SseParser {
     /// Bytes of the body already looked at.
     consumed: usize,
     data: Vec<u8>,
     has_data: bool,
+    kind: Vec<u8>,
 }
 
 impl SseParser {
     /// Takes every complete event in `body[consumed..]`, calling `event`
     /// with its data.
     pub fn feed(&mut self, body: &[u8], mut event: impl FnMut(&[u8])) {
+        self.feed_typed(body, |_, data| event(data));
+    }
+
+    /// Drops the bytes of `body` already parsed (for endless streams).
+    pub fn compact(&mut self, body: &mut Vec<u8>) {
+        body.drain(..self.consumed.min(body.len()));
+        self.consumed = 0;
+    }
+
+    /// Like `feed`, with each event's type.
+    pub fn feed_typed(&mut self, body: &[u8], mut event: impl FnMut(&[u8], &[u8])) {
         loop {
             let rest = &body[self.consumed..];
             let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
@@ -274,9 +287,15 @@ impl SseParser {
             self.consumed += end + terminator;
             if line.is_empty() {
                 if self.has_data {
-                    event(&self.data);
+                    let kind: &[u8] = if self.kind.is_empty() {
+                        b"message"
+                    } else {
+                        &self.kind
+                    };
+                    event(kind, &self.data);
                 }
                 self.data.clear();
+                self.kind.clear();
                 self.has_data = false;
                 continue;
             }
@@ -296,6 +315,9 @@ impl SseParser {
                 }
                 self.data.extend_from_slice(value);
                 self.has_data = true;
+            } else if field == b"event" {
+                self.kind.clear();
+                self.kind.extend_from_slice(value);
             }
         }
     }
@@ -414,6 +436,31 @@ mod tests {
             ChunkedDecoder::default().decode(b"ffffffff\r\n", &mut out),
             Err(HttpError::BodyTooLong)
         );
+    }
+
+    #[test]
+    fn sse_events_carry_their_type_and_endless_streams_compact() {
+        let mut parser = SseParser::default();
+        let mut body = b"event: endpoint\ndata: /messages?sessionId=1\n\ndata: {}\n\nda".to_vec();
+        let mut events = Vec::new();
+        parser.feed_typed(&body, |kind, data| {
+            events.push((kind.to_vec(), data.to_vec()))
+        });
+        assert_eq!(
+            events,
+            [
+                (b"endpoint".to_vec(), b"/messages?sessionId=1".to_vec()),
+                (b"message".to_vec(), b"{}".to_vec())
+            ]
+        );
+        parser.compact(&mut body);
+        assert_eq!(body, b"da");
+        body.extend_from_slice(b"ta: x\n\n");
+        events.clear();
+        parser.feed_typed(&body, |kind, data| {
+            events.push((kind.to_vec(), data.to_vec()))
+        });
+        assert_eq!(events, [(b"message".to_vec(), b"x".to_vec())]);
     }
 
     #[test]

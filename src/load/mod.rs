@@ -62,7 +62,7 @@ pub enum LoadError {
     #[error("{0}")]
     Invalid(String),
     #[error(
-        "--transport {0} is not supported yet (the server side is being built); use http or tcp"
+        "--transport {0} is not supported yet (the server side is being built); use http, sse or tcp"
     )]
     NotSupportedYet(&'static str),
     #[error("cannot resolve target {target}: {reason}")]
@@ -97,7 +97,7 @@ pub enum Transport {
     Tcp,
     /// WebSocket at /ws (subprotocol `mcp`): not yet.
     Ws,
-    /// Legacy HTTP+SSE (GET /sse, POST /messages): not yet.
+    /// Legacy HTTP+SSE (2024-11-05): GET /sse per session, POST /messages.
     Sse,
 }
 
@@ -182,7 +182,12 @@ pub fn parse_target(text: &str, transport: Transport) -> Result<Wire, LoadError>
     };
     Ok(match transport {
         Transport::Tcp => Wire::Tcp { addr },
-        _ => Wire::Http {
+        Transport::Sse => Wire::Sse {
+            addr,
+            host: authority.to_string(),
+            path,
+        },
+        Transport::Http | Transport::Ws => Wire::Http {
             addr,
             host: authority.to_string(),
             path,
@@ -210,9 +215,7 @@ fn resolve(authority: &str) -> Result<SocketAddr, String> {
 pub const SOURCE_IPS_MAX: usize = 256;
 
 fn wire_addr(wire: &Wire) -> SocketAddr {
-    match wire {
-        Wire::Http { addr, .. } | Wire::Tcp { addr } => *addr,
-    }
+    wire.addr()
 }
 
 /// `127.0.0.1,127.0.0.2` or a last-octet range `127.0.0.1-8` (IPv4), in the
@@ -348,10 +351,8 @@ impl LoadSpec {
     pub fn new(settings: LoadSettings) -> Result<LoadSpec, LoadError> {
         let invalid = |text: String| Err(LoadError::Invalid(text));
         let transport = Transport::parse(&settings.transport)?;
-        match transport {
-            Transport::Ws => return Err(LoadError::NotSupportedYet("ws")),
-            Transport::Sse => return Err(LoadError::NotSupportedYet("sse")),
-            Transport::Http | Transport::Tcp => {}
+        if transport == Transport::Ws {
+            return Err(LoadError::NotSupportedYet("ws"));
         }
         let target = settings
             .target
@@ -462,6 +463,15 @@ pub struct ProcShare {
 }
 
 impl LoadSpec {
+    /// Sockets the run opens: its connections, and with legacy SSE a stream
+    /// per session besides.
+    pub fn sockets(&self) -> u64 {
+        match self.transport {
+            Transport::Sse => self.connections + self.sessions,
+            _ => self.connections,
+        }
+    }
+
     /// Threads per process when the run is spread over `procs` processes.
     pub fn threads_per_proc(&self, procs: u64) -> u64 {
         (self.threads / procs.max(1)).max(1)
@@ -474,7 +484,7 @@ impl LoadSpec {
         let per_proc = self.threads_per_proc(procs);
         // No more threads than connections (or HTTP sessions) to drive.
         let mut threads = per_proc.min(connections).max(1);
-        if self.transport == Transport::Http {
+        if self.transport != Transport::Tcp {
             threads = threads.min(sessions).max(1);
         }
         ProcShare {
@@ -570,13 +580,13 @@ pub(crate) fn start_threads(
 pub fn run(spec: &LoadSpec, progress: Option<&mut dyn Write>) -> Result<Report, LoadError> {
     let limit = host::raise_fd_limit()?;
     host::check_ports(
-        spec.connections,
+        spec.sockets(),
         spec.source_ips.len().max(1) as u64,
         host::ephemeral_ports(),
     )?;
     let procs = if spec.procs == 0 {
         let per_proc = spec.threads_per_proc(1);
-        host::procs_needed(spec.connections, per_proc, limit)
+        host::procs_needed(spec.sockets(), per_proc, limit)
             .ok_or_else(|| {
                 LoadError::Invalid(format!(
                     "RLIMIT_NOFILE ({limit}) is too low for even one connection; raise it (ulimit -n)"
@@ -586,8 +596,8 @@ pub fn run(spec: &LoadSpec, progress: Option<&mut dyn Write>) -> Result<Report, 
     } else {
         spec.procs
     };
-    host::check_fds(spec.connections, procs, spec.threads_per_proc(procs), limit)?;
-    if procs > spec.connections || (spec.transport == Transport::Http && procs > spec.sessions) {
+    host::check_fds(spec.sockets(), procs, spec.threads_per_proc(procs), limit)?;
+    if procs > spec.connections || (spec.transport != Transport::Tcp && procs > spec.sessions) {
         return Err(LoadError::Invalid(format!(
             "--procs {procs} is more than there are connections or sessions to share"
         )));
@@ -757,7 +767,6 @@ mod tests {
             assert!(error.contains(needle), "{needle}: {error}");
         };
         refuse(|s| s.transport = "ws".into(), "not supported yet");
-        refuse(|s| s.transport = "sse".into(), "not supported yet");
         refuse(|s| s.transport = "udp".into(), "expected http, tcp");
         refuse(
             |s| {

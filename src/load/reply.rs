@@ -52,29 +52,53 @@ struct ErrorFields {
     code: i64,
 }
 
+/// A message from the server, whatever request it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A response; `id` is None unless it is an integer (ours always are).
+    Response {
+        id: Option<u64>,
+        outcome: Outcome,
+    },
+    Notification,
+    ServerRequest,
+}
+
 /// Classifies one message against the request `id` we wait for. Err when
 /// the bytes are not a JSON-RPC message at all.
 pub fn classify(bytes: &[u8], id: u64) -> Result<Frame, ErrorKind> {
+    Ok(match classify_incoming(bytes)? {
+        Incoming::Response {
+            id: Some(answered),
+            outcome,
+        } if answered == id => Frame::Response(outcome),
+        Incoming::Response { .. } => Frame::OtherResponse,
+        Incoming::Notification => Frame::Notification,
+        Incoming::ServerRequest => Frame::ServerRequest,
+    })
+}
+
+/// Classifies one message on its own (a stream carrying the answers of
+/// many requests, as legacy HTTP+SSE does).
+pub fn classify_incoming(bytes: &[u8]) -> Result<Incoming, ErrorKind> {
     let wire: Wire = serde_json::from_slice(bytes).map_err(|_| ErrorKind::BadResponse)?;
     match (wire.method.is_some(), &wire.id) {
-        (true, None) => return Ok(Frame::Notification),
-        (true, Some(_)) => return Ok(Frame::ServerRequest),
+        (true, None) => return Ok(Incoming::Notification),
+        (true, Some(_)) => return Ok(Incoming::ServerRequest),
         _ => {}
     }
-    let ours = wire.id.as_ref().and_then(serde_json::Value::as_u64) == Some(id);
-    if !ours {
-        return Ok(Frame::OtherResponse);
-    }
-    match (wire.result, wire.error) {
-        (_, Some(error)) => Ok(Frame::Response(Outcome::Failed(ErrorKind::Rpc(error.code)))),
+    let id = wire.id.as_ref().and_then(serde_json::Value::as_u64);
+    let outcome = match (wire.result, wire.error) {
+        (_, Some(error)) => Outcome::Failed(ErrorKind::Rpc(error.code)),
         (Some(result), None) if result.is_error == Some(true) => {
-            Ok(Frame::Response(Outcome::Failed(ErrorKind::ToolError)))
+            Outcome::Failed(ErrorKind::ToolError)
         }
-        (Some(result), None) => Ok(Frame::Response(Outcome::Result {
+        (Some(result), None) => Outcome::Result {
             protocol_version: result.protocol_version,
-        })),
-        (None, None) => Err(ErrorKind::BadResponse),
-    }
+        },
+        (None, None) => return Err(ErrorKind::BadResponse),
+    };
+    Ok(Incoming::Response { id, outcome })
 }
 
 #[cfg(test)]
@@ -133,6 +157,15 @@ mod tests {
             Ok(Frame::ServerRequest)
         );
         assert_eq!(classify(b"not json", 7), Err(ErrorKind::BadResponse));
+        assert_eq!(
+            classify_incoming(
+                br#"{"jsonrpc":"2.0","id":12,"error":{"code":-32601,"message":"x"}}"#
+            ),
+            Ok(Incoming::Response {
+                id: Some(12),
+                outcome: Outcome::Failed(ErrorKind::Rpc(-32601))
+            })
+        );
         assert_eq!(
             classify(br#"{"jsonrpc":"2.0","id":7}"#, 7),
             Err(ErrorKind::BadResponse)

@@ -32,6 +32,8 @@ use super::pacer::{Pacer, Ticket};
 use super::reply::Outcome;
 use super::stats::{ErrorKind, Stats, Tick};
 
+mod legacy;
+
 /// io_uring registered buffer memory per generator thread: the generator
 /// does no file I/O, so the minimum glommio takes.
 const IO_MEMORY_BYTES: usize = 64 << 10;
@@ -68,12 +70,19 @@ pub enum Wire {
     },
     /// Newline-delimited JSON-RPC, one session per connection.
     Tcp { addr: SocketAddr },
+    /// Legacy HTTP+SSE (2024-11-05): a `GET path` stream per session that
+    /// names where to POST and carries every answer.
+    Sse {
+        addr: SocketAddr,
+        host: String,
+        path: String,
+    },
 }
 
 impl Wire {
-    fn addr(&self) -> SocketAddr {
+    pub fn addr(&self) -> SocketAddr {
         match self {
-            Wire::Http { addr, .. } | Wire::Tcp { addr } => *addr,
+            Wire::Http { addr, .. } | Wire::Tcp { addr } | Wire::Sse { addr, .. } => *addr,
         }
     }
 }
@@ -223,11 +232,15 @@ enum SlotState {
     },
 }
 
-#[derive(Debug)]
 struct Slot {
     state: SlotState,
     /// Successful initializations so far (more than one: re-initialized).
     inits: u32,
+    /// Legacy SSE: the task reading the session's stream (dropping it
+    /// closes the stream, which ends the session), and which opening of
+    /// the slot it serves.
+    stream: Option<glommio::Task<()>>,
+    generation: u64,
 }
 
 enum Claim {
@@ -268,6 +281,9 @@ struct Worker {
     /// Set when `go` opens (setup is over).
     running: Cell<bool>,
     cleanup: Latch,
+    /// Legacy SSE: requests waiting for their answer on a session's stream,
+    /// by JSON-RPC id, with the session's slot.
+    waiters: RefCell<std::collections::HashMap<u64, legacy::Waiter>>,
 }
 
 async fn run(
@@ -277,7 +293,7 @@ async fn run(
     go: Receiver<()>,
 ) -> Result<(), String> {
     let sessions = match plan.wire {
-        Wire::Http { .. } => plan.sessions,
+        Wire::Http { .. } | Wire::Sse { .. } => plan.sessions,
         Wire::Tcp { .. } => plan.connections,
     };
     let connections = plan.connections;
@@ -290,6 +306,8 @@ async fn run(
                 .map(|_| Slot {
                     state: SlotState::Empty,
                     inits: 0,
+                    stream: None,
+                    generation: 0,
                 })
                 .collect(),
         ),
@@ -311,6 +329,7 @@ async fn run(
         go: Latch::new(),
         running: Cell::new(false),
         cleanup: Latch::new(),
+        waiters: RefCell::new(std::collections::HashMap::new()),
         plan,
         source,
         events,
@@ -707,18 +726,16 @@ async fn connection(worker: Rc<Worker>, index: usize) {
     match worker.plan.wire {
         Wire::Http { .. } => http_connection(&worker, index).await,
         Wire::Tcp { .. } => tcp_connection(&worker, index).await,
+        Wire::Sse { .. } => legacy::sse_connection(&worker, index).await,
     }
 }
 
-async fn http_connection(worker: &Worker, index: usize) {
-    let mut conn: Option<Conn> = None;
-    // Setup: open the connection, then initialize the sessions it owns.
+/// Opens a connection during setup, trying a few times; failures count as
+/// `setup:` errors. None when every try failed (requests will try again).
+async fn setup_connect(worker: &Worker) -> Option<Conn> {
     for attempt in 0..SETUP_ATTEMPTS_MAX {
         match worker.connect().await {
-            Ok(opened) => {
-                conn = Some(opened);
-                break;
-            }
+            Ok(opened) => return Some(opened),
             Err(kind) => {
                 *worker
                     .stats()
@@ -731,6 +748,23 @@ async fn http_connection(worker: &Worker, index: usize) {
             }
         }
     }
+    None
+}
+
+/// Counts one session set up (or not) during setup.
+fn note_setup(worker: &Worker, ready: bool) {
+    let mut stats = worker.stats();
+    if ready {
+        stats.sessions_ready += 1;
+        worker.tick.borrow_mut().sessions_ready += 1;
+    } else {
+        stats.sessions_failed += 1;
+    }
+}
+
+async fn http_connection(worker: &Worker, index: usize) {
+    // Setup: open the connection, then initialize the sessions it owns.
+    let mut conn = setup_connect(worker).await;
     for slot in owned_slots(index, worker.plan.connections, worker.plan.sessions) {
         worker.slots.borrow_mut()[slot].state = SlotState::Initializing;
         let mut ready = false;
@@ -744,13 +778,7 @@ async fn http_connection(worker: &Worker, index: usize) {
         if !ready {
             worker.slots.borrow_mut()[slot].state = SlotState::Empty;
         }
-        let mut stats = worker.stats();
-        if ready {
-            stats.sessions_ready += 1;
-            worker.tick.borrow_mut().sessions_ready += 1;
-        } else {
-            stats.sessions_failed += 1;
-        }
+        note_setup(worker, ready);
     }
     worker.setup_done.finish_one();
     worker.go.wait().await;
