@@ -15,6 +15,7 @@
 //! - [`protocol`]: the JSON-RPC 2.0 codec (simd-json) and MCP versions and eras.
 //! - [`registry`]: session ids (owning shard + 128 random bits) and shard-local maps.
 //! - [`supervision`]: OTP child specs, strategies, intensity, restart timing, the tree.
+//! - [`load`]: `shardmcp load`, the MCP load generator (a client; imports no other part).
 //! - [`observe`]: per-shard counters and histograms; Prometheus text and tree renderers.
 //! - [`config`]: every bound as a named, documented value; TOML with unknown keys refused.
 //! - [`time`], [`sync`]: injected clock and shard-local primitives underneath it all.
@@ -27,6 +28,7 @@ pub mod doctor;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ids;
+pub mod load;
 pub mod mesh;
 pub mod observe;
 pub mod pool;

@@ -2,6 +2,7 @@
 //! and an exit code; the logic lives in the library.
 
 mod doctor;
+mod load;
 mod serve;
 mod tree;
 
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub use doctor::{doctor, DoctorError};
+pub use load::{load, LoadArgs, LoadCliError};
 pub use serve::{effective_config, init_logging, serve, ServeError};
 pub use tree::{fetch_tree, tree, TreeError};
 
@@ -32,6 +34,9 @@ pub enum Command {
     /// Run the server until SIGINT/SIGTERM (with --stdio: until stdin
     /// closes), then drain and exit 0.
     Serve(ServeArgs),
+    /// Drive real, initialized MCP sessions against any MCP server and
+    /// report throughput, latency percentiles, errors and availability.
+    Load(LoadArgs),
     /// Print the live supervision tree of a running server (node, shards,
     /// supervisors with their strategies and restart counts), fetched from
     /// its admin listener.

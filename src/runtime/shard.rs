@@ -217,7 +217,8 @@ pub fn run(start: ShardStart) -> ShardExit {
     };
     let mut builder = builder
         .name(&format!("shard-{shard}"))
-        .io_memory(start.config.runtime.io_memory_bytes);
+        .io_memory(start.config.runtime.io_memory_bytes)
+        .ring_depth(start.config.runtime.io_ring_depth);
     if start.config.runtime.spin_before_park_us > 0 {
         builder = builder.spin_before_park(Duration::from_micros(
             start.config.runtime.spin_before_park_us,

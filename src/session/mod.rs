@@ -65,7 +65,18 @@ impl SessionHandle {
             })
             .await
             .map_err(|_| SessionError::Gone(self.id))?;
-        answer.await.map_err(|_| SessionError::Gone(self.id))
+        // A request still queued when the actor dies is never taken: the
+        // queue (and the reply sender in it) lives on while any handle does,
+        // so the end of the session answers it instead.
+        let ended = self.session.ended();
+        future::or(
+            async { answer.await.map_err(|_| SessionError::Gone(self.id)) },
+            async {
+                ended.await;
+                Err(SessionError::Gone(self.id))
+            },
+        )
+        .await
     }
 
     /// Hands one message to the actor without waiting for its answer, which
