@@ -33,7 +33,8 @@ pub struct LoadArgs {
     /// http, sessions are shared out over the connections (keep-alive: one
     /// connection carries several sessions in turn), so there may be more
     /// sessions than connections, or fewer (connections then share them).
-    /// Over tcp it must equal --sessions.
+    /// Over sse they carry the POSTs, and each session's stream is one
+    /// connection more. Over tcp it must equal --sessions.
     #[arg(long, value_name = "N")]
     pub connections: Option<u64>,
     /// Length of the measured window, e.g. 60s, 500ms, 2m.
@@ -100,7 +101,7 @@ pub struct LoadArgs {
     /// (for a generator on cores of its own, not beside the server).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub spin: Duration,
-    /// http: any connection carries any session, round-robin, so a
+    /// http and sse: any connection carries any session, round-robin, so a
     /// session's requests arrive on connections the server accepted on
     /// other shards (exercises its cross-shard forwarding). By default a
     /// session keeps to the connection that initialized it.
