@@ -531,3 +531,23 @@ fn idle_and_slow_clients_are_cut_off_and_idle_sessions_expire() {
     }
     stop(node);
 }
+
+#[test]
+fn a_legacy_stream_ends_when_its_session_dies() {
+    use shardmcp::runtime::Fault;
+    let node = runtime::start(test_config(1, 1), demo::factory()).unwrap();
+    let addr = node.http_addr().unwrap();
+    let mut events = Conn::open(addr, "GET", "/sse", &[("Accept", "text/event-stream")], "");
+    let endpoint = events.next_event().expect("the endpoint event");
+    assert_eq!(endpoint.event.as_deref(), Some("endpoint"));
+    node.inject(ShardId(0), Fault::KillPool(0)).unwrap();
+    // The client sees its stream end, and can open a new one.
+    assert!(
+        events.next_event().is_none(),
+        "the stream outlived its session"
+    );
+    let mut again = Conn::open(addr, "GET", "/sse", &[("Accept", "text/event-stream")], "");
+    assert!(again.next_event().is_some());
+    drop(again);
+    stop(node);
+}

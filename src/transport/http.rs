@@ -903,10 +903,19 @@ async fn legacy_open(
     sessions.store.set_legacy(id);
     let events = sessions.store.open_standalone(id, false);
     let endpoint = format!("event: endpoint\ndata: /messages?sessionId={id}\n\n");
+    // The stream is the session's life: when the session dies (its pool
+    // killed, say), the stream ends and the client opens a new one.
+    let ended = handle.ended();
+    drop(handle);
     let outcome = async {
         write_sse_head(stream, "", keep_alive).await?;
         write_chunk(stream, endpoint.as_bytes()).await?;
-        write_events(stream, buffer, &events, service).await
+        future::or(write_events(stream, buffer, &events, service), async {
+            ended.await;
+            // Unterminated on purpose: the client sees the stream break.
+            Err(std::io::ErrorKind::ConnectionAborted.into())
+        })
+        .await
     }
     .await;
     session::close(&service.registry, &id);
