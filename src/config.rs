@@ -194,7 +194,9 @@ impl Default for LogConfig {
 pub struct LimitsConfig {
     /// Sessions one pool holds; a new session past it is refused.
     pub sessions_per_pool_max: usize,
-    /// Messages waiting in one session actor's mailbox; senders wait when full.
+    /// Messages waiting in one session actor's mailbox; senders wait when
+    /// full. The actor takes each at once (requests run as tasks), so a few
+    /// suffice; every slot is allocated up front for every session.
     pub session_mailbox_capacity: usize,
     /// Largest JSON-RPC message (a TCP line, an HTTP body); past it the
     /// message is refused with -32600.
@@ -206,7 +208,9 @@ pub struct LimitsConfig {
     /// Resource URIs one session may subscribe to; more get -32000.
     pub subscriptions_per_session_max: usize,
     /// Frames queued for one session's client (notifications and replies);
-    /// handlers that notify wait when it is full.
+    /// handlers that notify wait when it is full. Transports drain it as
+    /// frames come; every slot is allocated up front for every session
+    /// (32 slots: about 2 KiB of an idle session's ~8 KiB).
     pub session_outbox_capacity: usize,
     /// How long a request to the client (sampling, elicitation, roots) waits
     /// for its answer.
@@ -267,12 +271,12 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             sessions_per_pool_max: 16_384,
-            session_mailbox_capacity: 64,
+            session_mailbox_capacity: 16,
             message_bytes_max: 4 << 20,
             page_size: 100,
             requests_in_flight_per_session_max: 64,
             subscriptions_per_session_max: 1_024,
-            session_outbox_capacity: 256,
+            session_outbox_capacity: 32,
             client_request_timeout_ms: 60_000,
             client_requests_per_session_max: 16,
             input_rounds_max: 8,

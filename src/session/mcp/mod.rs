@@ -79,7 +79,7 @@ impl Default for SessionLimits {
             page_size: 100,
             in_flight_max: 64,
             subscriptions_max: 1_024,
-            outbox_capacity: 256,
+            outbox_capacity: 32,
             request_timeout: Duration::from_secs(30),
             client_request_timeout: Duration::from_secs(60),
             client_requests_max: 16,
