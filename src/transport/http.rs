@@ -779,17 +779,7 @@ async fn mcp(
         {
             match session::open(&service.registry, &service.pools, &service.sessions) {
                 Ok(handle) => handle.id(),
-                Err(error) => {
-                    let body = error.to_string();
-                    return respond(
-                        stream,
-                        "503 Service Unavailable",
-                        &[],
-                        body.as_bytes(),
-                        keep_alive,
-                    )
-                    .await;
-                }
+                Err(error) => return no_session_opened(stream, &error, keep_alive).await,
             }
         }
         None => return missing_session(stream, keep_alive).await,
@@ -883,17 +873,7 @@ async fn legacy_open(
 ) -> std::io::Result<()> {
     let handle = match session::open(&service.registry, &service.pools, &service.sessions) {
         Ok(handle) => handle,
-        Err(error) => {
-            let body = error.to_string();
-            return respond(
-                stream,
-                "503 Service Unavailable",
-                &[],
-                body.as_bytes(),
-                keep_alive,
-            )
-            .await;
-        }
+        Err(error) => return no_session_opened(stream, &error, keep_alive).await,
     };
     let id = handle.id();
     if !sessions.link(&handle) {
@@ -1177,6 +1157,23 @@ fn message_event(frame: &[u8]) -> Vec<u8> {
     event.extend_from_slice(frame);
     event.extend_from_slice(b"\n\n");
     event
+}
+
+/// A new session could not be opened (the shard is full, its pool is down).
+async fn no_session_opened(
+    stream: &mut TcpStream,
+    error: &session::SessionError,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let body = error.to_string();
+    respond(
+        stream,
+        "503 Service Unavailable",
+        &[],
+        body.as_bytes(),
+        keep_alive,
+    )
+    .await
 }
 
 async fn missing_session(stream: &mut TcpStream, keep_alive: bool) -> std::io::Result<()> {
