@@ -849,8 +849,8 @@ async fn write_answer(
             .await
         }
         Answer::Stream(events) => {
-            write_sse_head(stream, session, keep_alive).await?;
-            write_events(stream, buffer, &events, service).await
+            let head = sse_head(session, keep_alive);
+            write_events(stream, buffer, head, &events, service).await
         }
         Answer::Refused(status, reason) => {
             respond(stream, status, &[], reason.as_bytes(), keep_alive).await
@@ -888,13 +888,16 @@ async fn legacy_open(
     let ended = handle.ended();
     drop(handle);
     let outcome = async {
-        write_sse_head(stream, "", keep_alive).await?;
-        write_chunk(stream, endpoint.as_bytes()).await?;
-        future::or(write_events(stream, buffer, &events, service), async {
-            ended.await;
-            // Unterminated on purpose: the client sees the stream break.
-            Err(std::io::ErrorKind::ConnectionAborted.into())
-        })
+        let mut head = sse_head("", keep_alive);
+        push_chunk(&mut head, endpoint.as_bytes());
+        future::or(
+            write_events(stream, buffer, head, &events, service),
+            async {
+                ended.await;
+                // Unterminated on purpose: the client sees the stream break.
+                Err(std::io::ErrorKind::ConnectionAborted.into())
+            },
+        )
         .await
     }
     .await;
@@ -1038,7 +1041,7 @@ async fn stateless(
             .await
         }
         Err(frame) if request.accepts_sse() => {
-            write_sse_head(stream, "", keep_alive).await?;
+            stream.write_all(&sse_head("", keep_alive)).await?;
             let mut frame = frame;
             // No session, so nothing to resume: events carry no ids.
             let outcome = async {
@@ -1096,18 +1099,45 @@ async fn stateless(
     }
 }
 
-/// Writes SSE events until the stream ends, with a comment line whenever it
-/// has been quiet for `sse_keepalive_ms` (so proxies keep it and a dead
-/// client is found out), then ends the chunked body.
+/// Writes `head` (the response head, perhaps a first event) and SSE events
+/// until the stream ends, with a comment line whenever it has been quiet for
+/// `sse_keepalive_ms` (so proxies keep it and a dead client is found out),
+/// then ends the chunked body. What is ready together leaves in one write:
+/// every write is a trip through the TCP stack and a wakeup of the client, and
+/// a request's answer (head, priming event, message, end) took four.
 async fn write_events(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
+    head: Vec<u8>,
     events: &LocalReceiver<Bytes>,
     service: &TcpService,
 ) -> std::io::Result<()> {
     let keepalive = Duration::from_millis(service.limits.sse_keepalive_ms);
     let pipelined_max = service.limits.message_bytes_max + HEAD_BYTES_MAX;
+    let mut out = head;
+    let mut first = true;
     loop {
+        if take_ready(events, &mut out).await {
+            out.extend_from_slice(b"0\r\n\r\n");
+            return stream.write_all(&out).await;
+        }
+        if first {
+            first = false;
+            // A quick handler answers within a few turns of the task queue
+            // (the session actor, then the request's task): let them run, so
+            // head, priming event, answer and end leave in one write.
+            for _ in 0..FIRST_WRITE_YIELDS {
+                future::yield_now().await;
+                if take_ready(events, &mut out).await {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                    return stream.write_all(&out).await;
+                }
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
         let quiet = service.clock.sleep(keepalive);
         let drained = service.drain.wait();
         let next = future::or(async { Wake::Event(events.recv().await) }, async {
@@ -1125,13 +1155,30 @@ async fn write_events(
         })
         .await;
         match next {
-            Wake::Event(Some(event)) => write_chunk(stream, &event).await?,
+            Wake::Event(Some(event)) => push_chunk(&mut out, &event),
             Wake::Event(None) => break,
-            Wake::Quiet => write_chunk(stream, b": keepalive\n\n").await?,
+            Wake::Quiet => push_chunk(&mut out, b": keepalive\n\n"),
             Wake::Gone => return Err(std::io::ErrorKind::ConnectionAborted.into()),
         }
     }
-    stream.write_all(b"0\r\n\r\n").await
+    out.extend_from_slice(b"0\r\n\r\n");
+    stream.write_all(&out).await
+}
+
+/// Turns of the task queue a new SSE answer waits for its events before its
+/// first write (see `write_events`).
+const FIRST_WRITE_YIELDS: usize = 3;
+
+/// Moves the events already waiting in `events` into `out` as chunks,
+/// without waiting; true when the stream has ended (its sender is gone).
+async fn take_ready(events: &LocalReceiver<Bytes>, out: &mut Vec<u8>) -> bool {
+    while let Some(next) = future::poll_once(events.recv()).await {
+        match next {
+            Some(event) => push_chunk(out, &event),
+            None => return true,
+        }
+    }
+    false
 }
 
 /// What woke a stream writer.
@@ -1187,25 +1234,29 @@ async fn missing_session(stream: &mut TcpStream, keep_alive: bool) -> std::io::R
     .await
 }
 
-async fn write_sse_head(
-    stream: &mut TcpStream,
-    session: &str,
-    keep_alive: bool,
-) -> std::io::Result<()> {
+fn sse_head(session: &str, keep_alive: bool) -> Vec<u8> {
     let head = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n{}Transfer-Encoding: chunked\r\nConnection: {}\r\n\r\n",
         if session.is_empty() { String::new() } else { format!("Mcp-Session-Id: {session}\r\n") },
         if keep_alive { "keep-alive" } else { "close" }
     );
-    stream.write_all(head.as_bytes()).await
+    let mut head = head.into_bytes();
+    // Room for a small answer's events, which usually follow in the same write.
+    head.reserve(512);
+    head
 }
 
 async fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
     let mut chunk = Vec::with_capacity(data.len() + 16);
-    chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    chunk.extend_from_slice(data);
-    chunk.extend_from_slice(b"\r\n");
+    push_chunk(&mut chunk, data);
     stream.write_all(&chunk).await
+}
+
+/// Appends `data` to `out` as one chunk of a chunked body.
+fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 async fn respond(
@@ -1304,5 +1355,36 @@ mod tests {
             parse_head(&endless, 16),
             Err("431 Request Header Fields Too Large")
         );
+    }
+
+    #[test]
+    fn events_ready_together_are_framed_into_one_buffer() {
+        glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(async {
+                let (sink, events) = local_channel::new_bounded::<Bytes>(4);
+                let mut out = sse_head("s1", true);
+                let head_len = out.len();
+                assert!(!take_ready(&events, &mut out).await, "open, nothing yet");
+                assert_eq!(out.len(), head_len);
+                sink.try_send(Bytes::from_static(b"id: 1-0\ndata: \n\n"))
+                    .unwrap();
+                sink.try_send(Bytes::from_static(b"data: {}\n\n")).unwrap();
+                assert!(!take_ready(&events, &mut out).await, "still open");
+                assert_eq!(
+                    &out[head_len..],
+                    b"10\r\nid: 1-0\ndata: \n\n\r\na\r\ndata: {}\n\n\r\n"
+                );
+                drop(sink);
+                assert!(
+                    take_ready(&events, &mut out).await,
+                    "the sender is gone: ended"
+                );
+                let head = String::from_utf8(out[..head_len].to_vec()).unwrap();
+                assert!(head.starts_with("HTTP/1.1 200 OK\r\n"));
+                assert!(head.contains("Mcp-Session-Id: s1\r\n"));
+                assert!(head.ends_with("Connection: keep-alive\r\n\r\n"));
+            });
     }
 }
