@@ -888,10 +888,13 @@ async fn legacy_open(
     let ended = handle.ended();
     drop(handle);
     let outcome = async {
+        // Head and endpoint go out before the race with `ended`, as before
+        // writes were batched: the client learns where to POST first.
         let mut head = sse_head("", keep_alive);
         push_chunk(&mut head, endpoint.as_bytes());
+        stream.write_all(&head).await?;
         future::or(
-            write_events(stream, buffer, head, &events, service),
+            write_events(stream, buffer, Vec::new(), &events, service),
             async {
                 ended.await;
                 // Unterminated on purpose: the client sees the stream break.
