@@ -169,11 +169,17 @@ fn each_request_arrives_at_the_collector_as_a_span_with_its_method() {
         .exchange(r#"{"jsonrpc":"2.0","id":"x","method":"no/such/method"}"#)
         .unwrap();
     assert!(reply.get("error").is_some(), "{reply}");
+    // A 2026-07-28 request on a second connection: no initialize.
+    let mut stateless = Client::connect(addr).unwrap();
+    let reply = stateless
+        .exchange(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#)
+        .unwrap();
+    assert!(reply.get("result").is_some(), "{reply}");
 
     let mut spans = Vec::new();
     let mut resources = Vec::new();
     let deadline = Instant::now() + IO_TIMEOUT;
-    while !["initialize", "ping", "no/such/method"]
+    while !["initialize", "ping", "no/such/method", "tools/list"]
         .iter()
         .all(|m| spans.iter().any(|(name, _, _)| name == m))
     {
@@ -225,6 +231,13 @@ fn each_request_arrives_at_the_collector_as_a_span_with_its_method() {
     );
     assert_eq!(string(attribute(unknown, "mcp.session.id")), Some(session));
     assert_eq!(*status, Some(StatusCode::Error as i32));
+
+    let (_, listed, _) = spans
+        .iter()
+        .find(|(name, _, _)| name == "tools/list")
+        .unwrap();
+    assert_eq!(string(attribute(listed, "shardmcp.era")), Some("stateless"));
+    assert_eq!(string(attribute(listed, "mcp.request.outcome")), Some("ok"));
 
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
