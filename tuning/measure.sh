@@ -4,7 +4,11 @@
 # medians over RUNS runs. Writes sysctls (root): each one it changes is
 # saved first and put back on exit, failure and Ctrl-C included.
 #
-#   tuning/measure.sh [all|shards|spin|mesh|ring|backlog|ports|nofile]...
+#   tuning/measure.sh [all|shards|spin|mesh|ring|backlog|ports|nofile|otel]...
+#
+# `otel` (not part of `all`) needs target/release/shardmcp built with
+# `--features otel` (then SKIP_BUILD=1): the cost of span export, against a
+# small OTLP/HTTP receiver that answers 200 to every POST.
 #
 # Environment: RUNS (3), DURATION (5s per load run), OUT (target/tuning),
 # STORM (connections in one connect storm, 3000), SKIP_BUILD=1 to use
@@ -134,7 +138,7 @@ row() {
 want() {
     local w
     for w in "${WHAT[@]}"; do
-        [ "$w" = all ] || [ "$w" = "$1" ] && return 0
+        { [ "$w" = all ] && [ "$1" != otel ]; } || [ "$w" = "$1" ] && return 0
     done
     return 1
 }
@@ -292,6 +296,40 @@ shards = 2" prlimit --nofile="$nofile"
         stop_server
         row "LimitNOFILE (server) | $nofile | $sessions TCP sessions: $(jq -r .initialize.sessions_ready "$OUT/nofile$nofile-$sessions.json") ready, $(jq -r .initialize.sessions_failed "$OUT/nofile$nofile-$sessions.json") failed"
     done
+fi
+
+# Span export on vs off, same binary, closed loop over HTTP.
+RECEIVER_PID=""
+if want otel; then
+    python3 -c '
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()' >"$OUT/receiver.port" &
+    RECEIVER_PID=$!
+    trap 'kill "$RECEIVER_PID" 2>/dev/null; cleanup' EXIT
+    sleep 1
+    for mode in off on; do
+        endpoint=""
+        [ "$mode" = on ] && endpoint="http://127.0.0.1:$(cat "$OUT/receiver.port")/v1/traces"
+        start_server "[runtime]
+shards = 2
+[otel]
+endpoint = \"$endpoint\""
+        for run in $(seq 1 "$RUNS"); do load "otel$mode-$run" "${HTTP_CLOSED[@]}"; done
+        stop_server
+        row "otel export | $mode | $(med "otel$mode" .requests.ok_per_second) req/s, p99 $(med "otel$mode" .latency_ms.p99) ms, server $(med "otel$mode" .server.cpu_us_per_request) µs CPU/request"
+    done
+    kill "$RECEIVER_PID" 2>/dev/null || true
 fi
 
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RESULTS"
