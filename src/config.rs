@@ -16,6 +16,7 @@ pub struct Config {
     pub supervision: SupervisionConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub otel: OtelConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,6 +188,137 @@ impl Default for LogConfig {
             level: "info".to_string(),
         }
     }
+}
+
+/// OpenTelemetry trace export over OTLP/HTTP (protobuf). Needs a binary
+/// built with `--features otel`; off while `endpoint` is empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtelConfig {
+    /// Full URL spans are POSTed to, e.g. `http://127.0.0.1:4318/v1/traces`
+    /// (a collector next to the server: plain `http://` only). Empty = off.
+    pub endpoint: String,
+    /// The `service.name` resource attribute of every span.
+    pub service_name: String,
+    /// Longest a finished span waits before its batch is sent.
+    pub export_interval_ms: u64,
+    /// Spans in one export request.
+    pub batch_size_max: usize,
+    /// Finished spans waiting for export, all shards together; a span
+    /// finished while it is full is dropped (and counted) rather than block
+    /// a shard.
+    pub queue_size_max: usize,
+    /// Connect, send and read timeout of one export request.
+    pub export_timeout_ms: u64,
+    /// Longest collector response read (its body is only checked for
+    /// errors).
+    pub response_bytes_max: usize,
+}
+
+impl Default for OtelConfig {
+    fn default() -> Self {
+        OtelConfig {
+            endpoint: String::new(),
+            service_name: "shardmcp".to_string(),
+            export_interval_ms: 1_000,
+            batch_size_max: 512,
+            queue_size_max: 4_096,
+            export_timeout_ms: 5_000,
+            response_bytes_max: 65_536,
+        }
+    }
+}
+
+impl OtelConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.endpoint.is_empty() {
+            if !cfg!(feature = "otel") {
+                return Err(invalid(
+                    "otel.endpoint",
+                    "this binary was built without the `otel` feature; rebuild with \
+                     `cargo build --release --features otel`, or leave otel.endpoint empty",
+                ));
+            }
+            if let Err(reason) = parse_http_url(&self.endpoint) {
+                return Err(invalid(
+                    "otel.endpoint",
+                    format!("`{}`: {reason}", self.endpoint),
+                ));
+            }
+        }
+        if self.service_name.is_empty() || self.service_name.len() > 255 {
+            return Err(invalid("otel.service_name", "must be 1 to 255 bytes long"));
+        }
+        if self.export_interval_ms == 0 || self.export_interval_ms > 60_000 {
+            return Err(invalid(
+                "otel.export_interval_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if self.queue_size_max == 0 || self.queue_size_max > 1_048_576 {
+            return Err(invalid(
+                "otel.queue_size_max",
+                "must be between 1 and 1048576",
+            ));
+        }
+        if self.batch_size_max == 0 || self.batch_size_max > self.queue_size_max {
+            return Err(invalid(
+                "otel.batch_size_max",
+                "must be between 1 and otel.queue_size_max",
+            ));
+        }
+        if self.export_timeout_ms == 0 || self.export_timeout_ms > 60_000 {
+            return Err(invalid(
+                "otel.export_timeout_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if self.response_bytes_max < 1_024 || self.response_bytes_max > 16_777_216 {
+            return Err(invalid(
+                "otel.response_bytes_max",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A plain `http://host[:port][/path]` URL as (host, port, path); the path
+/// defaults to `/v1/traces`, the port to 80.
+pub fn parse_http_url(url: &str) -> Result<(String, u16, String), &'static str> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("must start with http:// (https is not supported; use a local collector)")?;
+    let (authority, path) = match rest.find('/') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err("needs a host and no user info");
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        // An IPv6 literal without a port ends with `]`.
+        Some((host, port)) if !port.ends_with(']') => (
+            host,
+            port.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or("the port must be a number from 1 to 65535")?,
+        ),
+        _ => (authority, 80),
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the host is empty or holds spaces");
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the path holds spaces");
+    }
+    let path = if path.is_empty() || path == "/" {
+        "/v1/traces".to_string()
+    } else {
+        path.to_string()
+    };
+    Ok((host.to_string(), port, path))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -532,6 +664,7 @@ impl Config {
                 "must be between 100 and 60000",
             ));
         }
+        self.otel.validate()?;
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid(
                 "log.level",
@@ -853,5 +986,83 @@ mod tests {
         let mut config = Config::default();
         config.runtime.shards = 3;
         assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
+    }
+
+    #[test]
+    fn otel_endpoints_are_plain_http_urls() {
+        assert_eq!(
+            parse_http_url("http://127.0.0.1:4318/v1/traces"),
+            Ok(("127.0.0.1".to_string(), 4318, "/v1/traces".to_string()))
+        );
+        assert_eq!(
+            parse_http_url("http://collector"),
+            Ok(("collector".to_string(), 80, "/v1/traces".to_string()))
+        );
+        assert_eq!(
+            parse_http_url("http://[::1]:9/x"),
+            Ok(("[::1]".to_string(), 9, "/x".to_string()))
+        );
+        for bad in [
+            "https://127.0.0.1:4318/v1/traces",
+            "127.0.0.1:4318",
+            "http://",
+            "http://:4318/",
+            "http://host:0/",
+            "http://host:http/",
+            "http://user@host/",
+            "http://host/a b",
+        ] {
+            assert!(parse_http_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn otel_bounds_are_checked_by_name() {
+        for (text, key) in [
+            (
+                "[otel]\nexport_interval_ms = 0\n",
+                "otel.export_interval_ms",
+            ),
+            ("[otel]\nqueue_size_max = 0\n", "otel.queue_size_max"),
+            ("[otel]\nbatch_size_max = 5000\n", "otel.batch_size_max"),
+            ("[otel]\nexport_timeout_ms = 0\n", "otel.export_timeout_ms"),
+            (
+                "[otel]\nresponse_bytes_max = 10\n",
+                "otel.response_bytes_max",
+            ),
+            ("[otel]\nservice_name = \"\"\n", "otel.service_name"),
+        ] {
+            let error = Config::parse(text).unwrap_err().to_string();
+            assert!(
+                error.starts_with(&format!("config key `{key}`")),
+                "{text}: {error}"
+            );
+        }
+    }
+
+    #[cfg(not(feature = "otel"))]
+    #[test]
+    fn an_otel_endpoint_is_refused_by_a_binary_built_without_the_feature() {
+        let error = Config::parse("[otel]\nendpoint = \"http://127.0.0.1:4318/v1/traces\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("config key `otel.endpoint`"), "{error}");
+        assert!(error.contains("--features otel"), "{error}");
+        // The other keys are inert without an endpoint and load as usual.
+        let config = Config::parse("[otel]\nservice_name = \"edge\"\n").unwrap();
+        assert_eq!(config.otel.service_name, "edge");
+    }
+
+    #[cfg(feature = "otel")]
+    #[test]
+    fn an_otel_endpoint_is_checked_by_a_binary_built_with_the_feature() {
+        let config =
+            Config::parse("[otel]\nendpoint = \"http://127.0.0.1:4318/v1/traces\"\n").unwrap();
+        assert_eq!(config.otel.endpoint, "http://127.0.0.1:4318/v1/traces");
+        let error = Config::parse("[otel]\nendpoint = \"https://collector/v1/traces\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("config key `otel.endpoint`"), "{error}");
+        assert!(error.contains("http://"), "{error}");
     }
 }

@@ -21,6 +21,8 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error("cannot bridge stdin and stdout: {0}")]
     Stdio(std::io::Error),
+    #[error(transparent)]
+    Otel(#[from] crate::observe::otel::OtelError),
 }
 
 /// The effective configuration: file (or defaults), then flags, validated.
@@ -91,6 +93,8 @@ pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         return Ok(());
     }
     init_logging(&config.log, args.log.as_deref());
+    // Before the shards start, so their first requests are traced.
+    let otel = crate::observe::otel::start(&config.otel)?;
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -165,6 +169,10 @@ pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         if !pumps.finish(drain_deadline) {
             tracing::warn!("stdout not fully written by the drain deadline");
         }
+    }
+    // The spans of the last requests go out before the process ends.
+    if let Some(otel) = otel {
+        otel.shutdown();
     }
     result?;
     tracing::info!("drained; bye");

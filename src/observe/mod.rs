@@ -10,10 +10,13 @@
 //!   labelled with its shard.
 //! - [`tree_text`]: the node's supervision tree as indented text.
 //! - [`process`]: process-wide figures read from `/proc/self`.
+//! - [`otel`]: one span per MCP request exported over OTLP/HTTP (cargo
+//!   feature `otel`; empty stubs without it).
 //!
 //! Nothing here changes the state of the parts it watches.
 
 pub mod metrics;
+pub mod otel;
 pub mod process;
 pub mod prometheus;
 pub mod tree_text;

@@ -177,6 +177,7 @@ pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, env: Rc<SessionEnv>) 
     Rc::new(move |ctx: ChildContext| -> ChildFuture {
         let (sender, receiver) = local_channel::new_bounded(env.mailbox_capacity);
         let session = env.new_session();
+        session.set_session_id(id);
         let handle = SessionHandle {
             id,
             mailbox: Rc::new(sender),

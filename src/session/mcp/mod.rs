@@ -146,6 +146,9 @@ pub struct McpSession {
     tasks: TaskTable,
     /// Which era this session speaks, once its first request fixed it.
     era: Cell<Option<Era>>,
+    /// The id of the actor that owns this session (none for a session made
+    /// outside an actor); only the trace export reads it.
+    id: Cell<Option<crate::registry::SessionId>>,
     /// Seals and opens `requestState`; the same on every shard of the node.
     state_key: StateKey,
     /// Carries a resource change to every shard (set by the runtime).
@@ -227,6 +230,7 @@ impl McpSession {
             outbox_receiver: RefCell::new(Some(outbox_receiver)),
             tasks: tasks.table(),
             era: Cell::new(None),
+            id: Cell::new(None),
             state_key,
             update_hook: RefCell::new(None),
             listens: RefCell::new(Vec::new()),
@@ -469,7 +473,7 @@ impl McpSession {
                 let error = RpcError::invalid_request(format!(
                     "request id {id} is already in use by a running request"
                 ));
-                observe::record_request(method, Outcome::Refused, Duration::ZERO);
+                self.count_request(method, Outcome::Refused, Duration::ZERO);
                 return Some(encode_error(Some(&id), &error));
             }
             if in_flight.len() >= self.limits.in_flight_max {
@@ -480,7 +484,7 @@ impl McpSession {
                         self.limits.in_flight_max
                     ),
                 );
-                observe::record_request(method, Outcome::Refused, Duration::ZERO);
+                self.count_request(method, Outcome::Refused, Duration::ZERO);
                 return Some(encode_error(Some(&id), &error));
             }
             in_flight.insert(id.clone(), cancel.clone());
@@ -537,8 +541,19 @@ impl McpSession {
             }
         };
         let elapsed = self.clock.now().saturating_sub(started);
-        observe::record_request(method, counted, elapsed);
+        self.count_request(method, counted, elapsed);
         reply
+    }
+
+    /// Counts a finished request and, with trace export on, sends its span.
+    fn count_request(&self, method: &str, outcome: Outcome, elapsed: Duration) {
+        observe::record_request(method, outcome, elapsed);
+        observe::otel::record_request(method, outcome, elapsed, self.era.get(), self.id.get());
+    }
+
+    /// Names the session in exported spans.
+    pub fn set_session_id(&self, id: crate::registry::SessionId) {
+        self.id.set(Some(id));
     }
 
     fn handle_notification(&self, method: &str, params: Option<&Value>) {
