@@ -588,3 +588,23 @@ fn a_bad_jwks_stops_the_start_with_the_key_named() {
     assert!(error.starts_with("config key `auth.jwks_file`"), "{error}");
     assert!(error.contains("not a JWKS"), "{error}");
 }
+
+#[test]
+fn stateless_requests_are_authorized_one_by_one() {
+    let node = Node::start(auth_config(1));
+    let addr = node.addr();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json"),
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "server/discover"),
+    ];
+    let refused = http(addr, "POST", "/mcp", None, &headers, body);
+    assert_eq!(refused.status, 401);
+    let alice = token("alice");
+    let served = http(addr, "POST", "/mcp", Some(&alice), &headers, body);
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert!(served.header("mcp-session-id").is_none());
+    assert!(served.body.contains("supportedVersions"), "{}", served.body);
+}
