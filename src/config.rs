@@ -490,12 +490,6 @@ impl AuthConfig {
                 "must be \"\" while auth.mode is on: the TCP transport cannot carry a bearer token",
             ));
         }
-        if listen.http.is_empty() {
-            return Err(invalid(
-                "listen.http",
-                "auth.mode is on but the HTTP listener is off: nothing to authorize",
-            ));
-        }
         match self.mode {
             AuthMode::Static if self.tokens_file.is_empty() => Err(invalid(
                 "auth.tokens_file",
@@ -1144,8 +1138,9 @@ mod tests {
             );
         }
         assert!(error("[auth]\nmode = \"sometimes\"\n").contains("sometimes"));
+        // HTTP off (serve --stdio with the same file): nothing to guard, no error.
         let no_http = on.replace("tcp = \"\"", "tcp = \"\"\nhttp = \"\"");
-        assert!(error(&no_http).starts_with("config key `listen.http`"));
+        assert!(Config::parse(&no_http).is_ok());
         // Off, the other keys are not required.
         assert!(Config::parse("[auth]\nmode = \"off\"\n").is_ok());
     }
