@@ -17,6 +17,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub otel: OtelConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -470,6 +471,199 @@ impl Default for SupervisionConfig {
     }
 }
 
+/// Authorization of HTTP clients as an OAuth 2.1 resource server (MCP
+/// 2025-11-25 authorization, RFC 9728, RFC 6750); see `crate::auth`. Off
+/// by default. It guards every HTTP route that reaches MCP; the admin
+/// listener and stdio are not affected, and TCP must be off while it is on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `off`, `static` (a tokens file) or `jwt` (signed tokens checked
+    /// against a JWKS file). Default `off`.
+    pub mode: AuthMode,
+    /// This server's canonical resource URI as clients name it (e.g.
+    /// `https://mcp.example.com/mcp`): the `resource` of the metadata
+    /// document and the default audience. Required when on.
+    pub resource: String,
+    /// Authorization servers that issue tokens for this server, listed in
+    /// the metadata document. At least one in `jwt` mode.
+    pub authorization_servers: Vec<String>,
+    /// Scopes listed in the metadata document.
+    pub scopes_supported: Vec<String>,
+    /// Scopes a token must hold for any MCP access; fewer get 403.
+    pub scopes_required: Vec<String>,
+    /// `static`: TOML or JSON file of `[[tokens]]`, each with `token` (or
+    /// `token_sha256`, its hex digest), `principal` and `scopes`.
+    pub tokens_file: String,
+    /// `static`: entries the tokens file may hold. Default 10000.
+    pub tokens_max: usize,
+    /// `jwt`: the JWKS (JSON) whose keys sign tokens, read once at start.
+    pub jwks_file: String,
+    /// `jwt`: keys the JWKS may hold. Default 64.
+    pub jwks_keys_max: usize,
+    /// `jwt`: the `iss` every token must carry. Required in `jwt` mode.
+    pub issuer: String,
+    /// `jwt`: the `aud` a token must include; "" means `resource`.
+    pub audience: String,
+    /// `jwt`: signature algorithms accepted (asymmetric only). Default
+    /// RS256 and ES256.
+    pub algorithms: Vec<String>,
+    /// `jwt`: clock skew allowed on `exp` and `nbf`, in seconds. Default 60.
+    pub leeway_secs: u64,
+    /// `jwt`: verified tokens each shard remembers (until they expire) so
+    /// a signature is checked once per shard, not per request; past it the
+    /// expired, then any, entries make room. Default 4096.
+    pub token_cache_entries_max: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Off,
+    Static,
+    Jwt,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Off,
+            resource: String::new(),
+            authorization_servers: Vec::new(),
+            scopes_supported: Vec::new(),
+            scopes_required: Vec::new(),
+            tokens_file: String::new(),
+            tokens_max: 10_000,
+            jwks_file: String::new(),
+            jwks_keys_max: 64,
+            issuer: String::new(),
+            audience: String::new(),
+            algorithms: vec!["RS256".into(), "ES256".into()],
+            leeway_secs: 60,
+            token_cache_entries_max: 4_096,
+        }
+    }
+}
+
+/// Signature algorithms `auth.algorithms` may name: asymmetric ones only,
+/// so a public key can never be used as an HMAC secret.
+pub const AUTH_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+impl AuthConfig {
+    /// The audience tokens must name: `audience`, or `resource` when empty.
+    pub fn audience(&self) -> &str {
+        if self.audience.is_empty() {
+            &self.resource
+        } else {
+            &self.audience
+        }
+    }
+
+    fn validate(&self, listen: &ListenConfig) -> Result<(), ConfigError> {
+        if self.tokens_max == 0 || self.tokens_max > 1_000_000 {
+            return Err(invalid("auth.tokens_max", "must be between 1 and 1000000"));
+        }
+        if self.jwks_keys_max == 0 || self.jwks_keys_max > 1_024 {
+            return Err(invalid("auth.jwks_keys_max", "must be between 1 and 1024"));
+        }
+        if self.token_cache_entries_max == 0 || self.token_cache_entries_max > 1_000_000 {
+            return Err(invalid(
+                "auth.token_cache_entries_max",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.leeway_secs > 600 {
+            return Err(invalid("auth.leeway_secs", "at most 600 (10 minutes)"));
+        }
+        if let Some(bad) = self
+            .algorithms
+            .iter()
+            .find(|alg| !AUTH_ALGORITHMS.contains(&alg.as_str()))
+        {
+            return Err(invalid(
+                "auth.algorithms",
+                format!(
+                    "`{bad}` is not accepted; choose from {} (no HMAC, no `none`)",
+                    AUTH_ALGORITHMS.join(", ")
+                ),
+            ));
+        }
+        let scope_ok = |s: &String| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        };
+        for (key, scopes) in [
+            ("auth.scopes_supported", &self.scopes_supported),
+            ("auth.scopes_required", &self.scopes_required),
+        ] {
+            if !scopes.iter().all(scope_ok) {
+                return Err(invalid(
+                    key,
+                    "each scope is printable ASCII without spaces, quotes or backslashes",
+                ));
+            }
+        }
+        if self.mode == AuthMode::Off {
+            return Ok(());
+        }
+        if self.resource.is_empty() {
+            return Err(invalid("auth.resource", "required when auth.mode is on"));
+        }
+        absolute_uri(&self.resource).map_err(|reason| invalid("auth.resource", reason))?;
+        for server in &self.authorization_servers {
+            absolute_uri(server).map_err(|reason| invalid("auth.authorization_servers", reason))?;
+        }
+        if !listen.tcp.is_empty() {
+            return Err(invalid(
+                "listen.tcp",
+                "must be \"\" while auth.mode is on: the TCP transport cannot carry a bearer token",
+            ));
+        }
+        match self.mode {
+            AuthMode::Static if self.tokens_file.is_empty() => Err(invalid(
+                "auth.tokens_file",
+                "required when auth.mode = \"static\"",
+            )),
+            AuthMode::Jwt if self.jwks_file.is_empty() => Err(invalid(
+                "auth.jwks_file",
+                "required when auth.mode = \"jwt\"",
+            )),
+            AuthMode::Jwt if self.issuer.is_empty() => Err(invalid(
+                "auth.issuer",
+                "required when auth.mode = \"jwt\"",
+            )),
+            AuthMode::Jwt if self.authorization_servers.is_empty() => Err(invalid(
+                "auth.authorization_servers",
+                "at least one is required when auth.mode = \"jwt\" (the metadata document must name it)",
+            )),
+            AuthMode::Jwt if self.algorithms.is_empty() => {
+                Err(invalid("auth.algorithms", "at least one is required"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// An absolute http(s) URI with a host and no fragment, as RFC 9728 asks
+/// of a resource identifier.
+fn absolute_uri(text: &str) -> Result<(), String> {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{text}` must start with https:// (or http://)"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() {
+        return Err(format!("`{text}` has no host"));
+    }
+    if text.contains('#') || text.contains(|c: char| c.is_whitespace() || c == '"') {
+        return Err(format!("`{text}` must have no fragment, spaces or quotes"));
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -811,6 +1005,7 @@ impl Config {
                 ));
             }
         }
+        self.auth.validate(&self.listen)?;
         if u64::from(s.session_shutdown_ms) > r.drain_deadline_ms {
             return Err(invalid(
                 "supervision.session_shutdown_ms",
@@ -979,6 +1174,108 @@ mod tests {
             (config.admin.page_streams_max, config.admin.page_interval_ms),
             (8, 250)
         );
+    }
+
+    #[test]
+    fn auth_keys_are_checked_by_name() {
+        let on = "[listen]\ntcp = \"\"\n[auth]\nmode = \"jwt\"\nresource = \"https://mcp.example.com/mcp\"\nissuer = \"https://as.example.com\"\nauthorization_servers = [\"https://as.example.com\"]\njwks_file = \"jwks.json\"\n";
+        let config = Config::parse(on).unwrap();
+        assert_eq!(config.auth.mode, AuthMode::Jwt);
+        assert_eq!(config.auth.audience(), "https://mcp.example.com/mcp");
+        let error = |text: &str| Config::parse(text).unwrap_err().to_string();
+        let tcp_on = on.replace("tcp = \"\"", "tcp = \"127.0.0.1:0\"");
+        assert!(
+            error(&tcp_on)
+                .starts_with("config key `listen.tcp`: must be \"\" while auth.mode is on"),
+            "{}",
+            error(&tcp_on)
+        );
+        for (from, to, key) in [
+            (
+                "resource = \"https://mcp.example.com/mcp\"",
+                "resource = \"\"",
+                "auth.resource",
+            ),
+            (
+                "resource = \"https://mcp.example.com/mcp\"",
+                "resource = \"mcp.example.com\"",
+                "auth.resource",
+            ),
+            (
+                "resource = \"https://mcp.example.com/mcp\"",
+                "resource = \"https://h/mcp#x\"",
+                "auth.resource",
+            ),
+            (
+                "issuer = \"https://as.example.com\"",
+                "issuer = \"\"",
+                "auth.issuer",
+            ),
+            (
+                "jwks_file = \"jwks.json\"",
+                "jwks_file = \"\"",
+                "auth.jwks_file",
+            ),
+            (
+                "authorization_servers = [\"https://as.example.com\"]",
+                "authorization_servers = []",
+                "auth.authorization_servers",
+            ),
+            (
+                "authorization_servers = [\"https://as.example.com\"]",
+                "authorization_servers = [\"as\"]",
+                "auth.authorization_servers",
+            ),
+            ("mode = \"jwt\"", "mode = \"static\"", "auth.tokens_file"),
+            (
+                "mode = \"jwt\"",
+                "mode = \"jwt\"\nalgorithms = [\"HS256\"]",
+                "auth.algorithms",
+            ),
+            (
+                "mode = \"jwt\"",
+                "mode = \"jwt\"\nalgorithms = []",
+                "auth.algorithms",
+            ),
+            (
+                "mode = \"jwt\"",
+                "mode = \"jwt\"\nleeway_secs = 601",
+                "auth.leeway_secs",
+            ),
+            (
+                "mode = \"jwt\"",
+                "mode = \"jwt\"\ntoken_cache_entries_max = 0",
+                "auth.token_cache_entries_max",
+            ),
+            (
+                "mode = \"jwt\"",
+                "mode = \"jwt\"\njwks_keys_max = 0",
+                "auth.jwks_keys_max",
+            ),
+            (
+                "mode = \"jwt\"",
+                "mode = \"jwt\"\ntokens_max = 0",
+                "auth.tokens_max",
+            ),
+            (
+                "mode = \"jwt\"",
+                "mode = \"jwt\"\nscopes_required = [\"a b\"]",
+                "auth.scopes_required",
+            ),
+        ] {
+            let text = on.replace(from, to);
+            assert!(
+                error(&text).starts_with(&format!("config key `{key}`")),
+                "{key}: {}",
+                error(&text)
+            );
+        }
+        assert!(error("[auth]\nmode = \"sometimes\"\n").contains("sometimes"));
+        // HTTP off (serve --stdio with the same file): nothing to guard, no error.
+        let no_http = on.replace("tcp = \"\"", "tcp = \"\"\nhttp = \"\"");
+        assert!(Config::parse(&no_http).is_ok());
+        // Off, the other keys are not required.
+        assert!(Config::parse("[auth]\nmode = \"off\"\n").is_ok());
     }
 
     #[test]

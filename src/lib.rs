@@ -8,6 +8,7 @@
 //! - [`doctor`]: host checks against what `serve` needs and what `tuning/` recommends.
 //! - [`runtime`]: the node (shards, signals, drain, shard restarts) and one shard's tree.
 //! - [`transport`]: listeners: bytes in, frames to session actors, bytes out.
+//! - [`auth`]: bearer-token authorization of HTTP clients (JWT/JWKS or static tokens).
 //! - [`pool`]: pool supervisors (bulkheads) and session placement by id hash.
 //! - [`session`]: the session actor: MCP lifecycle and dispatch for one session.
 //! - [`server`]: the user API: tools (and more to come) built per shard from a factory.
@@ -22,6 +23,7 @@
 
 #![deny(clippy::await_holding_refcell_ref)]
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod doctor;

@@ -75,6 +75,11 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// A server with these `serve` arguments added.
+    fn start_with(extra: &[&str]) -> Server {
         let stderr = std::env::temp_dir().join(format!(
             "shardmcp-interop-{}-{:?}.stderr",
             std::process::id(),
@@ -94,6 +99,7 @@ impl Server {
                 "--log",
                 "warn",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
@@ -243,9 +249,15 @@ struct Run {
 
 impl Run {
     fn of(sdk: Sdk, transport: Transport, steps: &[&str]) -> Run {
+        Run::of_with(sdk, transport, steps, &[])
+    }
+
+    /// A run with these script arguments added.
+    fn of_with(sdk: Sdk, transport: Transport, steps: &[&str], extra: &[&str]) -> Run {
         setup();
         let mut child = sdk
             .command(transport, steps)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -535,4 +547,49 @@ fn python_sdk_over_stdio_both_eras() {
         assert_eq!(run.step("connect")["protocolVersion"], version);
         assert_common(&run, sdk);
     }
+}
+
+/// The TypeScript SDK client reaches a server with `[auth]` on when it
+/// sends a bearer token on every request (session, GET stream, DELETE), and
+/// is refused without one.
+#[test]
+fn ts_sdk_with_a_bearer_token_against_static_auth() {
+    let dir = std::env::temp_dir().join(format!("shardmcp-interop-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = "interop-token-0123456789";
+    let tokens = dir.join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!("[[tokens]]\ntoken = \"{token}\"\nprincipal = \"interop\"\nscopes = [\"mcp\"]\n"),
+    )
+    .unwrap();
+    let config = dir.join("shardmcp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\ntcp = \"\"\n[auth]\nmode = \"static\"\nresource = \"http://127.0.0.1/mcp\"\nscopes_required = [\"mcp\"]\ntokens_file = \"{}\"\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with(&["--config", &config.display().to_string()]);
+    let steps = [
+        "tools/list",
+        "tools/call:echo",
+        "progress-and-logging",
+        "ping",
+    ];
+    let run = Run::of_with(
+        Sdk::Ts,
+        Transport::Http(&server.url),
+        &steps,
+        &["--bearer", token],
+    );
+    run.assert_all_ok(&steps);
+    let refused = Run::of(Sdk::Ts, Transport::Http(&server.url), &["ping"]);
+    assert!(!refused.status.success(), "{}", refused.dump());
+    let connect = &refused.steps["connect"];
+    assert_eq!(connect["ok"], false, "{}", refused.dump());
+    let _ = std::fs::remove_dir_all(&dir);
+    server.stop_cleanly();
 }

@@ -73,7 +73,9 @@ pub struct DoctorArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// TOML configuration file; unknown keys are errors. Without it the
-    /// embedded defaults are used (see --print-config).
+    /// embedded defaults are used (see --print-config). Its `[auth]` section
+    /// turns on bearer-token authorization of HTTP clients (JWT against a
+    /// JWKS file, or static tokens; needs `listen.tcp = ""`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Shards to run, one pinned executor each [default: one per available core].

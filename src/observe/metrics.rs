@@ -151,13 +151,34 @@ struct TransportStats {
 struct ShardMetrics {
     methods: RefCell<Vec<MethodStats>>,
     transports: RefCell<Vec<TransportStats>>,
+    /// Requests the authorization gate refused, one slot per
+    /// [`AUTH_REFUSALS`] entry.
+    auth_refusals: RefCell<[u64; AUTH_REFUSALS.len()]>,
 }
+
+/// Authorization refusals counted, as (HTTP status, RFC 6750 error); a
+/// request with no token at all counts as `missing`.
+pub const AUTH_REFUSALS: [(&str, &str); 4] = [
+    ("401", "missing"),
+    ("401", "invalid_token"),
+    ("400", "invalid_request"),
+    ("403", "insufficient_scope"),
+];
 
 thread_local! {
     static METRICS: ShardMetrics = ShardMetrics {
         methods: RefCell::new(vec![MethodStats::default(); METHODS.len()]),
         transports: RefCell::new(Vec::new()),
+        auth_refusals: RefCell::new([0; AUTH_REFUSALS.len()]),
     };
+}
+
+/// Counts a request the authorization gate refused, by its error (one of
+/// [`AUTH_REFUSALS`]; anything else is a programming error and is dropped).
+pub fn record_auth_refusal(error: &str) {
+    if let Some(slot) = AUTH_REFUSALS.iter().position(|(_, known)| *known == error) {
+        let _ = METRICS.try_with(|metrics| metrics.auth_refusals.borrow_mut()[slot] += 1);
+    }
 }
 
 fn method_index(method: &str) -> usize {
@@ -284,6 +305,9 @@ pub struct MetricsSnapshot {
     /// Methods that have been called at least once.
     pub methods: Vec<MethodSnapshot>,
     pub transports: Vec<TransportSnapshot>,
+    /// Authorization refusals as (status, error, count), zeros included
+    /// once a shard has counted anything (empty from `Default`).
+    pub auth_refusals: Vec<(&'static str, &'static str, u64)>,
 }
 
 /// This shard's figures now.
@@ -329,9 +353,16 @@ pub fn snapshot() -> MetricsSnapshot {
                     connections_accepted: t.connections_accepted,
                 })
                 .collect();
+            let refused = metrics.auth_refusals.borrow();
+            let auth_refusals = AUTH_REFUSALS
+                .iter()
+                .zip(refused.iter())
+                .map(|(&(status, error), &count)| (status, error, count))
+                .collect();
             MetricsSnapshot {
                 methods,
                 transports,
+                auth_refusals,
             }
         })
         .unwrap_or_default()
@@ -383,6 +414,21 @@ mod tests {
         assert_eq!(snap.methods.len(), 1);
         assert_eq!(snap.methods[0].method, "other");
         assert_eq!(snap.methods[0].count, 100);
+    }
+
+    #[test]
+    fn auth_refusals_are_counted_by_error() {
+        record_auth_refusal("invalid_token");
+        record_auth_refusal("invalid_token");
+        record_auth_refusal("insufficient_scope");
+        record_auth_refusal("made-up");
+        let snap = snapshot();
+        assert_eq!(snap.auth_refusals.len(), AUTH_REFUSALS.len());
+        assert!(snap.auth_refusals.contains(&("401", "invalid_token", 2)));
+        assert!(snap
+            .auth_refusals
+            .contains(&("403", "insufficient_scope", 1)));
+        assert!(snap.auth_refusals.contains(&("401", "missing", 0)));
     }
 
     #[test]

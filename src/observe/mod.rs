@@ -22,6 +22,7 @@ pub mod prometheus;
 pub mod tree_text;
 
 pub use metrics::{
-    connection_opened, declare_transport, record_request, record_session_closed,
-    record_session_opened, snapshot, ConnectionGuard, MetricsSnapshot, Outcome,
+    connection_opened, declare_transport, record_auth_refusal, record_request,
+    record_session_closed, record_session_opened, snapshot, ConnectionGuard, MetricsSnapshot,
+    Outcome,
 };

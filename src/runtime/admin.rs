@@ -569,6 +569,10 @@ pub fn metrics_text(gathered: &Gathered, process: &ProcessFigures) -> String {
         "shardmcp_sse_slow_clients_total",
         "SSE connections dropped because their client read too slowly (it can resume).",
     );
+    let mut auth_refusals = Family::counter(
+        "shardmcp_auth_refusals_total",
+        "HTTP requests refused by authorization, by status and RFC 6750 error.",
+    );
     let mut rss = Family::gauge(
         "process_resident_memory_bytes",
         "Resident memory of the process (VmRSS).",
@@ -653,6 +657,12 @@ pub fn metrics_text(gathered: &Gathered, process: &ProcessFigures) -> String {
             event_streams.add(&by_shard, report.event_store_streams as f64);
             event_bytes.add(&by_shard, report.event_store_bytes as f64);
             slow_clients.add(&by_shard, report.sse_slow_clients as f64);
+            for &(status, error, count) in &report.metrics.auth_refusals {
+                auth_refusals.add(
+                    &[("shard", &label), ("status", status), ("error", error)],
+                    count as f64,
+                );
+            }
         }
     }
     if let Some(bytes) = process.resident_bytes {
@@ -685,6 +695,7 @@ pub fn metrics_text(gathered: &Gathered, process: &ProcessFigures) -> String {
         event_streams,
         event_bytes,
         slow_clients,
+        auth_refusals,
         rss,
         rss_peak,
         fds,
@@ -948,6 +959,7 @@ mod tests {
                     count: ok + 1,
                 }],
                 transports: Vec::new(),
+                ..MetricsSnapshot::default()
             }
         };
         let mut busy = report(0, true);

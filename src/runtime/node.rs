@@ -59,6 +59,8 @@ pub enum NodeError {
     },
     #[error("shard {shard} failed to start: {reason}")]
     ShardStart { shard: ShardId, reason: String },
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error("shards did not report ready within {0:?}")]
     StartupTimeout(Duration),
     #[error(
@@ -435,6 +437,8 @@ struct Node {
     /// Node-wide definition changes, replayed on every shard started later.
     changes: ChangeLog,
     state_key: StateKey,
+    /// `[auth]`'s keys or tokens, read once here; every shard shares them.
+    auth: Option<Arc<crate::auth::Policy>>,
     mesh: mesh::MeshWiring<shard::ShardMessage>,
     shards: usize,
     cpus: Vec<usize>,
@@ -459,6 +463,8 @@ impl Node {
         stdio: Option<StdioLink>,
     ) -> Result<NodeHandle, NodeError> {
         let config = Arc::new(config);
+        // Before any port is taken: a bad JWKS or tokens file fails the start.
+        let auth = crate::auth::Policy::load(&config.auth)?;
         let cpus = available_cpus();
         let shards = config.shard_count(cpus.len());
 
@@ -499,6 +505,7 @@ impl Node {
             server,
             changes: ChangeLog::new(CHANGE_LOG_KEYS_MAX),
             state_key: StateKey::random(),
+            auth,
             mesh: wiring,
             shards,
             cpus,
@@ -583,6 +590,7 @@ impl Node {
             server: self.server.clone(),
             changes: self.changes.replay(),
             state_key: self.state_key.clone(),
+            auth: self.auth.clone(),
             mesh: ends,
             control,
             events: self.events_tx.clone(),

@@ -25,6 +25,7 @@ use glommio::channels::local_channel::{LocalReceiver, LocalSender};
 use glommio::sync::{Gate, Semaphore};
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::auth::{Caller, Guard, Policy};
 use crate::config::Config;
 use crate::ids::ShardId;
 use crate::mesh::{Incoming, MeshPort, PeerEnds, PollPolicy, ShardEnds};
@@ -60,6 +61,8 @@ pub enum ShardMessage {
     HttpForward {
         session: SessionId,
         exchange: Exchange,
+        /// The requester's principal: the owner checks it against the session's.
+        caller: Caller,
         stream: u64,
     },
     /// The owner's answer to `HttpForward`.
@@ -72,7 +75,7 @@ pub enum ShardMessage {
     /// A forwarded stream ended.
     StreamEnd { stream: u64 },
     /// End a session owned by the receiving shard (HTTP DELETE elsewhere).
-    DeleteSession(SessionId),
+    DeleteSession(SessionId, Caller),
 }
 
 /// An [`Answer`] as it crosses the mesh: a stream's events follow apart.
@@ -203,6 +206,8 @@ pub struct ShardStart {
     pub changes: Vec<Change>,
     /// Seals stateless `requestState`: one key for the whole node.
     pub state_key: StateKey,
+    /// Authorization of HTTP clients, when `[auth]` is on (read once by the node).
+    pub auth: Option<Arc<Policy>>,
     pub mesh: ShardEnds<ShardMessage>,
     pub control: Receiver<ShardControl>,
     pub events: Sender<ShardEvent>,
@@ -329,6 +334,9 @@ async fn run_tree(start: ShardStart) -> ShardExit {
     ctx.http.set_forward(Rc::new(MeshForward {
         ctx: Rc::downgrade(&ctx),
     }));
+    if let Some(policy) = &start.auth {
+        ctx.http.set_auth(Guard::new(policy.clone()));
+    }
     // Queues work at once; doorbells connect in the background.
     drop(mesh.connect(start.mesh));
 
@@ -551,18 +559,20 @@ fn install_mesh_handler(ctx: &Rc<ShardContext>) {
                 ShardMessage::HttpForward {
                     session,
                     exchange,
+                    caller,
                     stream,
                 } => {
                     if let Some(reply_to) = incoming.reply_to {
                         glommio::spawn_local(serve_forwarded(
-                            ctx, from, reply_to, session, exchange, stream,
+                            ctx, from, reply_to, session, exchange, caller, stream,
                         ))
                         .detach();
                     }
                 }
-                ShardMessage::DeleteSession(session) => {
+                ShardMessage::DeleteSession(session, caller) => {
                     if let Some(reply_to) = incoming.reply_to {
-                        let known = ctx.registry.contains(&session);
+                        let known =
+                            ctx.registry.contains(&session) && ctx.http.admits(&session, caller);
                         if known {
                             crate::session::close(&ctx.registry, &session);
                             ctx.http.forget_session(&session);
@@ -596,10 +606,11 @@ async fn serve_forwarded(
     reply_to: crate::mesh::ReplyTo,
     session: SessionId,
     exchange: Exchange,
+    caller: Caller,
     stream: u64,
 ) {
     let answer = match ctx.registry.get(&session) {
-        Some(handle) => ctx.http.exchange(&handle, exchange).await,
+        Some(handle) => ctx.http.exchange(&handle, exchange, caller).await,
         None => Answer::UnknownSession,
     };
     let (remote, events) = match answer {
@@ -645,6 +656,7 @@ impl Forward for MeshForward {
         &self,
         session: SessionId,
         exchange: Exchange,
+        caller: Caller,
         events: (LocalSender<Bytes>, LocalReceiver<Bytes>),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer>>> {
         let ctx = self.ctx.clone();
@@ -661,6 +673,7 @@ impl Forward for MeshForward {
             let message = ShardMessage::HttpForward {
                 session,
                 exchange,
+                caller,
                 stream,
             };
             let answer = ctx.mesh.call(session.shard(), message, timeout).await;
@@ -682,6 +695,7 @@ impl Forward for MeshForward {
     fn delete(
         &self,
         session: SessionId,
+        caller: Caller,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool>>> {
         let ctx = self.ctx.clone();
         Box::pin(async move {
@@ -693,7 +707,7 @@ impl Forward for MeshForward {
                 ctx.mesh
                     .call(
                         session.shard(),
-                        ShardMessage::DeleteSession(session),
+                        ShardMessage::DeleteSession(session, caller),
                         timeout
                     )
                     .await,

@@ -16,8 +16,11 @@
 //!   here, on the accepting shard, with no mesh hop.
 //! - Host and Origin are checked against `listen.allowed_hosts`
 //!   (DNS-rebinding protection). Idle, slow and dead clients time out.
+//! - With `[auth]` on, every MCP route needs a bearer token ([`crate::auth`]),
+//!   the protected resource metadata is served, and a session answers only
+//!   the principal that opened it (another gets 404, as for an unknown id).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasherDefault;
@@ -31,6 +34,7 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 
+use crate::auth::{Caller, Guard};
 use crate::config::LimitsConfig;
 use crate::protocol::jsonrpc::{decode, Id, Incoming, Message};
 use crate::protocol::version::{era_of, HANDSHAKE_VERSIONS};
@@ -84,18 +88,23 @@ pub trait Forward {
     /// Runs `exchange` on `session`'s owning shard. When the answer is a
     /// stream, its events arrive on `events` (the answer's own receiver is
     /// the other end of it).
+    /// `caller` must be the session's principal (see [`HttpSessions::exchange`]).
     fn exchange(
         &self,
         session: SessionId,
         exchange: Exchange,
+        caller: Caller,
         events: (LocalSender<Bytes>, LocalReceiver<Bytes>),
     ) -> Pin<Box<dyn Future<Output = Answer>>>;
-    /// Ends `session` on its owning shard; false when it is unknown.
-    fn delete(&self, session: SessionId) -> Pin<Box<dyn Future<Output = bool>>>;
+    /// Ends `session` on its owning shard; false when it is unknown (or
+    /// belongs to another principal than `caller`).
+    fn delete(&self, session: SessionId, caller: Caller) -> Pin<Box<dyn Future<Output = bool>>>;
 }
 
 /// What this shard knows of one of its HTTP sessions.
 struct Link {
+    /// The principal that opened the session; only it may use the session.
+    owner: Caller,
     last_seen: Cell<Duration>,
     /// Frames the routing task has taken from the session's outbox.
     routed: Cell<u64>,
@@ -119,6 +128,8 @@ pub struct HttpSessions {
     store: EventStore,
     links: RefCell<Links>,
     forward: RefCell<Option<Rc<dyn Forward>>>,
+    /// Set once at shard start when `[auth]` is on.
+    auth: OnceCell<Guard>,
     clock: SharedClock,
     session_idle: Duration,
 }
@@ -138,6 +149,7 @@ impl HttpSessions {
             ),
             links: RefCell::new(Links::default()),
             forward: RefCell::new(None),
+            auth: OnceCell::new(),
             clock,
             session_idle: Duration::from_millis(limits.http_session_idle_ms),
         }
@@ -145,6 +157,19 @@ impl HttpSessions {
 
     pub fn set_forward(&self, forward: Rc<dyn Forward>) {
         *self.forward.borrow_mut() = Some(forward);
+    }
+
+    /// Turns authorization on for this shard's HTTP routes.
+    pub fn set_auth(&self, guard: Guard) {
+        let _ = self.auth.set(guard);
+    }
+
+    /// Whether `caller` may use (or end) session `id`: its owner only.
+    pub fn admits(&self, id: &SessionId, caller: Caller) -> bool {
+        match self.links.borrow().get(id) {
+            Some(link) => link.owner == caller,
+            None => caller.is_none(),
+        }
     }
 
     pub fn store(&self) -> &EventStore {
@@ -169,10 +194,16 @@ impl HttpSessions {
         self.store.forget(id);
     }
 
-    /// Serves `exchange` for `handle`, a session this shard owns.
-    pub async fn exchange(self: &Rc<Self>, handle: &SessionHandle, exchange: Exchange) -> Answer {
+    /// Serves `exchange` for `handle`, a session this shard owns, when
+    /// `caller` is its principal: the first exchange (initialize) binds it.
+    pub async fn exchange(
+        self: &Rc<Self>,
+        handle: &SessionHandle,
+        exchange: Exchange,
+        caller: Caller,
+    ) -> Answer {
         let id = handle.id();
-        if !self.link(handle) {
+        if !self.link(handle, caller) {
             return Answer::UnknownSession;
         }
         match exchange {
@@ -254,11 +285,15 @@ impl HttpSessions {
 
     /// Notes that the client used the session, and starts routing its
     /// outbox to its streams the first time. False when the session's
-    /// outbox is gone (another transport owns it).
-    fn link(self: &Rc<Self>, handle: &SessionHandle) -> bool {
+    /// outbox is gone (another transport owns it), or when `caller` is not
+    /// the principal the session was opened by.
+    fn link(self: &Rc<Self>, handle: &SessionHandle, caller: Caller) -> bool {
         let id = handle.id();
         let now = self.clock.now();
         if let Some(link) = self.links.borrow().get(&id) {
+            if link.owner != caller {
+                return false;
+            }
             link.last_seen.set(now);
             return true;
         }
@@ -268,6 +303,7 @@ impl HttpSessions {
         self.links.borrow_mut().insert(
             id,
             Link {
+                owner: caller,
                 last_seen: Cell::new(now),
                 routed: Cell::new(0),
                 waiters: RefCell::new(Vec::new()),
@@ -614,6 +650,10 @@ async fn handle(
         .await;
     }
     let route = request.path.split('?').next().unwrap_or("");
+    let caller = match authorize(stream, &request, route, sessions, keep_alive).await {
+        Gate::Pass(caller) => caller,
+        Gate::Answered(outcome) => return outcome,
+    };
     if route == "/ws" {
         // The connection is the WebSocket's until it ends; the error stops
         // the HTTP loop from reading on it.
@@ -622,10 +662,18 @@ async fn handle(
         return Err(std::io::ErrorKind::ConnectionAborted.into());
     }
     match (route, request.method.as_str()) {
-        ("/mcp", _) => mcp(stream, buffer, request, service, sessions, keep_alive).await,
-        ("/sse", "GET") => legacy_open(stream, buffer, service, sessions, keep_alive).await,
+        ("/mcp", _) => {
+            mcp(
+                stream, buffer, request, service, sessions, caller, keep_alive,
+            )
+            .await
+        }
+        ("/sse", "GET") => legacy_open(stream, buffer, service, sessions, caller, keep_alive).await,
         ("/messages", "POST") => {
-            legacy_post(stream, buffer, request, service, sessions, keep_alive).await
+            legacy_post(
+                stream, buffer, request, service, sessions, caller, keep_alive,
+            )
+            .await
         }
         ("/sse", _) | ("/messages", _) => {
             let allow = if route == "/sse" { "GET" } else { "POST" };
@@ -642,6 +690,65 @@ async fn handle(
     }
 }
 
+/// What the authorization gate decided about a request.
+enum Gate {
+    /// Go on, on behalf of this principal (`None`: auth is off, or the
+    /// route reaches no MCP).
+    Pass(Caller),
+    /// Answered here: a refusal, or the metadata document.
+    Answered(std::io::Result<()>),
+}
+
+/// With `[auth]` on: serves the protected resource metadata (public), and
+/// lets a request to an MCP route through only with a good bearer token.
+async fn authorize(
+    stream: &mut TcpStream,
+    request: &Request,
+    route: &str,
+    sessions: &HttpSessions,
+    keep_alive: bool,
+) -> Gate {
+    let Some(guard) = sessions.auth.get() else {
+        return Gate::Pass(None);
+    };
+    if let Some(document) = guard.metadata(route) {
+        let outcome = if request.method == "GET" {
+            let headers = [("Content-Type", "application/json")];
+            respond(stream, "200 OK", &headers, document.as_bytes(), keep_alive).await
+        } else {
+            let headers = [("Allow", "GET")];
+            respond(stream, "405 Method Not Allowed", &headers, b"", keep_alive).await
+        };
+        return Gate::Answered(outcome);
+    }
+    if !matches!(route, "/mcp" | "/sse" | "/messages" | "/ws") {
+        return Gate::Pass(None);
+    }
+    let query = request.path.split_once('?').map(|(_, query)| query);
+    match guard.authorize(request.header("authorization"), query) {
+        Ok(principal) => Gate::Pass(Some(principal)),
+        Err(refusal) => {
+            crate::observe::record_auth_refusal(refusal.error());
+            let challenge = guard.policy().challenge(refusal);
+            let body = format!("{}: {}", refusal.error(), refusal.description());
+            let headers = [
+                ("WWW-Authenticate", challenge.as_str()),
+                ("Content-Type", "text/plain"),
+            ];
+            Gate::Answered(
+                respond(
+                    stream,
+                    refusal.status(),
+                    &headers,
+                    body.as_bytes(),
+                    keep_alive,
+                )
+                .await,
+            )
+        }
+    }
+}
+
 /// The Streamable HTTP endpoint.
 async fn mcp(
     stream: &mut TcpStream,
@@ -649,6 +756,7 @@ async fn mcp(
     request: Request,
     service: &Rc<TcpService>,
     sessions: &Rc<HttpSessions>,
+    caller: Caller,
     keep_alive: bool,
 ) -> std::io::Result<()> {
     if let Some(version) = request.header("mcp-protocol-version") {
@@ -686,8 +794,8 @@ async fn mcp(
                 return missing_session(stream, keep_alive).await;
             };
             let deleted = match foreign_forward(sessions, service, &id) {
-                Some(forward) => forward.delete(id).await,
-                None if service.registry.contains(&id) => {
+                Some(forward) => forward.delete(id, caller).await,
+                None if service.registry.contains(&id) && sessions.admits(&id, caller) => {
                     session::close(&service.registry, &id);
                     sessions.forget_session(&id);
                     true
@@ -712,7 +820,7 @@ async fn mcp(
         let Some(Some(id)) = session_id else {
             return missing_session(stream, keep_alive).await;
         };
-        let answer = run_exchange(sessions, service, id, exchange).await;
+        let answer = run_exchange(sessions, service, id, exchange, caller).await;
         return write_answer(stream, buffer, answer, &id.to_string(), service, keep_alive).await;
     }
     if let Some(content_type) = request.header("content-type") {
@@ -789,7 +897,7 @@ async fn mcp(
         requests,
         sse,
     };
-    let answer = run_exchange(sessions, service, id, exchange).await;
+    let answer = run_exchange(sessions, service, id, exchange, caller).await;
     write_answer(stream, buffer, answer, &id.to_string(), service, keep_alive).await
 }
 
@@ -799,14 +907,14 @@ async fn run_exchange(
     service: &TcpService,
     id: SessionId,
     exchange: Exchange,
+    caller: Caller,
 ) -> Answer {
     if let Some(forward) = foreign_forward(sessions, service, &id) {
-        return forward
-            .exchange(id, exchange, local_channel::new_bounded(STREAM_FRAMES_MAX))
-            .await;
+        let events = local_channel::new_bounded(STREAM_FRAMES_MAX);
+        return forward.exchange(id, exchange, caller, events).await;
     }
     match service.registry.get(&id) {
-        Some(handle) => sessions.exchange(&handle, exchange).await,
+        Some(handle) => sessions.exchange(&handle, exchange, caller).await,
         None => Answer::UnknownSession,
     }
 }
@@ -869,6 +977,7 @@ async fn legacy_open(
     buffer: &mut BytesMut,
     service: &Rc<TcpService>,
     sessions: &Rc<HttpSessions>,
+    caller: Caller,
     keep_alive: bool,
 ) -> std::io::Result<()> {
     let handle = match session::open(&service.registry, &service.pools, &service.sessions) {
@@ -876,7 +985,7 @@ async fn legacy_open(
         Err(error) => return no_session_opened(stream, &error, keep_alive).await,
     };
     let id = handle.id();
-    if !sessions.link(&handle) {
+    if !sessions.link(&handle, caller) {
         session::close(&service.registry, &id);
         return respond(stream, "500 Internal Server Error", &[], b"", false).await;
     }
@@ -917,6 +1026,7 @@ async fn legacy_post(
     request: Request,
     service: &Rc<TcpService>,
     sessions: &Rc<HttpSessions>,
+    caller: Caller,
     keep_alive: bool,
 ) -> std::io::Result<()> {
     let Some(text) = request.query("sessionId") else {
@@ -937,6 +1047,7 @@ async fn legacy_post(
         service,
         id,
         Exchange::LegacyPost { body: request.body },
+        caller,
     )
     .await;
     match answer {

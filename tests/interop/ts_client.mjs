@@ -9,6 +9,7 @@
 //   node ts_client.mjs --transport http --url http://127.0.0.1:PORT/mcp [--steps a,b,...]
 //   node ts_client.mjs --transport stdio --command /path/to/shardmcp [ARG...]   (once `serve --stdio` exists)
 //   node ts_client.mjs --list-steps
+// --bearer TOKEN sends `Authorization: Bearer TOKEN` with every HTTP request.
 // --steps runs only the named steps (in scenario order); "connect" always runs.
 //
 // The scenario itself does not depend on the transport: only connect() does.
@@ -35,11 +36,12 @@ const USAGE = `usage: node ts_client.mjs --transport http --url URL [--steps a,b
        node ts_client.mjs --list-steps`;
 
 function parseArgs(argv) {
-  const args = { transport: "http", url: null, command: null, commandArgs: [], steps: null, list: false };
+  const args = { transport: "http", url: null, command: null, commandArgs: [], steps: null, list: false, bearer: null };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "--transport") args.transport = argv[++i];
     else if (arg === "--url") args.url = argv[++i];
+    else if (arg === "--bearer") args.bearer = argv[++i];
     else if (arg === "--steps") args.steps = argv[++i].split(",").filter(Boolean);
     else if (arg === "--list-steps") args.list = true;
     else if (arg === "--command") {
@@ -337,7 +339,10 @@ async function connect(args) {
   let transport;
   if (args.transport === "http") {
     if (!args.url) throw new Error("--transport http needs --url");
-    transport = new StreamableHTTPClientTransport(new URL(args.url));
+    const options = args.bearer
+      ? { requestInit: { headers: { Authorization: `Bearer ${args.bearer}` } } }
+      : undefined;
+    transport = new StreamableHTTPClientTransport(new URL(args.url), options);
   } else if (args.transport === "stdio") {
     if (!args.command) throw new Error("--transport stdio needs --command");
     transport = new StdioClientTransport({ command: args.command, args: args.commandArgs, stderr: "inherit" });
