@@ -151,13 +151,55 @@ struct TransportStats {
 struct ShardMetrics {
     methods: RefCell<Vec<MethodStats>>,
     transports: RefCell<Vec<TransportStats>>,
+    protect: RefCell<ProtectSnapshot>,
 }
 
 thread_local! {
     static METRICS: ShardMetrics = ShardMetrics {
         methods: RefCell::new(vec![MethodStats::default(); METHODS.len()]),
         transports: RefCell::new(Vec::new()),
+        protect: RefCell::new(ProtectSnapshot::default()),
     };
+}
+
+/// Why overload protection refused something (`src/protect`), the
+/// `reason` label of `shardmcp_shed_total`.
+pub const SHED_REASONS: &[&str] = &[
+    "session_rate",
+    "address_rate",
+    "connections",
+    "in_flight",
+    "memory",
+    "breaker",
+];
+
+/// What overload protection did on a shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProtectSnapshot {
+    /// Refusals, one count per entry of [`SHED_REASONS`].
+    pub shed: [u64; 6],
+    /// Times a tool's circuit breaker opened.
+    pub breaker_opens: u64,
+    /// Breakers open (or half-open) at the last check.
+    pub breakers_open: u64,
+}
+
+/// Counts one refusal; `reason` is one of [`SHED_REASONS`] (anything else
+/// is counted under the last).
+pub fn record_shed(reason: &str) {
+    let index = SHED_REASONS
+        .iter()
+        .position(|&known| known == reason)
+        .unwrap_or(SHED_REASONS.len() - 1);
+    let _ = METRICS.try_with(|metrics| metrics.protect.borrow_mut().shed[index] += 1);
+}
+
+pub fn record_breaker_opened() {
+    let _ = METRICS.try_with(|metrics| metrics.protect.borrow_mut().breaker_opens += 1);
+}
+
+pub fn set_breakers_open(open: u64) {
+    let _ = METRICS.try_with(|metrics| metrics.protect.borrow_mut().breakers_open = open);
 }
 
 fn method_index(method: &str) -> usize {
@@ -284,6 +326,7 @@ pub struct MetricsSnapshot {
     /// Methods that have been called at least once.
     pub methods: Vec<MethodSnapshot>,
     pub transports: Vec<TransportSnapshot>,
+    pub protect: ProtectSnapshot,
 }
 
 /// This shard's figures now.
@@ -332,6 +375,7 @@ pub fn snapshot() -> MetricsSnapshot {
             MetricsSnapshot {
                 methods,
                 transports,
+                protect: metrics.protect.borrow().clone(),
             }
         })
         .unwrap_or_default()
@@ -391,6 +435,19 @@ mod tests {
         assert_eq!(bucket_index(50_000), 0);
         assert_eq!(bucket_index(50_001), 1);
         assert_eq!(bucket_index(u64::MAX), LATENCY_BUCKETS_NS.len());
+    }
+
+    #[test]
+    fn refusals_are_counted_by_reason() {
+        record_shed("session_rate");
+        record_shed("session_rate");
+        record_shed("memory");
+        record_shed("made up");
+        record_breaker_opened();
+        set_breakers_open(1);
+        let protect = snapshot().protect;
+        assert_eq!(protect.shed, [2, 0, 0, 0, 1, 1]);
+        assert_eq!((protect.breaker_opens, protect.breakers_open), (1, 1));
     }
 
     #[test]

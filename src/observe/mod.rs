@@ -22,3 +22,4 @@ pub use metrics::{
     connection_opened, declare_transport, record_request, record_session_closed,
     record_session_opened, snapshot, ConnectionGuard, MetricsSnapshot, Outcome,
 };
+pub use metrics::{record_breaker_opened, record_shed, set_breakers_open};
