@@ -347,7 +347,9 @@ impl Default for SupervisionConfig {
 pub struct ProtectConfig {
     /// Requests per second one session may send (token bucket, enforced on
     /// the shard that owns the session, whichever shard the request reached);
-    /// past it: HTTP 429 with Retry-After, or JSON-RPC error -32029. 0 = off.
+    /// past it: HTTP 429 with Retry-After, or JSON-RPC error -32029. 0 = off
+    /// (the default: one session may carry a whole client's traffic, as in
+    /// the single-session benchmarks).
     pub session_rate_per_s: u32,
     /// Requests one session may send at once before the rate applies.
     pub session_burst: u32,
@@ -394,7 +396,7 @@ pub struct ProtectConfig {
 impl Default for ProtectConfig {
     fn default() -> Self {
         ProtectConfig {
-            session_rate_per_s: 1_000,
+            session_rate_per_s: 0,
             session_burst: 2_000,
             address_rate_per_s: 0,
             address_burst: 1_000,

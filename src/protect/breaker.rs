@@ -55,10 +55,15 @@ impl Breakers {
     /// ended), or refuses it while the breaker is open. `cancel` is the
     /// request's cancellation: a call dropped after the client cancelled it
     /// counts neither way; one dropped otherwise (a timeout, a panic) failed.
-    pub fn admit(self: &Rc<Self>, tool: &str, cancel: Event) -> Result<BreakerCall, Refused> {
+    pub fn admit<'a>(
+        self: &Rc<Self>,
+        tool: &'a str,
+        cancel: Event,
+    ) -> Result<BreakerCall<'a>, Refused> {
         let mut probe = false;
-        if self.failures_max > 0 {
-            let mut states = self.states.borrow_mut();
+        let mut states = self.states.borrow_mut();
+        // Usually no tool is failing: no hashing on the request path then.
+        if self.failures_max > 0 && !states.is_empty() {
             if let Some(state) = states.get_mut(tool) {
                 match *state {
                     State::Closed(_) => {}
@@ -80,9 +85,10 @@ impl Breakers {
                 }
             }
         }
+        drop(states);
         Ok(BreakerCall {
             breakers: self.clone(),
-            tool: tool.to_string(),
+            tool,
             probe,
             cancel,
             done: false,
@@ -94,6 +100,9 @@ impl Breakers {
             return;
         }
         let mut states = self.states.borrow_mut();
+        if outcome == Some(true) && states.is_empty() {
+            return;
+        }
         let state = states.get(tool).copied();
         match (outcome, state) {
             // Success closes it (a probe's success included).
@@ -167,26 +176,26 @@ impl Breakers {
 /// One admitted call; tell it how the call ended with [`BreakerCall::finish`].
 /// Dropped unfinished, it counts as a failure (the handler panicked or ran
 /// out of time) unless the client cancelled the request.
-pub struct BreakerCall {
+pub struct BreakerCall<'a> {
     breakers: Rc<Breakers>,
-    tool: String,
+    tool: &'a str,
     probe: bool,
     cancel: Event,
     done: bool,
 }
 
-impl BreakerCall {
+impl BreakerCall<'_> {
     pub fn finish(mut self, succeeded: bool) {
         self.done = true;
-        self.breakers.ended(&self.tool, self.probe, Some(succeeded));
+        self.breakers.ended(self.tool, self.probe, Some(succeeded));
     }
 }
 
-impl Drop for BreakerCall {
+impl Drop for BreakerCall<'_> {
     fn drop(&mut self) {
         if !self.done {
             let outcome = (!self.cancel.is_set()).then_some(false);
-            self.breakers.ended(&self.tool, self.probe, outcome);
+            self.breakers.ended(self.tool, self.probe, outcome);
         }
     }
 }

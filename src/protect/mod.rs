@@ -285,7 +285,7 @@ impl Protect {
     }
 
     /// A call of `tool` through its breaker.
-    pub fn admit_tool(&self, tool: &str, cancel: Event) -> Result<BreakerCall, Shed> {
+    pub fn admit_tool<'a>(&self, tool: &'a str, cancel: Event) -> Result<BreakerCall<'a>, Shed> {
         self.breakers.admit(tool, cancel).map_err(|refused| {
             Shed::new(
                 Reason::Breaker,
@@ -404,7 +404,7 @@ pub fn current() -> Option<Rc<Protect>> {
 }
 
 /// A tool call through this shard's breaker: `Ok(None)` off a shard.
-pub fn admit_tool(tool: &str, cancel: Event) -> Result<Option<BreakerCall>, RpcError> {
+pub fn admit_tool<'a>(tool: &'a str, cancel: Event) -> Result<Option<BreakerCall<'a>>, RpcError> {
     match current() {
         Some(protect) => protect.admit_tool(tool, cancel).map(Some).map_err(|shed| {
             shed.rpc_error().with_data(json!({
