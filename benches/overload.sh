@@ -16,7 +16,10 @@
 # Environment: SESSIONS (1000), CONNS (256), OVER_CONNS (2048), DURATION
 # (20s), WARMUP (3s), FACTOR (2), INFLIGHT (256), SHARDS (server shards,
 # default one per core), THREADS (generator threads), OUT (target/overload),
-# SKIP_BUILD=1 to use target/release/shardmcp as it is. Needs jq and curl.
+# SKIP_BUILD=1 to use target/release/shardmcp as it is, SERVER_WRAP and
+# LOAD_WRAP (commands put in front, e.g. "taskset -c 0"): on a small host,
+# give the server and the generator a core each, or the generator cannot
+# offer twice what the server serves. Needs jq and curl.
 #
 # The server is started on free ports (port 0) and stopped on exit, even
 # on failure. Reports are in $OUT/*.json; the summary is printed at the end.
@@ -32,6 +35,9 @@ FACTOR=${FACTOR:-2}
 INFLIGHT=${INFLIGHT:-256}
 OUT=${OUT:-target/overload}
 BIN=target/release/shardmcp
+# Word-split on purpose: they hold a command and its arguments.
+read -r -a SERVER_WRAP <<<"${SERVER_WRAP:-}"
+read -r -a LOAD_WRAP <<<"${LOAD_WRAP:-}"
 
 for tool in jq curl; do
     command -v "$tool" >/dev/null || { echo "overload: needs $tool" >&2; exit 2; }
@@ -61,7 +67,7 @@ cat >"$OUT/serve.toml" <<EOF
 [protect]
 requests_in_flight_per_shard_max = $INFLIGHT
 EOF
-"$BIN" serve --config "$OUT/serve.toml" --http 127.0.0.1:0 --tcp "" --admin 127.0.0.1:0 \
+"${SERVER_WRAP[@]}" "$BIN" serve --config "$OUT/serve.toml" --http 127.0.0.1:0 --tcp "" --admin 127.0.0.1:0 \
     --log warn ${SHARDS:+--shards "$SHARDS"} >"$OUT/serve.out" 2>"$OUT/serve.err" &
 SERVER_PID=$!
 HTTP_ADDR=""
@@ -82,7 +88,7 @@ fi
 load() {
     local name=$1
     shift
-    "$BIN" load --transport http --target "http://$HTTP_ADDR/mcp" --sessions "$SESSIONS" \
+    "${LOAD_WRAP[@]}" "$BIN" load --transport http --target "http://$HTTP_ADDR/mcp" --sessions "$SESSIONS" \
         --duration "$DURATION" --warmup "$WARMUP" --server-pid "$SERVER_PID" \
         ${THREADS:+--threads "$THREADS"} "$@" --json "$OUT/$name.json" >"$OUT/$name.txt" \
         2>"$OUT/$name.progress" || true
@@ -112,7 +118,9 @@ SAMPLER_PIDS+=($!)
     done
 ) &
 SAMPLER_PIDS+=($!)
+curl -s "http://$ADMIN_ADDR/metrics" >"$OUT/metrics.before"
 load overload --connections "$OVER_CONNS" --rate "$RATE"
+curl -s "http://$ADMIN_ADDR/metrics" >"$OUT/metrics.after"
 for pid in "${SAMPLER_PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
 done
@@ -125,11 +133,37 @@ percentile() { # file column pct
 }
 awk '{print $2 * 1000}' "$OUT/health.txt" >"$OUT/health_ms.txt"
 
+# Served requests' latency as the server saw it (arrival at the session to
+# answer, all methods and shards) during the overload run: the difference
+# of its histogram before and after. The generator's own figures count
+# from each request's scheduled time, so they include its queue too.
+server_latency() { # pct
+    awk -v p="$1" '
+        /^shardmcp_request_duration_seconds_bucket/ {
+            match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+            # Each series lists its bounds in ascending order.
+            if (!(le in sum)) order[++m] = le
+            n = $NF + 0
+            if (FILENAME ~ /before/) n = -n
+            sum[le] += n
+        }
+        END {
+            count = sum["+Inf"]
+            if (count <= 0) { print "n/a"; exit }
+            for (i = 1; i <= m; i++) {
+                if (order[i] == "+Inf") continue
+                if (sum[order[i]] >= count * p / 100) { printf "<= %g ms\n", order[i] * 1000; exit }
+            }
+            print "> 30000 ms"
+        }' "$OUT/metrics.before" "$OUT/metrics.after"
+}
+
 echo "== summary ($(date -u +%F), $(nproc) CPUs, in flight cap $INFLIGHT per shard)"
 jq -r --arg rate "$RATE" '"capacity (closed loop, \(.connections) conns): \(.requests.ok_per_second | floor) ok/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms"' \
     "$OUT/capacity.json"
 jq -r --arg rate "$RATE" '"offered \($rate) req/s over \(.connections) conns: answered ok \(.requests.ok) (\(.requests.ok_per_second | floor)/s), shed 503 \(.errors.by_kind.http_503 // 0), 429 \(.errors.by_kind.http_429 // 0), other errors \(.errors.total - (.errors.by_kind.http_503 // 0) - (.errors.by_kind.http_429 // 0)); served p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms"' \
     "$OUT/overload.json"
+echo "served requests, server side (its histogram buckets): p50 $(server_latency 50), p99 $(server_latency 99)"
 echo "/health/live during overload: $(wc -l <"$OUT/health.txt") probes, non-200 $(awk '$1 != 200' "$OUT/health.txt" | wc -l), p50 $(percentile "$OUT/health_ms.txt" 50) ms, p99 $(percentile "$OUT/health_ms.txt" 99) ms, max $(percentile "$OUT/health_ms.txt" 100) ms"
 echo "server RSS during overload: min $(($(percentile "$OUT/rss.txt" 0) / 1024)) MiB, max $(($(percentile "$OUT/rss.txt" 100) / 1024)) MiB ($(wc -l <"$OUT/rss.txt") samples)"
 echo "shed counters: $(tr '\n' ' ' <"$OUT/shed.txt")"
