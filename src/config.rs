@@ -232,7 +232,9 @@ pub struct LimitsConfig {
     pub task_ttl_ms_max: u64,
     /// How long one request may run before the caller gets a timeout error.
     pub request_timeout_ms: u64,
-    /// Connections one shard serves at once; more wait in the kernel backlog.
+    /// Connections one shard serves at once, over all its listeners; more
+    /// get HTTP 503 or a JSON-RPC -32030 line and are closed
+    /// (`protect::connections_per_shard` also applies `protect.connections_max`).
     pub connections_per_shard_max: usize,
     /// How long an HTTP connection may sit idle between requests.
     pub http_idle_timeout_ms: u64,
