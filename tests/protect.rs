@@ -415,7 +415,7 @@ fn requests_past_the_session_in_flight_cap_get_a_json_rpc_error_over_http() {
 }
 
 #[test]
-fn above_the_memory_guard_new_sessions_are_refused_and_old_ones_served() {
+fn above_the_memory_guard_new_sessions_are_refused_and_stateless_requests_served() {
     let mut config = test_config(1, 1);
     config.protect.memory_guard_bytes = 1;
     let node = start(config, demo::factory());
@@ -536,5 +536,36 @@ fn a_failing_tool_opens_its_breaker_and_a_successful_probe_closes_it() {
     }
     for id in 40..45 {
         assert_eq!(call(id)["result"]["isError"], false, "closed");
+    }
+}
+
+#[test]
+fn above_the_memory_guard_a_websocket_gets_the_refusal_then_a_close() {
+    use async_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
+    let mut config = test_config(1, 1);
+    config.protect.memory_guard_bytes = 1;
+    let node = start(config, demo::factory());
+    let addr = node.http_addr().unwrap();
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mcp".parse().unwrap());
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let (mut ws, _) = tungstenite::client(request, stream).expect("upgraded");
+    let refusal: Value = loop {
+        match ws.read().expect("a message") {
+            Message::Text(text) => break serde_json::from_str(&text).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+    };
+    assert_eq!(refusal["error"]["code"], OVERLOADED, "{refusal}");
+    assert_eq!(refusal["error"]["data"]["reason"], "memory");
+    loop {
+        match ws.read() {
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
     }
 }
