@@ -18,6 +18,7 @@ pub struct Config {
     pub log: LogConfig,
     pub otel: OtelConfig,
     pub auth: AuthConfig,
+    pub protect: ProtectConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -364,7 +365,9 @@ pub struct LimitsConfig {
     pub task_ttl_ms_max: u64,
     /// How long one request may run before the caller gets a timeout error.
     pub request_timeout_ms: u64,
-    /// Connections one shard serves at once; more wait in the kernel backlog.
+    /// Connections one shard serves at once, over all its listeners; more
+    /// get HTTP 503 or a JSON-RPC -32030 line and are closed
+    /// (`protect::connections_per_shard` also applies `protect.connections_max`).
     pub connections_per_shard_max: usize,
     /// How long an HTTP connection may sit idle between requests.
     pub http_idle_timeout_ms: u64,
@@ -545,6 +548,81 @@ impl Default for AuthConfig {
     }
 }
 
+/// Overload protection (`src/protect`): rate limits, the node's connection
+/// limit, the shard's cap on requests in flight, the memory guard and the
+/// tools' circuit breakers. Every figure is per shard unless it says node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtectConfig {
+    /// Requests per second one session may send (token bucket, enforced on
+    /// the shard that owns the session, whichever shard the request reached);
+    /// past it: HTTP 429 with Retry-After, or JSON-RPC error -32029. 0 = off
+    /// (the default: one session may carry a whole client's traffic, as in
+    /// the single-session benchmarks).
+    pub session_rate_per_s: u32,
+    /// Requests one session may send at once before the rate applies.
+    pub session_burst: u32,
+    /// Requests (HTTP) and connections (TCP) per second from one client IP
+    /// address, counted by each shard on its own: a node of N shards lets an
+    /// address through at up to N times this. 0 = off (the default: many
+    /// clients behind one proxy or NAT share an address).
+    pub address_rate_per_s: u32,
+    /// Requests one address may send at once before the rate applies.
+    pub address_burst: u32,
+    /// Token buckets one shard keeps per kind (sessions, addresses); idle
+    /// ones are dropped first when it is full.
+    pub buckets_max: usize,
+    /// Connections the whole node serves at once, split evenly over the
+    /// shards (each shard takes the smaller of its share and
+    /// `limits.connections_per_shard_max`); past it: HTTP 503 or JSON-RPC
+    /// -32030, then the connection is closed. 0 = only the per-shard limit.
+    pub connections_max: usize,
+    /// Refused connections one shard answers at once (503, then it waits for
+    /// the client to close, up to `limits.http_read_timeout_ms`); more are
+    /// closed without an answer.
+    pub refusals_in_flight_max: usize,
+    /// Largest HTTP request head (request line and headers); past it: 431.
+    pub http_head_bytes_max: usize,
+    /// HTTP requests one shard serves at once (SSE streams not counted);
+    /// past it: 503 with Retry-After. This sheds load offered past capacity.
+    pub requests_in_flight_per_shard_max: usize,
+    /// While the process RSS is above this, new sessions (initialize,
+    /// GET /sse, TCP and WebSocket connections) get 503 / -32030. 0 = off.
+    pub memory_guard_bytes: u64,
+    /// How often each shard reads the RSS (for the guard) and drops idle
+    /// token buckets.
+    pub memory_check_interval_ms: u64,
+    /// Consecutive failures (isError result, error, panic, timeout) that
+    /// open a tool's circuit breaker on a shard; while open, calls get
+    /// JSON-RPC -32031 at once. 0 = off.
+    pub breaker_failures_max: u32,
+    /// How long an open breaker refuses calls before one probe call runs.
+    pub breaker_cooldown_ms: u64,
+    /// The Retry-After (seconds) of 503 answers.
+    pub retry_after_s: u64,
+}
+
+impl Default for ProtectConfig {
+    fn default() -> Self {
+        ProtectConfig {
+            session_rate_per_s: 0,
+            session_burst: 2_000,
+            address_rate_per_s: 0,
+            address_burst: 1_000,
+            buckets_max: 65_536,
+            connections_max: 262_144,
+            refusals_in_flight_max: 256,
+            http_head_bytes_max: 16 << 10,
+            requests_in_flight_per_shard_max: 16_384,
+            memory_guard_bytes: 0,
+            memory_check_interval_ms: 1_000,
+            breaker_failures_max: 20,
+            breaker_cooldown_ms: 5_000,
+            retry_after_s: 1,
+        }
+    }
+}
+
 /// Signature algorithms `auth.algorithms` may name: asymmetric ones only,
 /// so a public key can never be used as an HMAC secret.
 pub const AUTH_ALGORITHMS: &[&str] = &[
@@ -664,6 +742,59 @@ fn absolute_uri(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+impl ProtectConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("protect.session_burst", self.session_burst),
+            ("protect.address_burst", self.address_burst),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, value) in [
+            ("protect.buckets_max", self.buckets_max),
+            (
+                "protect.refusals_in_flight_max",
+                self.refusals_in_flight_max,
+            ),
+            (
+                "protect.requests_in_flight_per_shard_max",
+                self.requests_in_flight_per_shard_max,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.http_head_bytes_max < 1_024 || self.http_head_bytes_max > 1 << 20 {
+            return Err(invalid(
+                "protect.http_head_bytes_max",
+                "must be between 1024 and 1048576",
+            ));
+        }
+        if self.memory_check_interval_ms < 10 || self.memory_check_interval_ms > 60_000 {
+            return Err(invalid(
+                "protect.memory_check_interval_ms",
+                "must be between 10 and 60000",
+            ));
+        }
+        if self.breaker_cooldown_ms == 0 || self.breaker_cooldown_ms > 86_400_000 {
+            return Err(invalid(
+                "protect.breaker_cooldown_ms",
+                "must be between 1 and 86400000",
+            ));
+        }
+        if self.retry_after_s == 0 || self.retry_after_s > 3_600 {
+            return Err(invalid(
+                "protect.retry_after_s",
+                "must be between 1 and 3600",
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -733,6 +864,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.protect.validate()?;
         let r = &self.runtime;
         if r.shards > SHARDS_MAX {
             return Err(invalid("runtime.shards", format!("at most {SHARDS_MAX}")));
@@ -1276,6 +1408,49 @@ mod tests {
         assert!(Config::parse(&no_http).is_ok());
         // Off, the other keys are not required.
         assert!(Config::parse("[auth]\nmode = \"off\"\n").is_ok());
+    }
+
+    #[test]
+    fn protect_keys_are_checked_by_name() {
+        for (text, expected) in [
+            (
+                "[protect]\nsession_burst = 0\n",
+                "config key `protect.session_burst`: must be at least 1",
+            ),
+            (
+                "[protect]\nbuckets_max = 0\n",
+                "config key `protect.buckets_max`: must be at least 1",
+            ),
+            (
+                "[protect]\nrequests_in_flight_per_shard_max = 0\n",
+                "config key `protect.requests_in_flight_per_shard_max`: must be at least 1",
+            ),
+            (
+                "[protect]\nhttp_head_bytes_max = 10\n",
+                "config key `protect.http_head_bytes_max`: must be between 1024 and 1048576",
+            ),
+            (
+                "[protect]\nmemory_check_interval_ms = 0\n",
+                "config key `protect.memory_check_interval_ms`: must be between 10 and 60000",
+            ),
+            (
+                "[protect]\nbreaker_cooldown_ms = 0\n",
+                "config key `protect.breaker_cooldown_ms`: must be between 1 and 86400000",
+            ),
+            (
+                "[protect]\nretry_after_s = 0\n",
+                "config key `protect.retry_after_s`: must be between 1 and 3600",
+            ),
+        ] {
+            assert_eq!(Config::parse(text).unwrap_err().to_string(), expected);
+        }
+        let error = Config::parse("[protect]\nrate = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("rate"), "{error}");
+        let config = Config::parse("[protect]\nsession_rate_per_s = 0\nmemory_guard_bytes = 1\n")
+            .expect("0 turns the session rate off");
+        assert_eq!(config.protect.memory_guard_bytes, 1);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`pool`]: pool supervisors (bulkheads) and session placement by id hash.
 //! - [`session`]: the session actor: MCP lifecycle and dispatch for one session.
 //! - [`server`]: the user API: tools (and more to come) built per shard from a factory.
+//! - [`protect`]: overload protection: rate limits, shedding, memory guard, circuit breakers.
 //! - [`mesh`]: bounded channels between every ordered pair of shards, call/reply.
 //! - [`protocol`]: the JSON-RPC 2.0 codec (simd-json) and MCP versions and eras.
 //! - [`registry`]: session ids (owning shard + 128 random bits) and shard-local maps.
@@ -34,6 +35,7 @@ pub mod load;
 pub mod mesh;
 pub mod observe;
 pub mod pool;
+pub mod protect;
 pub mod protocol;
 pub mod registry;
 pub mod runtime;

@@ -707,8 +707,9 @@ fn shardmcp_tree_prints_the_live_tree_of_a_running_server() {
         "├── shard-0 (up) [one_for_one] children=3 restarts=0 restarted=0"
     );
     for expected in [
-        "│   ├── services [one_for_one] children=1 restarts=0 restarted=0",
-        "│   │   └── control (worker, permanent) running restarts=0",
+        "│   ├── services [one_for_one] children=2 restarts=0 restarted=0",
+        "│   │   ├── control (worker, permanent) running restarts=0",
+        "│   │   └── protect (worker, permanent) running restarts=0",
         "│   ├── pools [one_for_one] children=3 restarts=0 restarted=0",
         "│   │   └── pool-2 [simple_one_for_one] children=0 restarts=0 restarted=0",
         "│   └── listeners [one_for_one] children=1 restarts=0 restarted=0",
@@ -720,7 +721,7 @@ fn shardmcp_tree_prints_the_live_tree_of_a_running_server() {
             "{expected:?} missing from:\n{text}"
         );
     }
-    assert_eq!(lines.len(), 1 + 2 * 9, "{text}");
+    assert_eq!(lines.len(), 1 + 2 * 10, "{text}");
 
     let output = Command::new(env!("CARGO_BIN_EXE_shardmcp"))
         .args(["tree", "--json", "--admin", &admin])

@@ -154,6 +154,7 @@ struct ShardMetrics {
     /// Requests the authorization gate refused, one slot per
     /// [`AUTH_REFUSALS`] entry.
     auth_refusals: RefCell<[u64; AUTH_REFUSALS.len()]>,
+    protect: RefCell<ProtectSnapshot>,
 }
 
 /// Authorization refusals counted, as (HTTP status, RFC 6750 error); a
@@ -170,7 +171,48 @@ thread_local! {
         methods: RefCell::new(vec![MethodStats::default(); METHODS.len()]),
         transports: RefCell::new(Vec::new()),
         auth_refusals: RefCell::new([0; AUTH_REFUSALS.len()]),
+        protect: RefCell::new(ProtectSnapshot::default()),
     };
+}
+
+/// Why overload protection refused something (`src/protect`), the
+/// `reason` label of `shardmcp_shed_total`.
+pub const SHED_REASONS: &[&str] = &[
+    "session_rate",
+    "address_rate",
+    "connections",
+    "in_flight",
+    "memory",
+    "breaker",
+];
+
+/// What overload protection did on a shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProtectSnapshot {
+    /// Refusals, one count per entry of [`SHED_REASONS`].
+    pub shed: [u64; 6],
+    /// Times a tool's circuit breaker opened.
+    pub breaker_opens: u64,
+    /// Breakers open (or half-open) at the last check.
+    pub breakers_open: u64,
+}
+
+/// Counts one refusal; `reason` is one of [`SHED_REASONS`] (anything else
+/// is counted under the last).
+pub fn record_shed(reason: &str) {
+    let index = SHED_REASONS
+        .iter()
+        .position(|&known| known == reason)
+        .unwrap_or(SHED_REASONS.len() - 1);
+    let _ = METRICS.try_with(|metrics| metrics.protect.borrow_mut().shed[index] += 1);
+}
+
+pub fn record_breaker_opened() {
+    let _ = METRICS.try_with(|metrics| metrics.protect.borrow_mut().breaker_opens += 1);
+}
+
+pub fn set_breakers_open(open: u64) {
+    let _ = METRICS.try_with(|metrics| metrics.protect.borrow_mut().breakers_open = open);
 }
 
 /// Counts a request the authorization gate refused, by its error (one of
@@ -308,6 +350,7 @@ pub struct MetricsSnapshot {
     /// Authorization refusals as (status, error, count), zeros included
     /// once a shard has counted anything (empty from `Default`).
     pub auth_refusals: Vec<(&'static str, &'static str, u64)>,
+    pub protect: ProtectSnapshot,
 }
 
 /// This shard's figures now.
@@ -363,6 +406,7 @@ pub fn snapshot() -> MetricsSnapshot {
                 methods,
                 transports,
                 auth_refusals,
+                protect: metrics.protect.borrow().clone(),
             }
         })
         .unwrap_or_default()
@@ -437,6 +481,19 @@ mod tests {
         assert_eq!(bucket_index(50_000), 0);
         assert_eq!(bucket_index(50_001), 1);
         assert_eq!(bucket_index(u64::MAX), LATENCY_BUCKETS_NS.len());
+    }
+
+    #[test]
+    fn refusals_are_counted_by_reason() {
+        record_shed("session_rate");
+        record_shed("session_rate");
+        record_shed("memory");
+        record_shed("made up");
+        record_breaker_opened();
+        set_breakers_open(1);
+        let protect = snapshot().protect;
+        assert_eq!(protect.shed, [2, 0, 0, 0, 1, 1]);
+        assert_eq!((protect.breaker_opens, protect.breakers_open), (1, 1));
     }
 
     #[test]

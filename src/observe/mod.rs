@@ -26,3 +26,4 @@ pub use metrics::{
     record_session_closed, record_session_opened, snapshot, ConnectionGuard, MetricsSnapshot,
     Outcome,
 };
+pub use metrics::{record_breaker_opened, record_shed, set_breakers_open};

@@ -25,7 +25,7 @@ use crossbeam_channel::{bounded, Sender};
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::observe::metrics::{LATENCY_BUCKETS_NS, RESTART_BUCKETS_NS};
+use crate::observe::metrics::{LATENCY_BUCKETS_NS, RESTART_BUCKETS_NS, SHED_REASONS};
 use crate::observe::process;
 use crate::observe::prometheus::{self, Family};
 use crate::supervision::TreeNode;
@@ -582,6 +582,18 @@ pub fn metrics_text(gathered: &Gathered, process: &ProcessFigures) -> String {
         "Peak resident memory of the process (VmHWM).",
     );
     let mut fds = Family::gauge("process_open_fds", "Open file descriptors of the process.");
+    let mut shed = Family::counter(
+        "shardmcp_shed_total",
+        "Requests and connections refused by overload protection, by reason.",
+    );
+    let mut breaker_opens = Family::counter(
+        "shardmcp_breaker_opens_total",
+        "Times a tool's circuit breaker opened.",
+    );
+    let mut breakers_open = Family::gauge(
+        "shardmcp_breakers_open",
+        "Tool circuit breakers open or half-open.",
+    );
 
     let latency_bounds = seconds(LATENCY_BUCKETS_NS);
     let restart_bounds = seconds(RESTART_BUCKETS_NS);
@@ -663,6 +675,12 @@ pub fn metrics_text(gathered: &Gathered, process: &ProcessFigures) -> String {
                     count as f64,
                 );
             }
+            let protect = &report.metrics.protect;
+            for (reason, &count) in SHED_REASONS.iter().zip(&protect.shed) {
+                shed.add(&[("shard", &label), ("reason", reason)], count as f64);
+            }
+            breaker_opens.add(&by_shard, protect.breaker_opens as f64);
+            breakers_open.add(&by_shard, protect.breakers_open as f64);
         }
     }
     if let Some(bytes) = process.resident_bytes {
@@ -699,6 +717,9 @@ pub fn metrics_text(gathered: &Gathered, process: &ProcessFigures) -> String {
         rss,
         rss_peak,
         fds,
+        shed,
+        breaker_opens,
+        breakers_open,
     ])
 }
 

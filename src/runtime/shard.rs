@@ -83,6 +83,8 @@ pub enum RemoteAnswer {
     Reply(Option<Bytes>),
     Streaming,
     Refused(&'static str, String),
+    /// Refused by overload protection on the owning shard.
+    Shed(crate::protect::Shed),
     UnknownSession,
 }
 
@@ -330,6 +332,7 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         stop: Event::new(),
         draining: std::cell::Cell::new(false),
     });
+    crate::protect::install(crate::protect::Protect::new(&config, clock.clone()));
     install_mesh_handler(&ctx);
     ctx.http.set_forward(Rc::new(MeshForward {
         ctx: Rc::downgrade(&ctx),
@@ -406,7 +409,14 @@ fn build_tree(
     let control_worker = ChildSpec::worker("control", move |child| {
         control_loop(control_ctx.clone(), control.clone(), child)
     });
-    let mut services = SupervisorSpec::new("services", service_flags).child(control_worker);
+    let mut services = SupervisorSpec::new("services", service_flags)
+        .child(control_worker)
+        .child(ChildSpec::worker("protect", |child| async move {
+            if let Some(protect) = crate::protect::current() {
+                protect.run(child.shutdown_requested()).await;
+            }
+            ExitReason::Shutdown
+        }));
     if http.is_some() {
         let sweep_ctx = ctx.clone();
         services = services.child(ChildSpec::worker("http-sweeper", move |child| {
@@ -415,6 +425,11 @@ fn build_tree(
     }
 
     let mut listeners = SupervisorSpec::new("listeners", service_flags);
+    // One cap over all the shard's listeners.
+    let permits = Rc::new(Semaphore::new(crate::protect::connections_per_shard(
+        &ctx.config,
+        ctx.shards,
+    ) as u64));
     let wires = [
         tcp.map(|addr| (addr, Wire::NewlineJson)),
         http.map(|addr| (addr, Wire::Http(ctx.http.clone()))),
@@ -438,9 +453,7 @@ fn build_tree(
             drain: ctx.drain.clone(),
             drain_deadline: Duration::from_millis(ctx.config.runtime.drain_deadline_ms),
             connections: ctx.connections.clone(),
-            permits: Rc::new(Semaphore::new(
-                ctx.config.limits.connections_per_shard_max as u64,
-            )),
+            permits: permits.clone(),
             on_listening: Rc::new(move |addr| {
                 let _ = events.send(ShardEvent::Listening { shard, kind, addr });
             }),
@@ -617,6 +630,7 @@ async fn serve_forwarded(
         Answer::Reply(reply) => (RemoteAnswer::Reply(reply), None),
         Answer::Stream(events) => (RemoteAnswer::Streaming, Some(events)),
         Answer::Refused(status, reason) => (RemoteAnswer::Refused(status, reason), None),
+        Answer::Shed(shed) => (RemoteAnswer::Shed(shed), None),
         Answer::UnknownSession => (RemoteAnswer::UnknownSession, None),
     };
     if ctx
@@ -685,6 +699,7 @@ impl Forward for MeshForward {
                 Ok(ShardMessage::HttpAnswer(RemoteAnswer::Refused(status, reason))) => {
                     Answer::Refused(status, reason)
                 }
+                Ok(ShardMessage::HttpAnswer(RemoteAnswer::Shed(shed))) => Answer::Shed(shed),
                 _ => Answer::UnknownSession,
             };
             ctx.forwarded.borrow_mut().remove(&stream);

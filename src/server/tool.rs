@@ -272,6 +272,12 @@ impl ToolCall {
         self.cancel.wait().await
     }
 
+    /// The request's cancellation signal itself (for the circuit breaker,
+    /// which must tell a cancelled call from a failed one).
+    pub(crate) fn cancel_signal(&self) -> crate::sync::Event {
+        self.cancel.clone()
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_set()
     }

@@ -47,6 +47,9 @@ pub enum SessionError {
     Pool(#[from] PoolError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// Refused by overload protection (the memory guard).
+    #[error("{}", .0.message)]
+    Shed(crate::protect::Shed),
 }
 
 impl SessionHandle {
@@ -160,6 +163,9 @@ pub fn open(
     pools: &PoolSet,
     env: &Rc<SessionEnv>,
 ) -> Result<SessionHandle, SessionError> {
+    if let Some(protect) = crate::protect::current() {
+        protect.admit_new_session().map_err(SessionError::Shed)?;
+    }
     let id = registry.new_session_id();
     pools.start_session(&id, actor(id, registry.clone(), env.clone()))?;
     // The start function ran inside start_child and registered the actor.

@@ -157,6 +157,17 @@ async fn pump(
         };
         match event {
             Wake::In(Received::Message(message)) => {
+                if let Some(protect) = crate::protect::current() {
+                    if let Err(shed) = protect.admit_session_message(session.id()) {
+                        // Refused: its requests get the error, not the session.
+                        if let Some(answer) = shed.answer_to(&message, site.message_bytes_max) {
+                            if let Err(error) = io.send(answer).await {
+                                return Ending::SendFailed(error);
+                            }
+                        }
+                        continue;
+                    }
+                }
                 // Requests run concurrently in the session; answers come
                 // back through the outbox, after their notifications.
                 if session.send(message).await.is_err() {

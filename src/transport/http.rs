@@ -47,7 +47,8 @@ use super::event_store::{EventStore, ResumeError, StoreLimits};
 use super::sockets;
 use super::tcp::TcpService;
 
-/// Largest request head (request line and headers).
+/// Largest request head (request line and headers) when no shard
+/// configured one (`protect.http_head_bytes_max`, same default).
 const HEAD_BYTES_MAX: usize = 16 << 10;
 const HEADERS_MAX: usize = 64;
 /// Events queued between a session's streams and one connection.
@@ -79,6 +80,8 @@ pub enum Answer {
     Stream(LocalReceiver<Bytes>),
     /// Refused with this status and reason.
     Refused(&'static str, String),
+    /// Refused by overload protection (429/503 with Retry-After).
+    Shed(crate::protect::Shed),
     UnknownSession,
 }
 
@@ -205,6 +208,20 @@ impl HttpSessions {
         let id = handle.id();
         if !self.link(handle, caller) {
             return Answer::UnknownSession;
+        }
+        // Here, on the owning shard: one bucket per session, whichever
+        // shard its requests arrive on.
+        let limited = match &exchange {
+            Exchange::Post { requests, .. } => !requests.is_empty(),
+            Exchange::LegacyPost { .. } => true,
+            Exchange::Get { .. } => false,
+        };
+        if limited {
+            if let Some(protect) = crate::protect::current() {
+                if let Err(shed) = protect.admit_session_message(id) {
+                    return Answer::Shed(shed);
+                }
+            }
         }
         match exchange {
             Exchange::Post { body, requests, .. } if requests.is_empty() => {
@@ -432,6 +449,8 @@ pub async fn serve_connection(
     // A client that stops reading is cut off instead of holding the shard.
     let _ = stream.set_write_timeout(Some(Duration::from_millis(limits.http_write_timeout_ms)));
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let protect = crate::protect::current();
     loop {
         let request = match read_request(&mut stream, &mut buffer, &service).await {
             Ok(request) => request,
@@ -442,6 +461,16 @@ pub async fn serve_connection(
             }
         };
         let keep_alive = request.keep_alive && !service.drain.is_set();
+        // Held while the request is served.
+        let _in_flight = match admit(protect.as_ref(), peer, &request) {
+            Ok(in_flight) => in_flight,
+            Err(shed) => {
+                if respond_shed(&mut stream, &shed, keep_alive).await.is_err() || !keep_alive {
+                    break;
+                }
+                continue;
+            }
+        };
         if handle(
             &mut stream,
             &mut buffer,
@@ -459,6 +488,45 @@ pub async fn serve_connection(
     }
     drop(tracked);
     let _ = stream.close().await;
+}
+
+/// Overload protection for one request: its address's rate, and for a
+/// POST (work, not a stream) a place among the shard's requests in flight.
+fn admit(
+    protect: Option<&Rc<crate::protect::Protect>>,
+    peer: Option<std::net::IpAddr>,
+    request: &Request,
+) -> Result<Option<crate::protect::InFlight>, crate::protect::Shed> {
+    let Some(protect) = protect else {
+        return Ok(None);
+    };
+    if let Some(peer) = peer {
+        protect.admit_address(peer)?;
+    }
+    if request.method == "POST" {
+        return protect.enter_request().map(Some);
+    }
+    Ok(None)
+}
+
+/// A refusal: its status, `Retry-After`, and the JSON-RPC error as body.
+async fn respond_shed(
+    stream: &mut TcpStream,
+    shed: &crate::protect::Shed,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let retry_after = shed.retry_after_secs().to_string();
+    respond(
+        stream,
+        shed.reason.status(),
+        &[
+            ("Retry-After", retry_after.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        &shed.http_body(None),
+        keep_alive,
+    )
+    .await
 }
 
 /// Reads one request: the connection may idle up to `http_idle_timeout_ms`
@@ -488,8 +556,10 @@ async fn read_request(
     let deadline = service
         .clock
         .sleep(Duration::from_millis(limits.http_read_timeout_ms));
+    let head_max =
+        crate::protect::current().map_or(HEAD_BYTES_MAX, |protect| protect.http_head_bytes_max());
     future::or(
-        parse_request(stream, buffer, limits.message_bytes_max),
+        parse_request(stream, buffer, limits.message_bytes_max, head_max),
         async {
             deadline.await;
             Err(ReadError::Status("408 Request Timeout"))
@@ -502,9 +572,10 @@ async fn parse_request(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
     body_max: usize,
+    head_max: usize,
 ) -> Result<Request, ReadError> {
     loop {
-        match parse_head(buffer, body_max).map_err(ReadError::Status)? {
+        match parse_head_within(buffer, body_max, head_max).map_err(ReadError::Status)? {
             Some(head) => {
                 let _ = buffer.split_to(head.head_len);
                 while buffer.len() < head.content_length {
@@ -548,11 +619,24 @@ pub struct Head {
 /// the head is malformed, too large, chunked, or announces a body over
 /// `body_max`.
 pub fn parse_head(buf: &[u8], body_max: usize) -> Result<Option<Head>, &'static str> {
+    parse_head_within(buf, body_max, HEAD_BYTES_MAX)
+}
+
+/// [`parse_head`] with a head of at most `head_max` bytes (past it: 431).
+pub fn parse_head_within(
+    buf: &[u8],
+    body_max: usize,
+    head_max: usize,
+) -> Result<Option<Head>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
+        // Complete in one read or not, a head past the bound is refused.
+        Ok(httparse::Status::Complete(head_len)) if head_len > head_max => {
+            return Err("431 Request Header Fields Too Large")
+        }
         Ok(httparse::Status::Complete(head_len)) => head_len,
-        Ok(httparse::Status::Partial) if buf.len() > HEAD_BYTES_MAX => {
+        Ok(httparse::Status::Partial) if buf.len() > head_max => {
             return Err("431 Request Header Fields Too Large")
         }
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -963,6 +1047,7 @@ async fn write_answer(
         Answer::Refused(status, reason) => {
             respond(stream, status, &[], reason.as_bytes(), keep_alive).await
         }
+        Answer::Shed(shed) => respond_shed(stream, &shed, keep_alive).await,
         Answer::UnknownSession => {
             respond(stream, "404 Not Found", &[], b"unknown session", keep_alive).await
         }
@@ -1326,6 +1411,9 @@ async fn no_session_opened(
     error: &session::SessionError,
     keep_alive: bool,
 ) -> std::io::Result<()> {
+    if let session::SessionError::Shed(shed) = error {
+        return respond_shed(stream, shed, keep_alive).await;
+    }
     let body = error.to_string();
     respond(
         stream,
@@ -1464,6 +1552,18 @@ mod tests {
             parse_head(b"\x00 / HTTP/1.1\r\n", 16),
             Err("400 Bad Request")
         );
+        let whole = [
+            b"GET / HTTP/1.1\r\nX: ".as_slice(),
+            &[b'a'; 2_000],
+            b"\r\n\r\n",
+        ]
+        .concat();
+        assert_eq!(
+            parse_head_within(&whole, 16, 1_024),
+            Err("431 Request Header Fields Too Large"),
+            "complete, but past the bound"
+        );
+        assert!(parse_head_within(&whole, 16, 4_096).unwrap().is_some());
         let endless = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; HEAD_BYTES_MAX]].concat();
         assert_eq!(
             parse_head(&endless, 16),

@@ -73,11 +73,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conversation for LineConversation<'_, S>
     }
 
     async fn refuse_session(&mut self, error: &SessionError) {
-        let message = format!("cannot open a session: {error}");
-        let _ = self
-            .stream
-            .write_all(&error_line(SERVER_ERROR, &message))
-            .await;
+        let line = match error {
+            // Overload protection's own code and retry hint.
+            SessionError::Shed(shed) => {
+                let mut line = shed.http_body(None).to_vec();
+                line.push(b'\n');
+                line
+            }
+            _ => error_line(SERVER_ERROR, &format!("cannot open a session: {error}")),
+        };
+        let _ = self.stream.write_all(&line).await;
     }
 
     fn finishes_after_close(&self) -> bool {

@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{future, AsyncWriteExt};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::sync::{Gate, Semaphore};
 
@@ -62,7 +62,8 @@ pub struct TcpService {
     pub drain_deadline: Duration,
     /// Every connection task runs inside this gate, so a drain can wait for them.
     pub connections: Rc<Gate>,
-    /// One permit per open connection (`limits.connections_per_shard_max`).
+    /// One permit per open connection, shared by the shard's listeners
+    /// (`limits.connections_per_shard_max`, `protect.connections_max`).
     pub permits: Rc<Semaphore>,
     /// Told where the listener is bound, each time it binds.
     pub on_listening: Rc<dyn Fn(SocketAddr)>,
@@ -104,20 +105,6 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
     (service.on_listening)(local);
     let mut errors_in_a_row = 0u32;
     loop {
-        // Take the permit before accepting: at the cap, clients wait in the
-        // kernel backlog instead of costing us memory.
-        let stopping = future::or(ctx.shutdown_requested(), service.drain.wait());
-        let permit = future::or(
-            async { service.permits.acquire_static_permit(1).await.ok() },
-            async {
-                stopping.await;
-                None
-            },
-        )
-        .await;
-        let Some(permit) = permit else {
-            return ExitReason::Shutdown;
-        };
         let stopping = future::or(ctx.shutdown_requested(), service.drain.wait());
         let accepted = future::or(async { Some(listener.accept().await) }, async {
             stopping.await;
@@ -130,6 +117,16 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
                 errors_in_a_row = 0;
                 // Nagle plus delayed ACKs would add 40 ms to every reply.
                 let _ = stream.set_nodelay(true);
+                // Past the cap, or too fast from its address: answered and
+                // closed, so the client learns why instead of hanging in
+                // the backlog.
+                let permit = match admit_connection(&service, &stream) {
+                    Ok(permit) => permit,
+                    Err(shed) => {
+                        refuse_connection(stream, shed, &service);
+                        continue;
+                    }
+                };
                 let service_for_connection = service.clone();
                 // Counted open until the task ends or is dropped.
                 let counted = crate::observe::connection_opened(service.wire.name());
@@ -166,6 +163,84 @@ async fn accept_loop(addr: SocketAddr, service: Rc<TcpService>, ctx: ChildContex
             }
         }
     }
+}
+
+/// A connection's permit, or why it is refused.
+fn admit_connection(
+    service: &TcpService,
+    stream: &TcpStream,
+) -> Result<glommio::sync::StaticPermit, crate::protect::Shed> {
+    let protect = crate::protect::current();
+    if let (Some(protect), Wire::NewlineJson) = (&protect, &service.wire) {
+        // HTTP counts each request instead (in `http`).
+        if let Ok(peer) = stream.peer_addr() {
+            protect.admit_address(peer.ip())?;
+        }
+    }
+    match service.permits.try_acquire_static_permit(1) {
+        Ok(permit) => Ok(permit),
+        Err(_) => Err(match &protect {
+            Some(protect) => protect.connection_refused(),
+            None => crate::protect::Shed {
+                reason: crate::protect::Reason::Connections,
+                retry_after: Duration::from_secs(1),
+                message: "too many connections".into(),
+            },
+        }),
+    }
+}
+
+/// Answers a refused connection (HTTP 503/429, or a JSON-RPC error line)
+/// and closes it once the client has closed or `http_read_timeout_ms` has
+/// passed: closing with its request unread would reset the connection and
+/// could lose the answer. At most `protect.refusals_in_flight_max` at once;
+/// past that it is closed unanswered.
+fn refuse_connection(mut stream: TcpStream, shed: crate::protect::Shed, service: &Rc<TcpService>) {
+    let Some(slot) = crate::protect::current().and_then(|protect| protect.refusal_slot()) else {
+        drop(stream);
+        return;
+    };
+    let answer = match service.wire {
+        Wire::Http(_) => {
+            let body = shed.http_body(None);
+            let mut out = format!(
+                "HTTP/1.1 {}\r\nRetry-After: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                shed.reason.status(),
+                shed.retry_after_secs(),
+                body.len()
+            )
+            .into_bytes();
+            out.extend_from_slice(&body);
+            out
+        }
+        Wire::NewlineJson => {
+            let mut out = shed.http_body(None).to_vec();
+            out.push(b'\n');
+            out
+        }
+    };
+    let linger = service
+        .clock
+        .sleep(Duration::from_millis(service.limits.http_read_timeout_ms));
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(
+        service.limits.http_write_timeout_ms,
+    )));
+    glommio::spawn_local(async move {
+        let tracked = sockets::track(stream.as_raw_fd());
+        if stream.write_all(&answer).await.is_ok() {
+            let _ = stream.shutdown(std::net::Shutdown::Write).await;
+            let mut sink = [0u8; 1_024];
+            future::or(
+                async { while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {} },
+                linger,
+            )
+            .await;
+        }
+        drop(tracked);
+        let _ = stream.close().await;
+        drop(slot);
+    })
+    .detach();
 }
 
 async fn serve_connection(mut stream: TcpStream, service: Rc<TcpService>) {

@@ -305,10 +305,15 @@ where
     }
 
     async fn refuse_session(&mut self, error: &SessionError) {
-        let message = format!("cannot open a session: {error}");
-        let _ = self
-            .send(Bytes::from(error_frame(SERVER_ERROR, &message)))
-            .await;
+        let frame = match error {
+            // Overload protection's own code and retry hint.
+            SessionError::Shed(shed) => shed.http_body(None),
+            _ => Bytes::from(error_frame(
+                SERVER_ERROR,
+                &format!("cannot open a session: {error}"),
+            )),
+        };
+        let _ = self.send(frame).await;
         self.close = Some(close_frame(CloseCode::Again, "cannot open a session"));
     }
 }

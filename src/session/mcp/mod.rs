@@ -729,6 +729,22 @@ impl Drop for McpSession {
 /// Runs a tool; a URL-elicitation demand becomes the -32042 error, which
 /// each era then turns into its own answer.
 async fn run_tool(tool: &Tool, call: ToolCall) -> Result<Value, RpcError> {
+    // Through the tool's circuit breaker: refused at once while it is open;
+    // dropped unfinished (timeout, panic) it counts as a failure.
+    let breaker = crate::protect::admit_tool(&tool.name, call.cancel_signal())?;
+    let outcome = run_tool_unguarded(tool, call).await;
+    if let Some(breaker) = breaker {
+        let failed = match &outcome {
+            Ok(result) => result.get("isError") == Some(&Value::Bool(true)),
+            // Asking the client for input is no failure of the tool.
+            Err(error) => error.code != URL_ELICITATION_REQUIRED,
+        };
+        breaker.finish(!failed);
+    }
+    outcome
+}
+
+async fn run_tool_unguarded(tool: &Tool, call: ToolCall) -> Result<Value, RpcError> {
     match tool.call(call).await {
         Ok(result) => {
             tool.check_result(&result)?;
