@@ -1,5 +1,5 @@
 //! `shardmcp load` against real servers: a `shardmcp serve` child process
-//! (HTTP and TCP, one and two generator processes), an in-process node whose
+//! (HTTP, TCP and WebSocket, one and two generator processes), an in-process node whose
 //! session pool is killed mid-run, and a tiny HTTP server that forgets every
 //! session once.
 
@@ -198,6 +198,29 @@ fn a_short_legacy_sse_run_against_shardmcp_serve_has_no_errors() {
     ]);
     assert_clean_run(&output, &json, 20);
     assert_eq!(json["transport"], "sse");
+    for op in json["operations"].as_array().unwrap() {
+        assert!(op["ok"].as_u64().unwrap() > 0, "every mix entry ran: {op}");
+    }
+}
+
+#[test]
+fn a_short_websocket_run_against_shardmcp_serve_has_no_errors() {
+    let server = Server::start();
+    let target = format!("ws://{}/ws", server.http);
+    let (output, json) = run_cli(&[
+        "--transport",
+        "ws",
+        "--target",
+        &target,
+        "--sessions",
+        "12",
+        "--duration",
+        "1s",
+        "--threads",
+        "2",
+    ]);
+    assert_clean_run(&output, &json, 12);
+    assert_eq!(json["transport"], "ws");
     for op in json["operations"].as_array().unwrap() {
         assert!(op["ok"].as_u64().unwrap() > 0, "every mix entry ran: {op}");
     }
@@ -467,7 +490,10 @@ fn bad_settings_are_one_clear_line_and_exit_1() {
     for (args, needle) in [
         (vec!["--mix", "tools/call"], "needs a name"),
         (vec!["--mix", "ping=0"], "weight"),
-        (vec!["--transport", "ws"], "not supported yet"),
+        (
+            vec!["--transport", "ws", "--target", "http://127.0.0.1:1/ws"],
+            "does not match --transport ws",
+        ),
         (
             vec![
                 "--transport",

@@ -22,7 +22,8 @@ pub struct LoadArgs {
     /// Mcp-Session-Id), sse (legacy HTTP+SSE of 2024-11-05: a GET stream
     /// per session, requests POSTed over --connections, answers on the
     /// stream), tcp (newline-delimited JSON-RPC, one session per
-    /// connection); ws is refused as not supported yet.
+    /// connection), ws (WebSocket at /ws with subprotocol mcp, one session
+    /// per connection, one message per text frame).
     #[arg(long, value_name = "http|sse|tcp|ws", default_value = "http")]
     pub transport: String,
     /// MCP sessions to open (initialize + notifications/initialized) and

@@ -49,6 +49,78 @@ pub struct Conn {
     body: Vec<u8>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Set once the connection was upgraded: messages travel as WebSocket
+    /// frames instead of lines.
+    websocket: Option<Masks>,
+}
+
+/// Client frames must be masked (RFC 6455 5.3); the key only has to stop a
+/// proxy from reading our frames as something else, so a cheap generator
+/// seeded per connection does.
+struct Masks(u32);
+
+impl Masks {
+    fn next(&mut self) -> [u8; 4] {
+        // xorshift32: never zero, different on every frame.
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.0 = x;
+        x.to_be_bytes()
+    }
+}
+
+/// Largest frame header a server frame may have (2 + 8 bytes of length).
+const WS_HEAD_BYTES_MAX: usize = 10;
+
+/// One server frame at the start of `input`: (fin, opcode, header length,
+/// payload length), or None when more bytes are needed. Server frames are
+/// never masked; a masked one is refused.
+fn ws_frame_head(input: &[u8]) -> Result<Option<(bool, u8, usize, usize)>, ErrorKind> {
+    if input.len() < 2 {
+        return Ok(None);
+    }
+    if input[1] & 0x80 != 0 {
+        return Err(ErrorKind::BadResponse);
+    }
+    let (head, len) = match input[1] & 0x7f {
+        126 if input.len() < 4 => return Ok(None),
+        126 => (4, usize::from(u16::from_be_bytes([input[2], input[3]]))),
+        127 if input.len() < WS_HEAD_BYTES_MAX => return Ok(None),
+        127 => {
+            let mut bytes = [0; 8];
+            bytes.copy_from_slice(&input[2..10]);
+            let len = u64::from_be_bytes(bytes);
+            (
+                10,
+                usize::try_from(len).map_err(|_| ErrorKind::BadResponse)?,
+            )
+        }
+        short => (2, usize::from(short)),
+    };
+    if len > RESPONSE_BODY_BYTES_MAX {
+        return Err(ErrorKind::BadResponse);
+    }
+    Ok(Some((input[0] & 0x80 != 0, input[0] & 0x0f, head, len)))
+}
+
+/// Appends one masked client frame.
+fn ws_push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+    out.push(0x80 | opcode);
+    match payload.len() {
+        len if len < 126 => out.push(0x80 | len as u8),
+        len if len <= usize::from(u16::MAX) => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
 }
 
 /// Local addresses this thread binds its connections to: its own slice of
@@ -190,7 +262,108 @@ impl Conn {
             body: Vec::new(),
             bytes_sent: 0,
             bytes_received: 0,
+            websocket: None,
         })
+    }
+
+    /// Upgrades the connection to a WebSocket carrying MCP (subprotocol
+    /// `mcp`); afterwards `line_exchange` sends and reads frames.
+    pub async fn upgrade_websocket(&mut self, host: &str, path: &str) -> Result<(), ErrorKind> {
+        let seed = (self.stream.local_addr().map_or(1, |addr| addr.port()) as u32) | 1 << 16;
+        self.out.clear();
+        self.out.extend_from_slice(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: c2hhcmRtY3AgbG9hZGdlbg==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mcp\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        self.send().await?;
+        let head = loop {
+            match parse_head(self.pending()) {
+                Ok(Some(head)) => break head,
+                Ok(None) => self.fill().await?,
+                Err(_) => return Err(ErrorKind::BadResponse),
+            }
+        };
+        self.consume(head.len);
+        if head.status != 101 {
+            return Err(ErrorKind::HttpStatus(head.status));
+        }
+        self.websocket = Some(Masks(seed));
+        Ok(())
+    }
+
+    /// Reads one whole WebSocket message (continuations joined) into
+    /// `self.body`; answers pings on the way. A close frame is `Closed`.
+    async fn read_ws_message(&mut self) -> Result<(), ErrorKind> {
+        self.body.clear();
+        loop {
+            let Some((fin, opcode, head, len)) = ws_frame_head(self.pending())? else {
+                self.fill().await?;
+                continue;
+            };
+            if self.pending().len() < head + len {
+                self.fill().await?;
+                continue;
+            }
+            let payload = head..head + len;
+            match opcode {
+                0x0..=0x2 => {
+                    if self.body.len() + len > RESPONSE_BODY_BYTES_MAX {
+                        return Err(ErrorKind::BadResponse);
+                    }
+                    let start = self.start;
+                    self.body
+                        .extend_from_slice(&self.buf[start + payload.start..start + payload.end]);
+                    self.consume(head + len);
+                    if fin {
+                        return Ok(());
+                    }
+                }
+                0x9 => {
+                    let ping = self.pending()[payload].to_vec();
+                    self.consume(head + len);
+                    let mask = self.masks().next();
+                    self.out.clear();
+                    ws_push_frame(&mut self.out, 0xA, &ping, mask);
+                    self.send().await?;
+                }
+                0xA => self.consume(head + len),
+                0x8 => return Err(ErrorKind::Closed),
+                _ => return Err(ErrorKind::BadResponse),
+            }
+        }
+    }
+
+    fn masks(&mut self) -> &mut Masks {
+        self.websocket.get_or_insert(Masks(1))
+    }
+
+    /// `line_exchange` over a WebSocket: one text frame per message.
+    async fn ws_exchange(
+        &mut self,
+        message: &[u8],
+        id: Option<u64>,
+    ) -> Result<(Option<Outcome>, u64, u64), ErrorKind> {
+        let mask = self.masks().next();
+        self.out.clear();
+        ws_push_frame(&mut self.out, 0x1, message, mask);
+        self.send().await?;
+        let Some(id) = id else {
+            return Ok((None, 0, 0));
+        };
+        let (mut notifications, mut server_requests) = (0, 0);
+        loop {
+            self.read_ws_message().await?;
+            match classify(&self.body, id)? {
+                Frame::Response(outcome) => {
+                    return Ok((Some(outcome), notifications, server_requests))
+                }
+                Frame::Notification => notifications += 1,
+                Frame::ServerRequest => server_requests += 1,
+                Frame::OtherResponse => {}
+            }
+        }
     }
 
     fn pending(&self) -> &[u8] {
@@ -262,6 +435,9 @@ impl Conn {
         message: &[u8],
         id: Option<u64>,
     ) -> Result<(Option<Outcome>, u64, u64), ErrorKind> {
+        if self.websocket.is_some() {
+            return self.ws_exchange(message, id).await;
+        }
         self.out.clear();
         self.out.extend_from_slice(message);
         self.out.push(b'\n');
@@ -599,6 +775,47 @@ impl EventStream {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn websocket_frames_round_trip_through_the_header_forms() {
+        for len in [0usize, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut out = Vec::new();
+            let mut masks = Masks(0x1234_5678);
+            let mask = masks.next();
+            ws_push_frame(&mut out, 0x1, &payload, mask);
+            // A server frame is the same without the mask bit and key.
+            let head_len = match len {
+                0..=125 => 2,
+                126..=65_535 => 4,
+                _ => 10,
+            };
+            let mut server = out[..head_len].to_vec();
+            server[1] &= 0x7f;
+            let unmasked: Vec<u8> = out[head_len + 4..]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            assert_eq!(unmasked, payload, "masking at {len}");
+            server.extend_from_slice(&unmasked);
+            assert_eq!(
+                ws_frame_head(&server),
+                Ok(Some((true, 0x1, head_len, len))),
+                "{len}"
+            );
+            // Cut short, it waits for more.
+            assert_eq!(ws_frame_head(&server[..head_len.min(3) - 1]), Ok(None));
+        }
+        // A masked server frame, or one past the body bound, is refused.
+        assert_eq!(ws_frame_head(&[0x81, 0x85]), Err(ErrorKind::BadResponse));
+        let mut huge = vec![0x81, 127];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(ws_frame_head(&huge), Err(ErrorKind::BadResponse));
+        // Masks differ frame to frame.
+        let mut masks = Masks(1);
+        assert_ne!(masks.next(), masks.next());
+    }
     use super::*;
 
     #[test]

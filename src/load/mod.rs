@@ -61,10 +61,6 @@ const EVENTS_CAPACITY: usize = 4_096;
 pub enum LoadError {
     #[error("{0}")]
     Invalid(String),
-    #[error(
-        "--transport {0} is not supported yet (the server side is being built); use http, sse or tcp"
-    )]
-    NotSupportedYet(&'static str),
     #[error("cannot resolve target {target}: {reason}")]
     Resolve { target: String, reason: String },
     #[error(transparent)]
@@ -95,7 +91,7 @@ pub enum Transport {
     Http,
     /// Newline-delimited JSON-RPC over TCP, one session per connection.
     Tcp,
-    /// WebSocket at /ws (subprotocol `mcp`): not yet.
+    /// WebSocket at /ws (subprotocol `mcp`), one session per connection.
     Ws,
     /// Legacy HTTP+SSE (2024-11-05): GET /sse per session, POST /messages.
     Sse,
@@ -187,7 +183,12 @@ pub fn parse_target(text: &str, transport: Transport) -> Result<Wire, LoadError>
             host: authority.to_string(),
             path,
         },
-        Transport::Http | Transport::Ws => Wire::Http {
+        Transport::Http => Wire::Http {
+            addr,
+            host: authority.to_string(),
+            path,
+        },
+        Transport::Ws => Wire::Ws {
             addr,
             host: authority.to_string(),
             path,
@@ -351,9 +352,6 @@ impl LoadSpec {
     pub fn new(settings: LoadSettings) -> Result<LoadSpec, LoadError> {
         let invalid = |text: String| Err(LoadError::Invalid(text));
         let transport = Transport::parse(&settings.transport)?;
-        if transport == Transport::Ws {
-            return Err(LoadError::NotSupportedYet("ws"));
-        }
         let target = settings
             .target
             .clone()
@@ -766,7 +764,6 @@ mod tests {
             let error = LoadSpec::new(s).unwrap_err().to_string();
             assert!(error.contains(needle), "{needle}: {error}");
         };
-        refuse(|s| s.transport = "ws".into(), "not supported yet");
         refuse(|s| s.transport = "udp".into(), "expected http, tcp");
         refuse(
             |s| {

@@ -70,6 +70,13 @@ pub enum Wire {
     },
     /// Newline-delimited JSON-RPC, one session per connection.
     Tcp { addr: SocketAddr },
+    /// WebSocket (`GET path`, subprotocol `mcp`), one session per
+    /// connection, one message per text frame.
+    Ws {
+        addr: SocketAddr,
+        host: String,
+        path: String,
+    },
     /// Legacy HTTP+SSE (2024-11-05): a `GET path` stream per session that
     /// names where to POST and carries every answer.
     Sse {
@@ -82,7 +89,10 @@ pub enum Wire {
 impl Wire {
     pub fn addr(&self) -> SocketAddr {
         match self {
-            Wire::Http { addr, .. } | Wire::Tcp { addr } | Wire::Sse { addr, .. } => *addr,
+            Wire::Http { addr, .. }
+            | Wire::Tcp { addr }
+            | Wire::Sse { addr, .. }
+            | Wire::Ws { addr, .. } => *addr,
         }
     }
 }
@@ -294,7 +304,7 @@ async fn run(
 ) -> Result<(), String> {
     let sessions = match plan.wire {
         Wire::Http { .. } | Wire::Sse { .. } => plan.sessions,
-        Wire::Tcp { .. } => plan.connections,
+        Wire::Tcp { .. } | Wire::Ws { .. } => plan.connections,
     };
     let connections = plan.connections;
     let origin = Instant::now();
@@ -449,12 +459,17 @@ impl Worker {
     /// Opens a connection, at most `CONNECTS_IN_FLIGHT_MAX` at once.
     async fn connect(&self) -> Result<Conn, ErrorKind> {
         let _permit = self.connect_permits.acquire_permit(1).await;
-        Conn::connect(
+        let mut conn = Conn::connect(
             self.plan.wire.addr(),
             self.ports.as_ref(),
             self.plan.timeout,
         )
-        .await
+        .await?;
+        if let Wire::Ws { host, path, .. } = &self.plan.wire {
+            let upgraded = with_timeout(self.plan.timeout, conn.upgrade_websocket(host, path));
+            upgraded.await.unwrap_or(Err(ErrorKind::Timeout))?;
+        }
+        Ok(conn)
     }
 
     fn record_init(&self, started: Duration, result: &Result<(), ErrorKind>, phase: Phase) {
@@ -725,7 +740,7 @@ const INITIALIZED: &[u8] = br#"{"jsonrpc":"2.0","method":"notifications/initiali
 async fn connection(worker: Rc<Worker>, index: usize) {
     match worker.plan.wire {
         Wire::Http { .. } => http_connection(&worker, index).await,
-        Wire::Tcp { .. } => tcp_connection(&worker, index).await,
+        Wire::Tcp { .. } | Wire::Ws { .. } => tcp_connection(&worker, index).await,
         Wire::Sse { .. } => legacy::sse_connection(&worker, index).await,
     }
 }
