@@ -805,7 +805,8 @@ async fn run_exchange(
             .exchange(id, exchange, local_channel::new_bounded(STREAM_FRAMES_MAX))
             .await;
     }
-    match service.registry.get(&id) {
+    // A session whose actor died with its pool is taken up again here.
+    match session::find_or_resume(&service.registry, &service.pools, &service.sessions, &id).await {
         Some(handle) => sessions.exchange(&handle, exchange).await,
         None => Answer::UnknownSession,
     }

@@ -62,6 +62,45 @@ pub fn shutdown_all() -> usize {
     })
 }
 
+/// Shuts down `fraction` (in (0, 1]) of this thread's client connections,
+/// leaving listeners alone (chaos: dropped connections); returns how many.
+pub fn shutdown_connections(fraction: f64) -> usize {
+    LIVE.with(|live| {
+        let mut live = live.borrow_mut();
+        let connections: Vec<RawFd> = live
+            .iter()
+            .copied()
+            .filter(|&fd| !is_listener(fd))
+            .collect();
+        let count = ((connections.len() as f64) * fraction.clamp(0.0, 1.0)).ceil() as usize;
+        for &fd in connections.iter().take(count) {
+            live.remove(&fd);
+            // SAFETY: as in shutdown_all: only the socket's state changes.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+            }
+        }
+        count.min(connections.len())
+    })
+}
+
+/// Whether `fd` is a listening socket (SO_ACCEPTCONN).
+fn is_listener(fd: RawFd) -> bool {
+    let mut value: libc::c_int = 0;
+    let mut length = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `length` bytes into `value`.
+    let result = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut length,
+        )
+    };
+    result == 0 && value != 0
+}
+
 pub fn tracked_count() -> usize {
     LIVE.with(|live| live.borrow().len())
 }
