@@ -258,3 +258,89 @@ fn stalls_fills_and_drops_answer_what_they_did() {
     // The listeners stay: new connections are served.
     open_session(&node);
 }
+
+fn load(args: &[&str]) -> (std::process::Output, Value) {
+    let path = std::env::temp_dir().join(format!(
+        "shardmcp-chaos-load-{}-{}.json",
+        std::process::id(),
+        args.len()
+    ));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shardmcp"))
+        .arg("load")
+        .args(args)
+        .arg("--json")
+        .arg(&path)
+        .output()
+        .expect("shardmcp load runs");
+    let json = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(Value::Null);
+    std::fs::remove_file(&path).ok();
+    (output, json)
+}
+
+#[test]
+fn a_load_run_with_pool_kills_reports_them_and_no_failure_outside_the_killed_pools() {
+    let node = chaos_node(true);
+    let target = format!("http://{}/mcp", node.http_addr().unwrap());
+    let admin = node.admin_addr().unwrap().to_string();
+    let (output, json) = load(&[
+        "--target",
+        &target,
+        "--sessions",
+        "40",
+        "--rate",
+        "400",
+        "--duration",
+        "2s",
+        "--threads",
+        "1",
+        "--quiet",
+        "--chaos",
+        "pool=250ms,session=250ms",
+        "--admin",
+        &admin,
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let chaos = &json["chaos"];
+    assert_eq!(chaos["spec"], "pool=250ms,session=250ms", "{stdout}");
+    let pool = &chaos["recovery"][1];
+    assert_eq!(pool["kind"], "pool", "{stdout}");
+    // At 250 ms, 500 ms ... 1750 ms of the 2 s window.
+    assert_eq!(pool["injected"], 7, "{stdout}");
+    assert_eq!(pool["failed_to_inject"], 0, "{stdout}");
+    assert_eq!(pool["unrecovered"], 0, "{stdout}");
+    assert!(pool["recovery_ms"]["p99"].as_f64().is_some(), "{stdout}");
+    assert_eq!(chaos["recovery"][0]["kind"], "session", "{stdout}");
+    // Sessions outside a killed pool never failed; those inside carried on
+    // (their state outlived the pool), so at most the requests in flight in
+    // a killed actor failed, and every failure is accounted for.
+    assert_eq!(chaos["failed_outside"], 0, "{stdout}");
+    let failed = json["requests"]["failed"].as_u64().unwrap()
+        + json["initialize"]["in_window_failed"].as_u64().unwrap();
+    assert_eq!(chaos["failed_inside"].as_u64().unwrap(), failed, "{stdout}");
+    assert!(json["requests"]["ok"].as_u64().unwrap() > 0, "{stdout}");
+    assert!(json["availability"].as_f64().is_some(), "{stdout}");
+    assert!(
+        stdout.contains("chaos         pool=250ms,session=250ms: "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  pool     7 injected"), "{stdout}");
+}
+
+#[test]
+fn a_bad_chaos_spec_is_one_clear_line() {
+    for (spec, words) in [
+        ("planet=1s", "unknown kind `planet`"),
+        ("pool=1ms", "shorter than the minimum"),
+        ("stall=1s", "needs a length"),
+    ] {
+        let (output, _) = load(&["--chaos", spec, "--duration", "1s", "--quiet"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(stderr.contains(words), "{spec}: {stderr}");
+    }
+}

@@ -10,6 +10,7 @@
 
 pub mod classify;
 pub mod client;
+pub mod schedule;
 pub mod spec;
 
 use serde::{Deserialize, Serialize};
