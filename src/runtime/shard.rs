@@ -245,6 +245,13 @@ pub fn run(start: ShardStart) -> ShardExit {
         Err(payload) => {
             let released = sockets::shutdown_all();
             tracing::error!(%shard, released, "panic escaped supervision; shard sockets shut down");
+            // What the executor does not drop is leaked; its sockets would
+            // keep their fds for good (see `sockets::close_leaked`).
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(executor)));
+            let closed = sockets::close_leaked();
+            if closed > 0 {
+                tracing::warn!(%shard, closed, "closed the dead shard's leaked sockets");
+            }
             ShardExit::Panicked(panic_message(payload.as_ref()))
         }
     }
