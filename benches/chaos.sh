@@ -9,8 +9,10 @@
 # total req/s), CHAOS ("pool=1s,shard=10s"), SHARDS (2), PROCS (2: a process
 # holds at most RLIMIT_NOFILE sockets, so 15,000 connections need the
 # generator in processes of their own), THREADS (generator threads, default
-# one per core), GRACE (1s, see `shardmcp load --help`, CHAOS), OUT
-# (target/chaos), SKIP_BUILD=1 to use target/release/shardmcp as it is.
+# one per core), GRACE (3s: each session of this run sends about every
+# 1.5 s, so a session lost with its shard fails within it; see `shardmcp
+# load --help`, CHAOS), OUT (target/chaos), SKIP_BUILD=1 to use
+# target/release/shardmcp as it is.
 # Needs jq. The server is started on free ports and stopped on exit, even on
 # failure; the reports are in $OUT/chaos.json and $OUT/chaos.txt.
 set -euo pipefail
@@ -23,7 +25,7 @@ RATE=${RATE:-10000}
 CHAOS=${CHAOS:-pool=1s,shard=10s}
 SHARDS=${SHARDS:-2}
 PROCS=${PROCS:-2}
-GRACE=${GRACE:-1s}
+GRACE=${GRACE:-3s}
 OUT=${OUT:-target/chaos}
 BIN=target/release/shardmcp
 

@@ -78,7 +78,7 @@ const CHAOS_HELP: &str = "\
 The server must run with --chaos (config chaos.enabled = true); otherwise
 every request is refused with 403. Each run prints one line, e.g.
 
-  pool shard=1 pool=3 sessions_affected=118 recovery=0.084ms
+  pool shard=1 pool=3 sessions_affected=917 recovery=4.652ms
 
 recovery is measured on the server, from the fault to the domain accepting
 work again (see README, Chaos). The same requests as HTTP:
