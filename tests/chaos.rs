@@ -201,9 +201,21 @@ fn a_killed_session_actor_is_taken_up_again_with_its_state() {
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"tools\""), "{body}");
-    // A random session on the shard.
+    // A random session on the shard; and on any shard (the other has none).
     let answer = chaos_json(&node, &format!("/admin/chaos/session?shard={}", key.shard));
     assert_eq!(answer["session"], session.as_str());
+    for _ in 0..4 {
+        let answer = chaos_json(&node, "/admin/chaos/session");
+        assert_eq!(answer["session"], session.as_str());
+    }
+    let other = 1 - key.shard;
+    let (status, body) = chaos(
+        &node,
+        "POST",
+        &format!("/admin/chaos/session?shard={other}"),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("has no sessions"), "{body}");
 }
 
 #[test]
@@ -333,14 +345,67 @@ fn a_load_run_with_pool_kills_reports_them_and_no_failure_outside_the_killed_poo
 
 #[test]
 fn a_bad_chaos_spec_is_one_clear_line() {
-    for (spec, words) in [
-        ("planet=1s", "unknown kind `planet`"),
-        ("pool=1ms", "shorter than the minimum"),
-        ("stall=1s", "needs a length"),
+    for (spec, extra, words) in [
+        ("planet=1s", "", "unknown kind `planet`"),
+        ("pool=1ms", "", "shorter than the minimum"),
+        ("stall=1s", "", "needs a length"),
+        ("pool=1s", "--idle", "--idle sends none"),
+        (
+            "pool=1s",
+            "--chaos-grace=11m",
+            "--chaos-grace must be at most 10m",
+        ),
+        ("pool=1s", "--admin=nowhere", "--admin nowhere"),
     ] {
-        let (output, _) = load(&["--chaos", spec, "--duration", "1s", "--quiet"]);
+        let mut args = vec!["--chaos", spec, "--duration", "1s", "--quiet"];
+        if !extra.is_empty() {
+            args.push(extra);
+        }
+        let (output, _) = load(&args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success());
-        assert!(stderr.contains(words), "{spec}: {stderr}");
+        assert!(stderr.contains(words), "{spec} {extra}: {stderr}");
     }
+}
+
+#[test]
+fn the_chaos_command_prints_one_line_or_one_clear_error() {
+    let node = chaos_node(true);
+    let admin = node.admin_addr().unwrap().to_string();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_shardmcp"))
+            .arg("chaos")
+            .args(args)
+            .output()
+            .expect("shardmcp chaos runs")
+    };
+    let output = run(&["pool", "--admin", &admin, "--shard", "1", "--pool", "0"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.starts_with("pool shard=1 pool=0 sessions_affected="),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" recovery="), "{stdout}");
+    for (args, words) in [
+        (
+            vec!["session", "--session", "zz"],
+            "not a shardmcp session id",
+        ),
+        (vec!["stall", "--shard", "0"], "`ms` is required for stall"),
+        (vec!["pool", "--pool", "7"], "answered 400: pool=7"),
+    ] {
+        let mut args = args;
+        args.extend(["--admin", admin.as_str()]);
+        let output = run(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(stderr.contains(words), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    let off = chaos_node(false);
+    let output = run(&["shard", "--admin", &off.admin_addr().unwrap().to_string()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("answered 403"), "{stderr}");
 }

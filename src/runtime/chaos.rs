@@ -99,6 +99,31 @@ pub(super) fn answer(
     if kind == Kind::Shard {
         return kill_shard(node, config, shard, &status);
     }
+    let outcome = on_shard(node, config, shard, kind, &params);
+    // A random session: when the shard picked has none, another may.
+    let empty = matches!(&outcome, Err((status, _)) if status.starts_with("404"));
+    if kind == Kind::Session && params.shard.is_none() && params.session.is_none() && empty {
+        for other in (0..shards as u16)
+            .map(ShardId)
+            .filter(|&other| other != shard)
+        {
+            let retried = on_shard(node, config, other, kind, &params);
+            if retried.is_ok() {
+                return retried;
+            }
+        }
+    }
+    outcome
+}
+
+/// Runs one action on `shard` and waits for its answer.
+fn on_shard(
+    node: &Sender<NodeCommand>,
+    config: &Config,
+    shard: ShardId,
+    kind: Kind,
+    params: &Params,
+) -> Result<ChaosAnswer, Refusal> {
     let (reply, answered) = bounded(1);
     node.send(NodeCommand::ToShard(
         shard,
@@ -106,7 +131,9 @@ pub(super) fn answer(
     ))
     .map_err(|_| unavailable("the node has stopped"))?;
     let wait = Duration::from_millis(
-        limits.recovery_timeout_ms + config.admin.shard_answer_timeout_ms + params.ms.unwrap_or(0),
+        config.chaos.recovery_timeout_ms
+            + config.admin.shard_answer_timeout_ms
+            + params.ms.unwrap_or(0),
     );
     answered
         .recv_timeout(wait)
