@@ -66,6 +66,12 @@ fn session_env() -> Rc<SessionEnv> {
         resource_updates: Rc::new(|_uri: &str| {}),
         mailbox_capacity: 64,
         transport: "bench",
+        records: Rc::new(shardmcp::session::SessionRecords::new(
+            1 << 20,
+            std::time::Duration::from_secs(60),
+            shardmcp::time::SystemClock::shared(),
+        )),
+        resume_wait: std::time::Duration::ZERO,
     })
 }
 

@@ -19,6 +19,7 @@ pub struct Config {
     pub otel: OtelConfig,
     pub auth: AuthConfig,
     pub protect: ProtectConfig,
+    pub chaos: ChaosConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,6 +160,35 @@ impl Default for AdminConfig {
             request_head_bytes_max: 8_192,
             page_streams_max: 4,
             page_interval_ms: 1_000,
+        }
+    }
+}
+
+/// Fault injection through the admin listener (`/admin/chaos/...`) and
+/// `shardmcp chaos`: off unless enabled, and every fault is bounded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChaosConfig {
+    /// Accept chaos requests (`serve --chaos` sets it). Off: they get 403.
+    pub enabled: bool,
+    /// Longest stall (a shard's thread blocked) one request may ask for.
+    /// Default 10000 ms.
+    pub stall_ms_max: u64,
+    /// Longest a mesh channel may be held full by one request. Default
+    /// 10000 ms.
+    pub fill_ms_max: u64,
+    /// How long a chaos request waits for the killed domain to accept work
+    /// again before it answers without a recovery time. Default 10000 ms.
+    pub recovery_timeout_ms: u64,
+}
+
+impl Default for ChaosConfig {
+    fn default() -> Self {
+        ChaosConfig {
+            enabled: false,
+            stall_ms_max: 10_000,
+            fill_ms_max: 10_000,
+            recovery_timeout_ms: 10_000,
         }
     }
 }
@@ -401,6 +431,10 @@ pub struct LimitsConfig {
     /// long after a ping, or accepts no bytes of a write for this long, is
     /// taken for dead: its session ends and the connection is closed.
     pub ws_pong_timeout_ms: u64,
+    /// A request for a session whose actor died with its pool waits this
+    /// long for the pool to be restarted and a new actor to take the
+    /// session up, before it is answered as an unknown session (404).
+    pub session_resume_wait_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -434,6 +468,7 @@ impl Default for LimitsConfig {
             definitions_per_kind_max: 10_000,
             ws_ping_interval_ms: 30_000,
             ws_pong_timeout_ms: 10_000,
+            session_resume_wait_ms: 100,
         }
     }
 }
@@ -957,6 +992,19 @@ impl Config {
                 "must be between 1 and 60000",
             ));
         }
+        let c = &self.chaos;
+        for (key, value) in [
+            ("chaos.stall_ms_max", c.stall_ms_max),
+            ("chaos.fill_ms_max", c.fill_ms_max),
+            ("chaos.recovery_timeout_ms", c.recovery_timeout_ms),
+        ] {
+            if value == 0 || value > 600_000 {
+                return Err(invalid(key, "must be between 1 and 600000"));
+            }
+        }
+        if self.limits.session_resume_wait_ms > 60_000 {
+            return Err(invalid("limits.session_resume_wait_ms", "at most 60000"));
+        }
         if a.shard_answer_timeout_ms == 0 || a.shard_answer_timeout_ms > 60_000 {
             return Err(invalid(
                 "admin.shard_answer_timeout_ms",
@@ -1196,6 +1244,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.starts_with("config key `listen.tcp`"), "{error}");
+    }
+
+    #[test]
+    fn chaos_bounds_and_the_resume_wait_are_checked_by_name() {
+        for key in ["stall_ms_max", "fill_ms_max", "recovery_timeout_ms"] {
+            for value in [0, 600_001] {
+                let error = Config::parse(&format!("[chaos]\n{key} = {value}\n"))
+                    .unwrap_err()
+                    .to_string();
+                assert!(error.contains(&format!("`chaos.{key}`")), "{error}");
+            }
+        }
+        let error = Config::parse("[limits]\nsession_resume_wait_ms = 60001\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("limits.session_resume_wait_ms"), "{error}");
+        assert!(!Config::default().chaos.enabled, "chaos is off by default");
+        assert!(
+            Config::parse("[chaos]\nenabled = true\n")
+                .unwrap()
+                .chaos
+                .enabled
+        );
     }
 
     #[test]

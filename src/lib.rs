@@ -18,6 +18,7 @@
 //! - [`registry`]: session ids (owning shard + 128 random bits) and shard-local maps.
 //! - [`supervision`]: OTP child specs, strategies, intensity, restart timing, the tree.
 //! - [`load`]: `shardmcp load`, the MCP load generator (a client; imports no other part).
+//! - [`chaos`]: fault kinds, the admin client, `load --chaos` schedules and their classification.
 //! - [`observe`]: per-shard counters and histograms; Prometheus text and tree renderers.
 //! - [`config`]: every bound as a named, documented value; TOML with unknown keys refused.
 //! - [`time`], [`sync`]: injected clock and shard-local primitives underneath it all.
@@ -25,6 +26,7 @@
 #![deny(clippy::await_holding_refcell_ref)]
 
 pub mod auth;
+pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod doctor;

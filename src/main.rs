@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             Err(error) => Err(error.to_string()),
         },
         Command::Load(args) => cli::load(args).map_err(|error| error.to_string()),
+        Command::Chaos(args) => cli::chaos(args).map_err(|error| error.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

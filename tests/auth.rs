@@ -1,7 +1,7 @@
 //! Authorization over real sockets: bearer tokens (JWT against the fixture
 //! JWKS, or static), 401/403 with their challenges, the protected resource
 //! metadata, sessions bound to the principal that opened them (across
-//! shards too), and auth off leaving everything as it was.
+//! shards too, and after the session's pool died), and auth off leaving everything as it was.
 
 mod common;
 
@@ -15,6 +15,8 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 use shardmcp::config::{AuthMode, Config};
 use shardmcp::ids::ShardId;
+use shardmcp::registry::SessionId;
+use shardmcp::runtime::Fault;
 use shardmcp::runtime::{self, NodeHandle};
 use shardmcp::server::demo;
 
@@ -385,6 +387,40 @@ fn a_session_answers_only_the_principal_that_opened_it_on_any_shard() {
     );
     assert_eq!(ended.status, 200);
     assert_eq!(post(addr, Some(&alice), Some(&session), LIST).status, 404);
+}
+
+#[test]
+fn a_session_taken_up_after_its_pool_died_still_answers_only_its_owner() {
+    let node = Node::start(auth_config(1));
+    let addr = node.addr();
+    let alice = token("alice");
+    let bob = token("bob");
+    let session = initialize(addr, &alice);
+    assert_eq!(post(addr, Some(&alice), Some(&session), LIST).status, 200);
+    let id = SessionId::parse(&session).unwrap();
+    let pools = auth_config(1).runtime.pools;
+    node.handle()
+        .inject(ShardId(0), Fault::KillPool(id.pool_index(pools)))
+        .unwrap();
+    // Let the shard see the actor's outbox close (the link goes, the
+    // record and the owner stay); Bob must not claim the session then.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let stolen = post(addr, Some(&bob), Some(&session), LIST);
+    assert_eq!(stolen.status, 404, "{}", stolen.head);
+    let ended = http(
+        addr,
+        "DELETE",
+        "/mcp",
+        Some(&bob),
+        &[("Mcp-Session-Id", &session)],
+        "",
+    );
+    assert_eq!(ended.status, 404, "nor end it");
+    // Its owner carries on in a new actor.
+    let mine = post(addr, Some(&alice), Some(&session), LIST);
+    assert_eq!(mine.status, 200, "{}", mine.head);
+    assert!(mine.body.contains(r#""tools""#));
+    assert_eq!(post(addr, Some(&bob), Some(&session), LIST).status, 404);
 }
 
 #[test]

@@ -108,6 +108,23 @@ pub struct LoadArgs {
     /// session keeps to the connection that initialized it.
     #[arg(long)]
     pub spread_sessions: bool,
+    /// Inject faults during the measured window through the server's admin
+    /// listener (--admin; the server must run with --chaos), e.g.
+    /// pool=1s,shard=10s: a comma-separated list of KIND=PERIOD, KIND one
+    /// of session, pool, shard, stall, drop, fill (stall and fill take a
+    /// length: stall=5s@20ms). Each kind hits a random target every PERIOD.
+    /// The report adds availability, failures inside and outside the
+    /// killed domains, and recovery p50/p99/max per kind (see CHAOS below).
+    #[arg(long, value_name = "SPEC")]
+    pub chaos: Option<String>,
+    /// The server's admin listener, for --chaos.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub admin: String,
+    /// --chaos: how long after a kill's answer (which comes once the domain
+    /// accepts work again) a failure of a session in the killed domain
+    /// still counts as inside it.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub chaos_grace: Duration,
     /// Run only slice K of N of the connections and sessions, writing JSON
     /// lines for a parent process on stdout (what --procs children run).
     #[arg(long, value_name = "K/N")]
@@ -137,6 +154,19 @@ REPORT
   / attempted requests and initializations in the measured window),
   re-initializations (a session answered 404 is initialized again), and the
   server's RSS when it runs on this machine.
+
+CHAOS
+  With --chaos, every failure is classified. It is inside when its session
+  (the shard is read off the Mcp-Session-Id, the pool is the id's high 64
+  random bits modulo the pool count the server's answer gives) was in the
+  domain a kill hit, and it happened between the kill's request and
+  --chaos-grace after its answer; every other failure is outside. A failed
+  initialization has no session: it is inside when it falls in any kill's
+  window. drop hits connections, not sessions: any failure in its window is
+  inside. Recovery is measured by the server: death to the domain accepting
+  work again (session and pool: a new actor answered a ping; shard: the node
+  restarted it and it bound every listener; stall: a task ran again; fill:
+  the peer answered a mesh call).
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +198,9 @@ impl LoadArgs {
             spin: self.spin,
             spread_sessions: self.spread_sessions,
             slice: self.slice.clone(),
+            chaos: self.chaos.clone(),
+            admin: Some(self.admin.clone()),
+            chaos_grace: self.chaos_grace,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `shardmcp` command line. Subcommands turn their errors into one line
 //! and an exit code; the logic lives in the library.
 
+mod chaos;
 mod doctor;
 mod load;
 mod serve;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use chaos::{chaos, ChaosArgs, ChaosCliError};
 pub use doctor::{doctor, DoctorError};
 pub use load::{load, LoadArgs, LoadCliError};
 pub use serve::{effective_config, init_logging, serve, ServeError};
@@ -46,6 +48,10 @@ pub enum Command {
     /// prints ok / warn / fail per check with its fix, and exits 1 when
     /// something would stop `serve` from working.
     Doctor(DoctorArgs),
+    /// Inject a fault into a running server started with --chaos (through
+    /// its admin listener) and print one line: what was hit and how long
+    /// the domain took to accept work again.
+    Chaos(ChaosArgs),
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +111,12 @@ pub struct ServeArgs {
     /// given, must be 1.
     #[arg(long)]
     pub stdio: bool,
+    /// Accept fault injection (`POST /admin/chaos/...` on the admin
+    /// listener, `shardmcp chaos`, `shardmcp load --chaos`): kill session
+    /// actors, pools and shards, stall shards, drop connections, fill mesh
+    /// channels. Off by default; without it chaos requests get 403.
+    #[arg(long)]
+    pub chaos: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,

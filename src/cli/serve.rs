@@ -46,6 +46,9 @@ pub fn effective_config(args: &ServeArgs) -> Result<Config, ConfigError> {
     if let Some(admin) = &args.admin {
         config.listen.admin = admin.clone();
     }
+    if args.chaos {
+        config.chaos.enabled = true;
+    }
     if args.stdio {
         // One session, so one shard; and no network unless asked for on the
         // command line, so a desktop client can start it beside a server

@@ -12,7 +12,9 @@
 //! - [`host`]: fd and port limits, the local server's pid and RSS.
 //!
 //! It speaks MCP over sockets only and knows nothing of the server's
-//! internals: it imports no other part of the crate.
+//! internals: it imports no other part of the crate but [`crate::chaos`]
+//! (`--chaos`: the admin client, schedules, classification), which itself
+//! imports nothing.
 
 pub mod conn;
 pub mod coordinator;
@@ -322,7 +324,23 @@ pub struct LoadSpec {
     pub spread_sessions: bool,
     /// This process runs slice `.0` of `.1` for a parent (`--slice K/N`).
     pub slice: Option<(u64, u64)>,
+    /// `--chaos`: faults to inject during the measured window.
+    pub chaos: Option<ChaosPlan>,
 }
+
+/// `--chaos SPEC --admin ADDR [--chaos-grace D]`, checked.
+#[derive(Debug, Clone)]
+pub struct ChaosPlan {
+    pub text: String,
+    pub spec: crate::chaos::spec::Spec,
+    pub admin: SocketAddr,
+    /// How long after a kill's answer a failure of its domain still counts
+    /// as inside it (see `chaos::classify`).
+    pub grace: Duration,
+}
+
+/// Longest `--chaos-grace`.
+pub const CHAOS_GRACE_MAX: Duration = Duration::from_secs(600);
 
 /// Settings as the command line gives them (unchecked).
 #[derive(Debug, Clone, Default)]
@@ -346,6 +364,9 @@ pub struct LoadSettings {
     pub spin: Duration,
     pub spread_sessions: bool,
     pub slice: Option<String>,
+    pub chaos: Option<String>,
+    pub admin: Option<String>,
+    pub chaos_grace: Duration,
 }
 
 impl LoadSpec {
@@ -413,6 +434,30 @@ impl LoadSpec {
             None => Vec::new(),
             Some(text) => parse_source_ips(text, wire_addr(&wire))?,
         };
+        let chaos = match &settings.chaos {
+            None => None,
+            Some(_) if slice.is_some() => None,
+            Some(_) if settings.idle => {
+                return invalid("--chaos measures failures of requests; --idle sends none".into())
+            }
+            Some(text) => {
+                let spec = crate::chaos::spec::Spec::parse(text)
+                    .map_err(|error| LoadError::Invalid(error.to_string()))?;
+                let admin_text = settings.admin.as_deref().unwrap_or("127.0.0.1:9090");
+                let admin = resolve(admin_text).map_err(|reason| {
+                    LoadError::Invalid(format!("--admin {admin_text}: {reason}"))
+                })?;
+                if settings.chaos_grace > CHAOS_GRACE_MAX {
+                    return invalid("--chaos-grace must be at most 10m".into());
+                }
+                Some(ChaosPlan {
+                    text: text.clone(),
+                    spec,
+                    admin,
+                    grace: settings.chaos_grace,
+                })
+            }
+        };
         Ok(LoadSpec {
             target,
             transport,
@@ -434,6 +479,7 @@ impl LoadSpec {
             spin: settings.spin,
             spread_sessions: settings.spread_sessions,
             slice,
+            chaos,
         })
     }
 }
@@ -625,6 +671,24 @@ pub fn run(spec: &LoadSpec, progress: Option<&mut dyn Write>) -> Result<Report, 
         progress: None,
         memory: None,
     };
+    // The schedule starts with the workers' go, its injections falling in
+    // the measured window (after the warmup).
+    let mut schedule: Option<crate::chaos::schedule::Running> = None;
+    let mut start_chaos = || -> Result<(), LoadError> {
+        if let Some(plan) = &spec.chaos {
+            schedule = Some(
+                crate::chaos::schedule::start(
+                    &plan.spec,
+                    plan.admin,
+                    spec.warmup,
+                    spec.duration,
+                    spec.timeout.max(Duration::from_secs(30)),
+                )
+                .map_err(LoadError::Spawn)?,
+            );
+        }
+        Ok(())
+    };
     let (stats, threads) = if procs == 1 {
         let share_ = spec.proc_share(0, 1);
         let plans = spec.worker_plans(&share_);
@@ -639,7 +703,7 @@ pub fn run(spec: &LoadSpec, progress: Option<&mut dyn Write>) -> Result<Report, 
             for go in &gos {
                 let _ = go.send(());
             }
-            Ok(())
+            start_chaos()
         });
         // Workers waiting for a go that will not come see their channel close.
         drop(gos);
@@ -656,15 +720,36 @@ pub fn run(spec: &LoadSpec, progress: Option<&mut dyn Write>) -> Result<Report, 
             memory: memory.as_mut(),
             ..coordination(procs as usize)
         }
-        .run(&events, || children.go());
+        .run(&events, || {
+            children.go()?;
+            start_chaos()
+        });
         let threads = (0..procs).map(|k| spec.proc_share(k, procs).threads).sum();
         children.finish(result.is_err());
         (result?, threads)
+    };
+    let chaos = match (&spec.chaos, schedule) {
+        (Some(plan), Some(running)) => {
+            let kills = running.finish();
+            let summary = crate::chaos::classify::summarize(
+                &stats.failures,
+                stats.failures_unrecorded,
+                &kills,
+                plan.grace.as_micros() as u64,
+            );
+            Some(report::ChaosReport {
+                spec: plan.text.clone(),
+                summary,
+                kills,
+            })
+        }
+        _ => None,
     };
     Ok(Report {
         info: spec.info(threads, procs),
         stats,
         server: memory,
+        chaos,
     })
 }
 

@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use super::stats::{Stats, Tick};
+use crate::chaos::classify::{Kill, Summary};
 
 /// How the run was set up (echoed in the report).
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +66,96 @@ pub struct Report {
     pub info: RunInfo,
     pub stats: Stats,
     pub server: Option<ServerUsage>,
+    /// `--chaos`: what was injected and how the failures fell.
+    pub chaos: Option<ChaosReport>,
+}
+
+/// The chaos part of a run (`--chaos`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChaosReport {
+    /// The schedule as given.
+    pub spec: String,
+    pub summary: Summary,
+    /// Every injection, in order.
+    pub kills: Vec<Kill>,
+}
+
+impl ChaosReport {
+    fn to_json(&self) -> Value {
+        let s = &self.summary;
+        let recovery: Vec<Value> = s
+            .recovery
+            .iter()
+            .map(|r| {
+                json!({
+                    "kind": r.kind,
+                    "injected": r.injected,
+                    "failed_to_inject": r.failed,
+                    "unrecovered": r.unrecovered,
+                    "sessions_affected": r.sessions_affected,
+                    "recovery_ms": {
+                        "p50": r.p50_us.map(ms),
+                        "p99": r.p99_us.map(ms),
+                        "max": r.max_us.map(ms),
+                    },
+                })
+            })
+            .collect();
+        let errors: Vec<&str> = self
+            .kills
+            .iter()
+            .filter_map(|kill| kill.error.as_deref())
+            .collect();
+        json!({
+            "spec": self.spec,
+            "grace_ms": ms(s.grace_us),
+            "failed_inside": s.failed_inside,
+            "failed_outside": s.failed_outside,
+            "failed_unclassified": s.failed_unclassified,
+            "recovery": recovery,
+            "injection_errors": errors,
+        })
+    }
+
+    fn write_text(&self, out: &mut String) {
+        let s = &self.summary;
+        let _ = writeln!(
+            out,
+            "chaos         {}: {} failed inside the killed domains, {} outside{} (window: request sent to {:.0} ms after the answer)",
+            self.spec,
+            thousands(s.failed_inside),
+            thousands(s.failed_outside),
+            if s.failed_unclassified > 0 {
+                format!(", {} not classified", thousands(s.failed_unclassified))
+            } else {
+                String::new()
+            },
+            ms(s.grace_us)
+        );
+        let show = |us: Option<u64>| us.map_or("-".to_string(), |us| format!("{:.3}", ms(us)));
+        for r in &s.recovery {
+            let _ = write!(
+                out,
+                "  {:<8} {} injected, {} sessions hit; recovery (ms) p50 {}  p99 {}  max {}",
+                r.kind.name(),
+                thousands(r.injected),
+                thousands(r.sessions_affected),
+                show(r.p50_us),
+                show(r.p99_us),
+                show(r.max_us)
+            );
+            if r.unrecovered > 0 {
+                let _ = write!(out, "; {} did not recover in time", r.unrecovered);
+            }
+            if r.failed > 0 {
+                let _ = write!(out, "; {} injections failed", r.failed);
+            }
+            out.push('\n');
+        }
+        if let Some(error) = self.kills.iter().find_map(|kill| kill.error.as_deref()) {
+            let _ = writeln!(out, "  first injection error: {error}");
+        }
+    }
 }
 
 fn ms(us: u64) -> f64 {
@@ -199,6 +290,7 @@ impl Report {
             "generator_cpu_seconds": s.cpu_seconds,
             "generator_cpu_us_per_request": per_request_us(s.cpu_seconds),
             "server": server,
+            "chaos": self.chaos.as_ref().map(ChaosReport::to_json),
         })
     }
 
@@ -333,6 +425,9 @@ impl Report {
             }
             out.push('\n');
         }
+        if let Some(chaos) = &self.chaos {
+            chaos.write_text(&mut out);
+        }
         out
     }
 }
@@ -405,6 +500,7 @@ mod tests {
                 cpu_seconds: Some(0.5),
                 cpu_start_seconds: Some(3.0),
             }),
+            chaos: None,
         }
     }
 
@@ -455,6 +551,70 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected:?} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn a_chaos_run_reports_inside_outside_and_recovery_per_kind() {
+        use crate::chaos::classify::{summarize, Failure, SessionKey};
+        use crate::chaos::{ChaosAnswer, Kind};
+        let kill = |sent_us: u64, recovery_us: u64| Kill {
+            kind: Kind::Pool,
+            sent_us,
+            answered_us: sent_us + recovery_us,
+            answer: Some(ChaosAnswer {
+                kind: Some(Kind::Pool),
+                shard: 0,
+                pool: Some(0),
+                pools: 2,
+                sessions_affected: 5,
+                recovery_us: Some(recovery_us),
+                ..ChaosAnswer::default()
+            }),
+            error: None,
+        };
+        let kills = vec![kill(1_000, 100), kill(5_000, 300)];
+        let in_pool = SessionKey {
+            shard: 0,
+            high: 2,
+            low: 0,
+        };
+        let elsewhere = SessionKey {
+            shard: 1,
+            high: 2,
+            low: 0,
+        };
+        let failures = [
+            Failure {
+                at_us: 1_050,
+                session: Some(in_pool),
+            },
+            Failure {
+                at_us: 1_050,
+                session: Some(elsewhere),
+            },
+        ];
+        let mut report = sample();
+        report.chaos = Some(ChaosReport {
+            spec: "pool=1s".into(),
+            summary: summarize(&failures, 0, &kills, 1_000),
+            kills,
+        });
+        let json = report.to_json();
+        assert_eq!(json["chaos"]["failed_inside"], 1);
+        assert_eq!(json["chaos"]["failed_outside"], 1);
+        assert_eq!(json["chaos"]["recovery"][0]["kind"], "pool");
+        assert_eq!(json["chaos"]["recovery"][0]["injected"], 2);
+        assert_eq!(json["chaos"]["recovery"][0]["sessions_affected"], 10);
+        assert_eq!(json["chaos"]["recovery"][0]["recovery_ms"]["p50"], 0.1);
+        assert_eq!(json["chaos"]["recovery"][0]["recovery_ms"]["max"], 0.3);
+        let text = report.to_text();
+        for expected in [
+            "chaos         pool=1s: 1 failed inside the killed domains, 1 outside",
+            "  pool     2 injected, 10 sessions hit; recovery (ms) p50 0.100  p99 0.300  max 0.300",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing from\n{text}");
+        }
+        assert_eq!(sample().to_json()["chaos"], Value::Null);
     }
 
     #[test]

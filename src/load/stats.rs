@@ -3,6 +3,7 @@
 //! 3 significant digits); a child process hands its histograms to the parent
 //! in hdrhistogram's V2 format, hex-encoded inside a JSON line.
 
+use crate::chaos::classify::{Failure, SessionKey};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -119,7 +120,18 @@ pub struct Stats {
     pub bytes_received: u64,
     /// CPU time the generator's threads used in the measured window, seconds.
     pub cpu_seconds: f64,
+    /// Each failure in the measured window, when and for which session
+    /// (for `--chaos`: inside or outside the killed domain); at most
+    /// `FAILURES_RECORDED_MAX` per worker, the rest only counted.
+    #[serde(default)]
+    pub failures: Vec<Failure>,
+    #[serde(default)]
+    pub failures_unrecorded: u64,
 }
+
+/// Failures one worker records one by one (24 bytes each); past it they
+/// are only counted, so a dead server cannot grow the generator's memory.
+pub const FAILURES_RECORDED_MAX: usize = 100_000;
 
 impl Stats {
     pub fn new(operations: usize) -> Stats {
@@ -142,7 +154,22 @@ impl Stats {
             bytes_sent: 0,
             bytes_received: 0,
             cpu_seconds: 0.0,
+            failures: Vec::new(),
+            failures_unrecorded: 0,
         }
+    }
+
+    /// Notes one failure in the measured window (`session`: its id, when
+    /// it had one).
+    pub fn record_failure_at(&mut self, session: Option<&str>) {
+        if self.failures.len() >= FAILURES_RECORDED_MAX {
+            self.failures_unrecorded += 1;
+            return;
+        }
+        self.failures.push(Failure {
+            at_us: crate::chaos::schedule::unix_us(),
+            session: session.and_then(SessionKey::parse),
+        });
     }
 
     pub fn record_ok(&mut self, op: usize, latency_us: u64) {
@@ -225,6 +252,8 @@ impl Stats {
         self.bytes_sent += other.bytes_sent;
         self.bytes_received += other.bytes_received;
         self.cpu_seconds += other.cpu_seconds;
+        self.failures.extend_from_slice(&other.failures);
+        self.failures_unrecorded += other.failures_unrecorded;
         Ok(())
     }
 }

@@ -480,11 +480,22 @@ impl Worker {
             (Err(kind), Phase::Setup) => {
                 *stats.errors.entry(format!("setup:{kind}")).or_insert(0) += 1;
             }
-            (Err(kind), _) => stats.record_init_failure(*kind, phase == Phase::Measured),
+            (Err(kind), _) => {
+                stats.record_init_failure(*kind, phase == Phase::Measured);
+                if phase == Phase::Measured {
+                    stats.record_failure_at(None);
+                }
+            }
         }
     }
 
-    fn record_request(&self, op: usize, intended: Duration, result: Result<(), ErrorKind>) {
+    fn record_request(
+        &self,
+        op: usize,
+        intended: Duration,
+        result: Result<(), ErrorKind>,
+        session: Option<&str>,
+    ) {
         let latency = self.now().saturating_sub(intended);
         let latency_us = latency.as_micros() as u64;
         {
@@ -503,7 +514,10 @@ impl Worker {
         let mut stats = self.stats();
         match result {
             Ok(()) => stats.record_ok(op, latency_us),
-            Err(kind) => stats.record_failure(op, kind),
+            Err(kind) => {
+                stats.record_failure(op, kind);
+                stats.record_failure_at(session);
+            }
         }
     }
 
@@ -882,7 +896,7 @@ async fn http_run(worker: &Worker, conn: &mut Option<Conn>, index: usize) {
             Err(kind) => Err(kind),
         };
         let connect_failed = result == Err(ErrorKind::Connect);
-        worker.record_request(op, intended, result);
+        worker.record_request(op, intended, result, session.as_deref());
         if connect_failed {
             glommio::timer::sleep(RECONNECT_BACKOFF).await;
         }
@@ -1047,7 +1061,7 @@ async fn tcp_run(worker: &Worker, conn: &mut Option<Conn>, index: usize) {
                 Err(ErrorKind::Timeout)
             }
         };
-        worker.record_request(op, intended, result);
+        worker.record_request(op, intended, result, None);
     }
 }
 

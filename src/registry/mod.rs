@@ -113,6 +113,12 @@ impl<V: Clone> Registry<V> {
         self.sessions.borrow().get(id).map(f)
     }
 
+    /// The `n`th session id in the map's order (chaos picks one at random;
+    /// O(n), control path only).
+    pub fn nth_id(&self, n: usize) -> Option<SessionId> {
+        self.sessions.borrow().keys().nth(n).copied()
+    }
+
     pub fn contains(&self, id: &SessionId) -> bool {
         self.sessions.borrow().contains_key(id)
     }

@@ -209,6 +209,18 @@ impl Worker {
 
     fn answer(&self, head: &RequestHead) -> Response {
         let path = path_of(head);
+        if path.starts_with("/admin/chaos/") {
+            return match super::chaos::answer(&head.method, &head.path, &self.node, &self.config) {
+                Ok(answer) => Response {
+                    status: "200 OK",
+                    content_type: "application/json",
+                    body: serde_json::to_vec(&answer).unwrap_or_default(),
+                    allow: false,
+                    headers: "",
+                },
+                Err((status, body)) => Response::text(status, body),
+            };
+        }
         let known = matches!(
             path,
             "/metrics"
@@ -847,6 +859,7 @@ mod tests {
                     },
                     restarts: 1,
                     held: false,
+                    last_recovery_us: None,
                 })
                 .collect(),
             shard_restarts_max: 5,

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod admin_page;
+pub mod chaos;
 pub mod node;
 pub mod shard;
 

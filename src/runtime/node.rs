@@ -145,6 +145,9 @@ pub struct ShardStatus {
     pub restarts: u64,
     /// Its restart is held (see [`NodeHandle::hold_restarts`]).
     pub held: bool,
+    /// Its last death to its restarted self having bound every listener
+    /// again, µs, as the node saw both (None before any restart).
+    pub last_recovery_us: Option<u64>,
 }
 
 impl ShardStatus {
@@ -421,6 +424,9 @@ struct ShardSlot {
     held: bool,
     /// Why it died, while a held restart waits.
     pending_restart: Option<ShardExit>,
+    /// When the node saw it die, until it is up again.
+    died_at: Option<Instant>,
+    last_recovery: Option<Duration>,
 }
 
 impl ShardSlot {
@@ -530,6 +536,8 @@ impl Node {
                 listening: Vec::new(),
                 held: false,
                 pending_restart: None,
+                died_at: None,
+                last_recovery: None,
             });
         }
 
@@ -755,6 +763,9 @@ impl Node {
                     listening: slot.listening.clone(),
                     restarts: slot.restarts,
                     held: slot.held,
+                    last_recovery_us: slot
+                        .last_recovery
+                        .map(|d| d.as_micros().min(u128::from(u64::MAX)) as u64),
                 })
                 .collect(),
             shard_restarts_max: self.config.runtime.shard_restarts_max,
@@ -796,6 +807,7 @@ impl Node {
                 let slot = &mut self.slots[shard.index()];
                 slot.running = false;
                 slot.listening.clear();
+                slot.died_at = Some(Instant::now());
                 // Its peers stop sending to it and fail their calls now.
                 self.mesh.close_shard(shard);
                 let _ = self.observer.try_send(NodeEvent::Shard(ShardEvent::Exited {
@@ -826,8 +838,14 @@ impl Node {
             ShardEvent::Listening { shard, kind, .. } => {
                 // Noted before observers hear of it, so a status asked after
                 // the event already shows it.
+                let expected = usize::from(self.tcp.is_some()) + usize::from(self.http.is_some());
                 if let Some(slot) = self.slots.get_mut(shard.index()) {
                     slot.note_listening(kind);
+                    if slot.listening.len() >= expected {
+                        if let Some(died_at) = slot.died_at.take() {
+                            slot.last_recovery = Some(died_at.elapsed());
+                        }
+                    }
                 }
                 let _ = self.observer.try_send(NodeEvent::Shard(event));
             }

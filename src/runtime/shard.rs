@@ -76,6 +76,8 @@ pub enum ShardMessage {
     StreamEnd { stream: u64 },
     /// End a session owned by the receiving shard (HTTP DELETE elsewhere).
     DeleteSession(SessionId, Caller),
+    /// Chaos: what a full mesh channel is held full with; ignored.
+    Filler,
 }
 
 /// An [`Answer`] as it crosses the mesh: a stream's events follow apart.
@@ -141,6 +143,13 @@ pub enum ShardControl {
     /// Node-wide definition changes: built and applied on this shard as one
     /// edit (its sessions hear once per list), then acknowledged.
     Change(Vec<Change>, Sender<ChangeReply>),
+    /// A chaos action (see `runtime::chaos`), answered once the domain
+    /// accepts work again.
+    Chaos(
+        crate::chaos::Kind,
+        crate::chaos::Params,
+        Sender<Result<crate::chaos::ChaosAnswer, super::chaos::Refusal>>,
+    ),
 }
 
 /// How a node-wide change went, as the node and its shards report it.
@@ -243,6 +252,13 @@ pub fn run(start: ShardStart) -> ShardExit {
         Err(payload) => {
             let released = sockets::shutdown_all();
             tracing::error!(%shard, released, "panic escaped supervision; shard sockets shut down");
+            // What the executor does not drop is leaked; its sockets would
+            // keep their fds for good (see `sockets::close_leaked`).
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(executor)));
+            let closed = sockets::close_leaked();
+            if closed > 0 {
+                tracing::warn!(%shard, closed, "closed the dead shard's leaked sockets");
+            }
             ShardExit::Panicked(panic_message(payload.as_ref()))
         }
     }
@@ -272,6 +288,8 @@ pub struct ShardContext {
     /// HTTP requests this shard sent to their session's owner.
     forwarded_total: std::cell::Cell<u64>,
     root: RefCell<Option<Supervisor>>,
+    /// What every session of the shard shares (set once the tree is built).
+    sessions: RefCell<Option<Rc<SessionEnv>>>,
     stop: Event,
     draining: std::cell::Cell<bool>,
 }
@@ -329,6 +347,7 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         next_stream: std::cell::Cell::new(0),
         forwarded_total: std::cell::Cell::new(0),
         root: RefCell::new(None),
+        sessions: RefCell::new(None),
         stop: Event::new(),
         draining: std::cell::Cell::new(false),
     });
@@ -366,7 +385,15 @@ async fn run_tree(start: ShardStart) -> ShardExit {
         mailbox_capacity: config.limits.session_mailbox_capacity,
         // Each listener gets a copy labelled with its own transport.
         transport: "none",
+        records: Rc::new(crate::session::SessionRecords::new(
+            sessions_max,
+            Duration::from_millis(config.limits.http_session_idle_ms),
+            clock.clone(),
+        )),
+        resume_wait: Duration::from_millis(config.limits.session_resume_wait_ms),
     });
+    ctx.http.set_records(sessions.records.clone());
+    *ctx.sessions.borrow_mut() = Some(sessions.clone());
     let root = match build_tree(
         &ctx,
         &sessions,
@@ -534,6 +561,9 @@ async fn sweep_http(ctx: Rc<ShardContext>, child: ChildContext) -> ExitReason {
             return ExitReason::Shutdown;
         }
         ctx.http.sweep(&ctx.registry);
+        if let Some(sessions) = ctx.sessions_env() {
+            sessions.records.sweep();
+        }
     }
 }
 
@@ -604,7 +634,8 @@ fn install_mesh_handler(ctx: &Rc<ShardContext>) {
                 // Replies are taken by the mesh itself; nothing else is sent here.
                 ShardMessage::SessionReply(_)
                 | ShardMessage::SessionUnknown
-                | ShardMessage::HttpAnswer(_) => {}
+                | ShardMessage::HttpAnswer(_)
+                | ShardMessage::Filler => {}
             }
         });
 }
@@ -622,7 +653,13 @@ async fn serve_forwarded(
     caller: Caller,
     stream: u64,
 ) {
-    let answer = match ctx.registry.get(&session) {
+    let handle = match ctx.sessions_env() {
+        Some(env) => {
+            crate::session::find_or_resume(&ctx.registry, &ctx.pools, &env, &session).await
+        }
+        None => ctx.registry.get(&session),
+    };
+    let answer = match handle {
         Some(handle) => ctx.http.exchange(&handle, exchange, caller).await,
         None => Answer::UnknownSession,
     };
@@ -733,6 +770,11 @@ impl Forward for MeshForward {
 }
 
 impl ShardContext {
+    /// What the shard's sessions share, once the tree is built.
+    pub fn sessions_env(&self) -> Option<Rc<SessionEnv>> {
+        self.sessions.borrow().clone()
+    }
+
     pub fn report(&self) -> ShardReport {
         let root = self.root.borrow().clone();
         let restart_durations = root
@@ -836,6 +878,9 @@ async fn control_loop(
                 ShardControl::Change(changes, done) => {
                     let applied = ctx.server.apply(&changes).map(|_| ());
                     let _ = done.send(ChangeReply::Applied(ctx.shard, applied));
+                }
+                ShardControl::Chaos(kind, params, reply) => {
+                    super::chaos::spawn(&ctx, kind, params, reply)
                 }
             }
         }

@@ -17,10 +17,13 @@ use crate::protocol::request_state::StateKey;
 use crate::registry::{Registry, RegistryError, SessionId};
 use crate::server::LiveServer;
 use crate::supervision::{ChildContext, ChildFuture, ExitReason, StartFn};
-use crate::sync::{oneshot, OneshotSender};
+use crate::sync::{oneshot, Event, OneshotSender};
 use crate::time::SharedClock;
 
-pub use mcp::{McpSession, OutFrame, SessionLimits, UpdateHook};
+pub use mcp::{McpSession, OutFrame, ResumeState, SessionLimits, UpdateHook};
+pub use records::SessionRecords;
+
+mod records;
 
 /// One frame for a session actor. The reply (`None` for a notification)
 /// goes back through `reply`, or into the session's outbox when there is none.
@@ -35,6 +38,9 @@ pub struct SessionHandle {
     id: SessionId,
     mailbox: Rc<LocalSender<SessionRequest>>,
     session: Rc<McpSession>,
+    /// Set to kill the actor as a crash would (chaos): its state is kept
+    /// in the shard's records and a new actor takes the session up.
+    kill: Event,
 }
 
 pub type SessionRegistry = Registry<SessionHandle>;
@@ -119,6 +125,18 @@ impl SessionHandle {
     pub fn task_count(&self) -> usize {
         self.session.task_count()
     }
+
+    /// Initialized (so its state can outlive its actor).
+    pub fn is_ready(&self) -> bool {
+        self.session.is_ready()
+    }
+
+    /// Kills the actor as a crash would: requests in flight fail, the
+    /// session's state goes to the shard's records, and the next request
+    /// (or [`find_or_resume`]) starts a new actor that carries it on.
+    pub fn kill(&self) {
+        self.kill.set();
+    }
 }
 
 /// What every session of a shard shares: the shard's server and the bounds.
@@ -139,6 +157,12 @@ pub struct SessionEnv {
     /// The transport its sessions arrive on (`tcp`, `http`...), the label
     /// they are counted under.
     pub transport: &'static str,
+    /// State of sessions whose actor died, kept by the shard (outliving
+    /// pools) until a new actor takes it up.
+    pub records: Rc<SessionRecords>,
+    /// How long a request for a dead actor's session waits for its pool to
+    /// come back before it is answered as an unknown session.
+    pub resume_wait: std::time::Duration,
 }
 
 impl SessionEnv {
@@ -178,19 +202,86 @@ pub fn close(registry: &SessionRegistry, id: &SessionId) {
     registry.remove(id);
 }
 
-/// The start function of one session actor.
+/// The live actor of session `id`; when its actor died with its pool (or
+/// was killed) and the shard kept its state, a new actor in the session's
+/// pool takes it up first, so the client never sees the loss. Waits up to
+/// `env.resume_wait` for a pool that is restarting. None for a session the
+/// shard does not know (never opened, closed, or its record expired).
+pub async fn find_or_resume(
+    registry: &Rc<SessionRegistry>,
+    pools: &PoolSet,
+    env: &Rc<SessionEnv>,
+    id: &SessionId,
+) -> Option<SessionHandle> {
+    if let Some(handle) = registry.get(id) {
+        return Some(handle);
+    }
+    if !env.records.contains(id) {
+        return None;
+    }
+    let started = env.clock.now();
+    loop {
+        // Another request may have resumed it while this one waited.
+        if let Some(handle) = registry.get(id) {
+            return Some(handle);
+        }
+        match resume(registry, pools, env, id) {
+            Ok(handle) => return Some(handle),
+            Err(SessionError::Pool(PoolError::Down(_)))
+                if env.clock.now().saturating_sub(started) < env.resume_wait =>
+            {
+                env.clock.sleep(RESUME_RETRY).await;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Pause between tries to resume a session whose pool is restarting.
+const RESUME_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Starts a new actor for session `id` from its record (taken from the
+/// records only once the actor runs).
+pub fn resume(
+    registry: &Rc<SessionRegistry>,
+    pools: &PoolSet,
+    env: &Rc<SessionEnv>,
+    id: &SessionId,
+) -> Result<SessionHandle, SessionError> {
+    let Some(transport) = env.records.transport(id) else {
+        return Err(SessionError::Gone(*id));
+    };
+    let env = if transport == env.transport {
+        env.clone()
+    } else {
+        Rc::new(SessionEnv {
+            transport,
+            ..SessionEnv::clone(env)
+        })
+    };
+    pools.start_session(id, actor(*id, registry.clone(), env))?;
+    registry.get(id).ok_or(SessionError::Gone(*id))
+}
+
+/// The start function of one session actor. A session with a record (its
+/// previous actor died) starts from the recorded state.
 pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, env: Rc<SessionEnv>) -> StartFn {
     Rc::new(move |ctx: ChildContext| -> ChildFuture {
         let (sender, receiver) = local_channel::new_bounded(env.mailbox_capacity);
         let session = env.new_session();
         session.set_session_id(id);
+        let kill = Event::new();
         let handle = SessionHandle {
             id,
             mailbox: Rc::new(sender),
             session: session.clone(),
+            kill: kill.clone(),
         };
         if let Err(error) = registry.insert(id, handle) {
             return Box::pin(async move { ExitReason::Error(error.to_string()) });
+        }
+        if let Some(state) = env.records.take(&id) {
+            session.resume(state);
         }
         crate::observe::record_session_opened(env.transport);
         let cleanup = Cleanup {
@@ -198,19 +289,37 @@ pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, env: Rc<SessionEnv>) 
             id,
             session: session.clone(),
             transport: env.transport,
+            records: env.records.clone(),
+            ended: std::cell::Cell::new(false),
         };
         Box::pin(async move {
-            let _cleanup = cleanup;
+            let cleanup = cleanup;
             loop {
-                let next = future::or(async { Some(receiver.recv().await) }, async {
-                    ctx.shutdown_requested().await;
-                    None
-                })
+                let next = future::or(
+                    future::or(async { Some(Some(receiver.recv().await)) }, async {
+                        ctx.shutdown_requested().await;
+                        None
+                    }),
+                    async {
+                        kill.wait().await;
+                        Some(None)
+                    },
+                )
                 .await;
                 match next {
-                    None => return ExitReason::Shutdown,
-                    Some(None) => return ExitReason::Normal,
-                    Some(Some(request)) => {
+                    None => {
+                        cleanup.ended.set(true);
+                        return ExitReason::Shutdown;
+                    }
+                    Some(None) => {
+                        // Killed: a crash, whose state the shard keeps.
+                        return ExitReason::Error("killed (chaos)".to_string());
+                    }
+                    Some(Some(None)) => {
+                        cleanup.ended.set(true);
+                        return ExitReason::Normal;
+                    }
+                    Some(Some(Some(request))) => {
                         let session = session.clone();
                         // glommio runs the task at once up to its first await:
                         // quick requests answer without a queue hop.
@@ -233,17 +342,25 @@ pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, env: Rc<SessionEnv>) 
 
 /// However the actor ends (exit, panic or kill: its future is dropped in
 /// every case), the session leaves the registry and its running requests
-/// are cancelled.
+/// are cancelled. An actor that did not end on purpose (killed, its pool
+/// crashed) leaves its state in the shard's records for a new actor.
 struct Cleanup {
     registry: Rc<SessionRegistry>,
     id: SessionId,
     session: Rc<McpSession>,
     transport: &'static str,
+    records: Rc<SessionRecords>,
+    /// The actor ended normally (closed) or was asked to shut down.
+    ended: std::cell::Cell<bool>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         self.registry.remove(&self.id);
+        if !self.ended.get() && self.session.is_ready() {
+            self.records
+                .keep(self.id, self.session.resume_state(), self.transport);
+        }
         self.session.close();
         crate::observe::record_session_closed(self.transport);
     }

@@ -34,12 +34,12 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 
-use crate::auth::{Caller, Guard};
+use crate::auth::{Caller, Guard, PrincipalId};
 use crate::config::LimitsConfig;
 use crate::protocol::jsonrpc::{decode, Id, Incoming, Message};
 use crate::protocol::version::{era_of, HANDSHAKE_VERSIONS};
 use crate::registry::{IdHasher, SessionId};
-use crate::session::{self, OutFrame, SessionHandle, SessionRegistry};
+use crate::session::{self, OutFrame, SessionHandle, SessionRecords, SessionRegistry};
 use crate::sync::Event;
 use crate::time::SharedClock;
 
@@ -133,6 +133,13 @@ pub struct HttpSessions {
     forward: RefCell<Option<Rc<dyn Forward>>>,
     /// Set once at shard start when `[auth]` is on.
     auth: OnceCell<Guard>,
+    /// The shard's records of sessions whose actor died (set at shard
+    /// start): a session that will be taken up again keeps its owner here.
+    records: OnceCell<Rc<SessionRecords>>,
+    /// Owners of sessions whose actor died and whose record waits to be
+    /// taken up (auth on only): the new actor answers the same principal.
+    /// Bounded by the records; pruned by `sweep`.
+    orphans: RefCell<HashMap<SessionId, PrincipalId, BuildHasherDefault<IdHasher>>>,
     clock: SharedClock,
     session_idle: Duration,
 }
@@ -153,6 +160,8 @@ impl HttpSessions {
             links: RefCell::new(Links::default()),
             forward: RefCell::new(None),
             auth: OnceCell::new(),
+            records: OnceCell::new(),
+            orphans: RefCell::new(HashMap::default()),
             clock,
             session_idle: Duration::from_millis(limits.http_session_idle_ms),
         }
@@ -167,11 +176,34 @@ impl HttpSessions {
         let _ = self.auth.set(guard);
     }
 
+    /// Where this shard keeps the state of sessions whose actor died.
+    pub fn set_records(&self, records: Rc<SessionRecords>) {
+        let _ = self.records.set(records);
+    }
+
+    /// The session's outbox closed. If its actor died and left a record
+    /// (it will be taken up again), its owner is kept for the new actor, so
+    /// another principal cannot claim the session meanwhile.
+    fn outbox_closed(&self, id: &SessionId) {
+        let owner = self.links.borrow().get(id).and_then(|link| link.owner);
+        let resumable = self
+            .records
+            .get()
+            .is_some_and(|records| records.contains(id));
+        if let (Some(owner), true) = (owner, resumable) {
+            self.orphans.borrow_mut().insert(*id, owner);
+        }
+        self.forget_session(id);
+    }
+
     /// Whether `caller` may use (or end) session `id`: its owner only.
     pub fn admits(&self, id: &SessionId, caller: Caller) -> bool {
         match self.links.borrow().get(id) {
             Some(link) => link.owner == caller,
-            None => caller.is_none(),
+            None => match self.orphans.borrow().get(id) {
+                Some(owner) => Some(*owner) == caller,
+                None => caller.is_none(),
+            },
         }
     }
 
@@ -297,6 +329,11 @@ impl HttpSessions {
             session::close(registry, &id);
             self.forget_session(&id);
         }
+        if let Some(records) = self.records.get() {
+            self.orphans
+                .borrow_mut()
+                .retain(|id, _| records.contains(id));
+        }
         self.store.expire();
     }
 
@@ -314,9 +351,14 @@ impl HttpSessions {
             link.last_seen.set(now);
             return true;
         }
+        let orphaned = self.orphans.borrow().get(&id).copied();
+        if orphaned.is_some_and(|owner| Some(owner) != caller) {
+            return false;
+        }
         let Some(outbox) = handle.take_outbox() else {
             return false;
         };
+        self.orphans.borrow_mut().remove(&id);
         self.links.borrow_mut().insert(
             id,
             Link {
@@ -395,7 +437,7 @@ async fn route_frames(
     }
     // The session ended (its outbox closed): so do its streams.
     if let Some(sessions) = sessions.upgrade() {
-        sessions.forget_session(&id);
+        sessions.outbox_closed(&id);
     }
 }
 
@@ -997,7 +1039,8 @@ async fn run_exchange(
         let events = local_channel::new_bounded(STREAM_FRAMES_MAX);
         return forward.exchange(id, exchange, caller, events).await;
     }
-    match service.registry.get(&id) {
+    // A session whose actor died with its pool is taken up again here.
+    match session::find_or_resume(&service.registry, &service.pools, &service.sessions, &id).await {
         Some(handle) => sessions.exchange(&handle, exchange, caller).await,
         None => Answer::UnknownSession,
     }

@@ -48,14 +48,74 @@ impl Drop for Tracked {
 }
 
 /// Shuts down every socket this thread still tracks; returns how many.
+/// They stay tracked: an owner dropped later untracks its own, and
+/// [`close_leaked`] closes what is left once the executor is gone.
 pub fn shutdown_all() -> usize {
     LIVE.with(|live| {
-        let fds: Vec<RawFd> = live.borrow_mut().drain().collect();
+        let fds: Vec<RawFd> = live.borrow().iter().copied().collect();
         for &fd in &fds {
             // SAFETY: shutdown(2) only changes the state of the socket the fd
             // names; the fd stays open and owned by its (leaked) object.
             unsafe {
                 libc::shutdown(fd, libc::SHUT_RDWR);
+            }
+        }
+        fds.len()
+    })
+}
+
+/// Shuts down `fraction` (in (0, 1]) of this thread's client connections,
+/// leaving listeners alone (chaos: dropped connections); returns how many.
+pub fn shutdown_connections(fraction: f64) -> usize {
+    LIVE.with(|live| {
+        let live = live.borrow();
+        let connections: Vec<RawFd> = live
+            .iter()
+            .copied()
+            .filter(|&fd| !is_listener(fd))
+            .collect();
+        let count = ((connections.len() as f64) * fraction.clamp(0.0, 1.0)).ceil() as usize;
+        for &fd in connections.iter().take(count) {
+            // SAFETY: as in shutdown_all: only the socket's state changes.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+            }
+        }
+        count.min(connections.len())
+    })
+}
+
+/// Whether `fd` is a listening socket (SO_ACCEPTCONN).
+fn is_listener(fd: RawFd) -> bool {
+    let mut value: libc::c_int = 0;
+    let mut length = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `length` bytes into `value`.
+    let result = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut length,
+        )
+    };
+    result == 0 && value != 0
+}
+
+/// Closes every socket this thread still tracks. Only for a thread whose
+/// executor is gone: a socket still tracked then belongs to an object that
+/// was leaked (never dropped), so nothing else will ever close it, and
+/// without this a dead shard's connections would hold their fds for the
+/// process's lifetime (at 15,000 connections, two shard deaths exhaust a
+/// 20,000 fd limit). Returns how many.
+pub fn close_leaked() -> usize {
+    LIVE.with(|live| {
+        let fds: Vec<RawFd> = live.borrow_mut().drain().collect();
+        for &fd in &fds {
+            // SAFETY: the owner of `fd` was leaked with the executor and
+            // will never close it (see above); nothing else holds the number.
+            unsafe {
+                libc::close(fd);
             }
         }
         fds.len()

@@ -344,7 +344,7 @@ async fn run(worker: &Rc<Worker>, conn: &mut Option<Conn>, index: usize) {
             Err(kind) => Err(kind),
         };
         let connect_failed = result == Err(ErrorKind::Connect);
-        worker.record_request(op, intended, result);
+        worker.record_request(op, intended, result, None);
         if connect_failed {
             glommio::timer::sleep(RECONNECT_BACKOFF).await;
         }

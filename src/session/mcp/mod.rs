@@ -101,6 +101,7 @@ enum Phase {
     Ready,
 }
 
+#[derive(Clone)]
 struct Negotiated {
     version: &'static str,
     client_info: Value,
@@ -165,6 +166,16 @@ pub struct McpSession {
 
 /// Announces a resource change to the whole node.
 pub type UpdateHook = Rc<dyn Fn(&str)>;
+
+/// A session's state as it outlives its actor (see [`McpSession::resume_state`]).
+#[derive(Clone)]
+pub struct ResumeState {
+    negotiated: Option<Negotiated>,
+    phase: Phase,
+    era: Option<Era>,
+    log_level: LogLevel,
+    subscriptions: HashSet<String>,
+}
 
 /// A frame for the client, tagged with the request it belongs to (if any),
 /// so a transport with one stream per request can route it. An empty frame
@@ -284,6 +295,29 @@ impl McpSession {
     /// Tasks this session holds (for metrics).
     pub fn task_count(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// What a new actor needs to carry this session on after its actor
+    /// died (chaos, a pool crash): the negotiated handshake, log level and
+    /// subscriptions. Requests in flight and pending client requests die
+    /// with the actor.
+    pub fn resume_state(&self) -> ResumeState {
+        ResumeState {
+            negotiated: self.negotiated.borrow().clone(),
+            phase: self.phase.get(),
+            era: self.era.get(),
+            log_level: self.log_level.get(),
+            subscriptions: self.subscriptions.borrow().clone(),
+        }
+    }
+
+    /// Takes up `state` in a fresh session (before its first request).
+    pub fn resume(&self, state: ResumeState) {
+        *self.negotiated.borrow_mut() = state.negotiated;
+        self.phase.set(state.phase);
+        self.era.set(state.era);
+        self.log_level.set(state.log_level);
+        *self.subscriptions.borrow_mut() = state.subscriptions;
     }
 
     /// Ends the session: running requests and tasks are cancelled and
