@@ -20,7 +20,7 @@ fn run<F: Future<Output = ()> + 'static>(f: F) {
 /// elicitation declared), with its outbox.
 async fn suite_session() -> (
     Rc<McpSession>,
-    glommio::channels::local_channel::LocalReceiver<OutFrame>,
+    glommio::channels::local_channel::LocalReceiver<Box<OutFrame>>,
 ) {
     let session = McpSession::new(
         shardmcp::server::LiveServer::new(demo::build().unwrap()),
@@ -77,7 +77,7 @@ fn is_base64(text: &str) -> bool {
 /// Runs a tool while answering the one request it sends to the client.
 async fn tool_asking(
     session: &Rc<McpSession>,
-    outbox: &glommio::channels::local_channel::LocalReceiver<OutFrame>,
+    outbox: &glommio::channels::local_channel::LocalReceiver<Box<OutFrame>>,
     name: &str,
     arguments: Value,
     answer: Value,

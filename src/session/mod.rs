@@ -102,7 +102,7 @@ impl SessionHandle {
 
     /// The frames for the client (notifications, and the answers to `send`);
     /// one transport connection takes it.
-    pub fn take_outbox(&self) -> Option<LocalReceiver<OutFrame>> {
+    pub fn take_outbox(&self) -> Option<LocalReceiver<Box<OutFrame>>> {
         self.session.take_outbox()
     }
 

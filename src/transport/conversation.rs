@@ -115,7 +115,7 @@ async fn pump(
     io: &mut impl Conversation,
     site: &Site<'_>,
     session: &SessionHandle,
-    outbox: &LocalReceiver<OutFrame>,
+    outbox: &LocalReceiver<Box<OutFrame>>,
 ) -> Ending {
     // Once reading stops: why, and the deadline for what is still in flight.
     let mut stopped: Option<(Ending, Sleep)> = None;

@@ -426,13 +426,13 @@ impl HttpSessions {
 async fn route_frames(
     sessions: Weak<HttpSessions>,
     id: SessionId,
-    outbox: LocalReceiver<OutFrame>,
+    outbox: LocalReceiver<Box<OutFrame>>,
 ) {
     while let Some(frame) = outbox.recv().await {
         let Some(sessions) = sessions.upgrade() else {
             return;
         };
-        sessions.route(id, frame);
+        sessions.route(id, *frame);
         sessions.routed_one(&id);
     }
     // The session ended (its outbox closed): so do its streams.

@@ -141,8 +141,10 @@ pub struct McpSession {
     /// Least severe log level the client wants (`logging/setLevel`).
     log_level: Cell<LogLevel>,
     clock: SharedClock,
-    outbox: LocalSender<OutFrame>,
-    outbox_receiver: RefCell<Option<LocalReceiver<OutFrame>>>,
+    /// Frames are boxed: the bounded channel allocates every slot when the
+    /// session opens, and an idle session should not pay ~64 bytes per slot.
+    outbox: LocalSender<Box<OutFrame>>,
+    outbox_receiver: RefCell<Option<LocalReceiver<Box<OutFrame>>>>,
     /// Task-augmented calls of this session, in the shard's task store.
     tasks: TaskTable,
     /// Which era this session speaks, once its first request fixed it.
@@ -392,14 +394,14 @@ impl McpSession {
     /// whoever made the change: the notice is dropped and logged.
     fn send_notices(&self, frames: Vec<(Option<Id>, Bytes)>, what: &'static str) {
         for (related, frame) in frames {
-            if let Err(error) = self.outbox.try_send(OutFrame { related, frame }) {
+            if let Err(error) = self.outbox.try_send(Box::new(OutFrame { related, frame })) {
                 tracing::warn!(%error, "{what} dropped: the client's outbox is full");
             }
         }
     }
 
     /// The stream of frames for the client; the transport takes it once.
-    pub fn take_outbox(&self) -> Option<LocalReceiver<OutFrame>> {
+    pub fn take_outbox(&self) -> Option<LocalReceiver<Box<OutFrame>>> {
         self.outbox_receiver.borrow_mut().take()
     }
 
@@ -416,7 +418,7 @@ impl McpSession {
     /// Queues a frame for the client, waiting while the outbox is full. A
     /// frame for a transport that has gone is dropped.
     pub async fn push(&self, frame: OutFrame) {
-        let _ = self.outbox.send(frame).await;
+        let _ = self.outbox.send(Box::new(frame)).await;
     }
 
     /// Handles one frame and queues its reply in the outbox, behind the

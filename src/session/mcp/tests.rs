@@ -848,7 +848,7 @@ fn chatty_server() -> Rc<Server> {
 }
 
 fn drain_outbox(
-    outbox: &glommio::channels::local_channel::LocalReceiver<OutFrame>,
+    outbox: &glommio::channels::local_channel::LocalReceiver<Box<OutFrame>>,
     session: &McpSession,
 ) -> Vec<Value> {
     let mut frames = Vec::new();
@@ -1950,7 +1950,7 @@ async fn initialize_on(live: &Rc<LiveServer>, version: &str, ready: bool) -> Rc<
 }
 
 fn frames(
-    outbox: &glommio::channels::local_channel::LocalReceiver<OutFrame>,
+    outbox: &glommio::channels::local_channel::LocalReceiver<Box<OutFrame>>,
     session: &McpSession,
 ) -> Vec<Value> {
     drain_outbox(outbox, session)
