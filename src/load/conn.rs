@@ -266,6 +266,20 @@ impl Conn {
         })
     }
 
+    /// Reads a response head and takes it out of the buffer; what follows
+    /// it (body, frames, events) stays.
+    async fn read_response_head(&mut self) -> Result<ResponseHead, ErrorKind> {
+        let head = loop {
+            match parse_head(self.pending()) {
+                Ok(Some(head)) => break head,
+                Ok(None) => self.fill().await?,
+                Err(_) => return Err(ErrorKind::BadResponse),
+            }
+        };
+        self.consume(head.len);
+        Ok(head)
+    }
+
     /// Upgrades the connection to a WebSocket carrying MCP (subprotocol
     /// `mcp`); afterwards `line_exchange` sends and reads frames.
     pub async fn upgrade_websocket(&mut self, host: &str, path: &str) -> Result<(), ErrorKind> {
@@ -278,14 +292,7 @@ impl Conn {
             .as_bytes(),
         );
         self.send().await?;
-        let head = loop {
-            match parse_head(self.pending()) {
-                Ok(Some(head)) => break head,
-                Ok(None) => self.fill().await?,
-                Err(_) => return Err(ErrorKind::BadResponse),
-            }
-        };
-        self.consume(head.len);
+        let head = self.read_response_head().await?;
         if head.status != 101 {
             return Err(ErrorKind::HttpStatus(head.status));
         }
@@ -483,14 +490,7 @@ impl Conn {
         self.out.clear();
         head.write(body, &mut self.out);
         self.send().await?;
-        let response = loop {
-            match parse_head(self.pending()) {
-                Ok(Some(response)) => break response,
-                Ok(None) => self.fill().await?,
-                Err(_) => return Err(ErrorKind::BadResponse),
-            }
-        };
-        self.consume(response.len);
+        let response = self.read_response_head().await?;
         let mut answer = HttpAnswer {
             status: response.status,
             session: response.session.clone(),
@@ -687,14 +687,7 @@ impl Conn {
         self.out.clear();
         head.write(b"", &mut self.out);
         self.send().await?;
-        let response = loop {
-            match parse_head(self.pending()) {
-                Ok(Some(response)) => break response,
-                Ok(None) => self.fill().await?,
-                Err(_) => return Err(ErrorKind::BadResponse),
-            }
-        };
-        self.consume(response.len);
+        let response = self.read_response_head().await?;
         if response.status != 200 {
             return Err(ErrorKind::HttpStatus(response.status));
         }

@@ -42,18 +42,6 @@ impl OtelGuard {
     }
 }
 
-/// The label a span's `mcp.request.outcome` attribute carries.
-pub fn outcome_label(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Ok => "ok",
-        Outcome::Error => "error",
-        Outcome::Cancelled => "cancelled",
-        Outcome::Timeout => "timeout",
-        Outcome::Panic => "panic",
-        Outcome::Refused => "refused",
-    }
-}
-
 #[cfg(not(feature = "otel"))]
 mod imp {
     use super::*;
@@ -179,7 +167,7 @@ mod imp {
             let start = end.checked_sub(elapsed).unwrap_or(end);
             let mut attributes = Vec::with_capacity(5);
             attributes.push(KeyValue::new("mcp.method.name", method.to_string()));
-            attributes.push(KeyValue::new("mcp.request.outcome", outcome_label(outcome)));
+            attributes.push(KeyValue::new("mcp.request.outcome", outcome.as_str()));
             attributes.push(KeyValue::new("shardmcp.shard", *shard));
             if let Some(era) = era {
                 let era = match era {
@@ -199,7 +187,7 @@ mod imp {
             // An empty parent: no lookup of a thread's current context.
             let mut span = tracer.build_with_context(builder, &Context::new());
             if outcome != Outcome::Ok {
-                span.set_status(Status::error(outcome_label(outcome)));
+                span.set_status(Status::error(outcome.as_str()));
             }
             span.end_with_timestamp(end);
         });
