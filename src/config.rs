@@ -414,6 +414,12 @@ pub struct LimitsConfig {
     /// The `retry` hint each SSE stream opens with: how long a client waits
     /// before it reconnects.
     pub sse_retry_ms: u64,
+    /// A POST whose client accepts both JSON and SSE is answered with plain
+    /// JSON when its handler answers within this many turns of the shard's
+    /// task queue and sent nothing on the request's stream first (a smaller
+    /// answer, no stream to keep). A slower request gets SSE, resumable.
+    /// 0: such requests are always answered with SSE.
+    pub http_json_answer_turns: usize,
     /// SSE events one stream keeps so that a client can resume it.
     pub event_store_events_per_stream: usize,
     /// Bytes of SSE history one shard keeps in all.
@@ -462,6 +468,7 @@ impl Default for LimitsConfig {
             http_session_idle_ms: 1_800_000,
             sse_keepalive_ms: 15_000,
             sse_retry_ms: 1_000,
+            http_json_answer_turns: 3,
             event_store_events_per_stream: 256,
             event_store_bytes_max: 64 << 20,
             event_store_retention_ms: 300_000,
@@ -858,6 +865,10 @@ pub const INTENSITY_MAX: u32 = 1_000_000;
 /// clients' sessions for no purpose.
 pub const WS_KEEPALIVE_MS_MAX: u64 = 86_400_000;
 
+/// Upper bound of `limits.http_json_answer_turns`: past a few turns a
+/// request is no longer quick, and its client should get a resumable stream.
+pub const HTTP_JSON_ANSWER_TURNS_MAX: usize = 64;
+
 /// The most shards a node runs: the session-id prefix holds 4 hex digits, and
 /// the mesh needs shards² channels.
 pub const SHARDS_MAX: usize = 1_024;
@@ -1127,6 +1138,12 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
+        if l.http_json_answer_turns > HTTP_JSON_ANSWER_TURNS_MAX {
+            return Err(invalid(
+                "limits.http_json_answer_turns",
+                format!("must be at most {HTTP_JSON_ANSWER_TURNS_MAX}"),
+            ));
+        }
         if l.event_store_events_per_stream == 0 {
             return Err(invalid(
                 "limits.event_store_events_per_stream",
@@ -1299,6 +1316,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn json_answer_turns_are_bounded_and_zero_is_allowed() {
+        let parsed = Config::parse("[limits]\nhttp_json_answer_turns = 0\n").unwrap();
+        assert_eq!(parsed.limits.http_json_answer_turns, 0);
+        let error = Config::parse(&format!(
+            "[limits]\nhttp_json_answer_turns = {}\n",
+            HTTP_JSON_ANSWER_TURNS_MAX + 1
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            error,
+            "config key `limits.http_json_answer_turns`: must be at most 64"
+        );
     }
 
     #[test]

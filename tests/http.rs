@@ -126,6 +126,102 @@ fn a_session_is_opened_used_over_sse_and_deleted() {
     node.join().unwrap();
 }
 
+/// Opens a session (initialize + initialized) and gives its id.
+fn open_session(addr: SocketAddr) -> String {
+    let json = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json"),
+    ];
+    let init = http(addr, "POST", &json, INIT);
+    assert_eq!(init.status, 200, "{}", init.head);
+    let session = init.header("mcp-session-id").expect("a session id");
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Mcp-Session-Id", session.as_str()),
+    ];
+    let note = http(
+        addr,
+        "POST",
+        &headers,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert_eq!(note.status, 202);
+    session
+}
+
+#[test]
+fn a_quick_answer_is_plain_json_unless_the_request_streams_first() {
+    const ECHO: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
+    const NOTIFYING: &str = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"slow","arguments":{"ms":0},"_meta":{"progressToken":"p"}}}"#;
+    let node = runtime::start(test_config(2, 2), demo::factory()).unwrap();
+    let addr = node.http_addr().unwrap();
+    let session = open_session(addr);
+    let post = |accept: &str, body: &str| {
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Accept", accept),
+            ("Mcp-Session-Id", session.as_str()),
+        ];
+        http(addr, "POST", &headers, body)
+    };
+    // Each POST is a new connection, so some land on the session's shard
+    // and some cross the mesh: the choice is the same either way.
+    for _ in 0..6 {
+        let quick = post("application/json, text/event-stream", ECHO);
+        assert_eq!(quick.status, 200, "{}", quick.head);
+        assert_eq!(
+            quick.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        let reply: serde_json::Value = serde_json::from_str(&quick.body).expect("one JSON object");
+        assert_eq!(reply["id"], 2);
+        assert_eq!(reply["result"]["content"][0]["text"], "hi");
+        // Progress went out before the answer: it needs the stream.
+        let streamed = post("application/json, text/event-stream", NOTIFYING);
+        assert_eq!(
+            streamed.header("content-type").as_deref(),
+            Some("text/event-stream")
+        );
+        let progress_at = streamed
+            .body
+            .find("notifications/progress")
+            .expect("progress on the stream");
+        let result_at = streamed.body.find(r#""result""#).expect("the result");
+        assert!(progress_at < result_at);
+        // A client that takes only SSE gets SSE.
+        let sse_only = post("text/event-stream", ECHO);
+        assert_eq!(
+            sse_only.header("content-type").as_deref(),
+            Some("text/event-stream")
+        );
+        assert!(sse_only.body.contains(r#""text":"hi""#));
+    }
+    drop(node);
+
+    // With the bound at 0, every request of such a client gets SSE.
+    let mut config = test_config(1, 1);
+    config.limits.http_json_answer_turns = 0;
+    let node = runtime::start(config, demo::factory()).unwrap();
+    let addr = node.http_addr().unwrap();
+    let session = open_session(addr);
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Mcp-Session-Id", session.as_str()),
+    ];
+    let call = http(addr, "POST", &headers, ECHO);
+    assert_eq!(
+        call.header("content-type").as_deref(),
+        Some("text/event-stream")
+    );
+    assert!(
+        call.body.contains("id: ") && call.body.contains("retry: "),
+        "a resumable stream: {}",
+        call.body
+    );
+    assert!(call.body.contains(r#""text":"hi""#));
+}
+
 #[test]
 fn requests_for_a_session_on_another_shard_are_forwarded_with_their_streams() {
     use shardmcp::ids::ShardId;

@@ -13,6 +13,7 @@ use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use crate::pool::{PoolError, PoolSet};
+use crate::protocol::jsonrpc::{Incoming, Refusal};
 use crate::protocol::request_state::StateKey;
 use crate::registry::{Registry, RegistryError, SessionId};
 use crate::server::LiveServer;
@@ -28,8 +29,16 @@ mod records;
 /// One frame for a session actor. The reply (`None` for a notification)
 /// goes back through `reply`, or into the session's outbox when there is none.
 pub struct SessionRequest {
-    pub message: Bytes,
+    pub message: Frame,
     pub reply: Option<OneshotSender<Option<Bytes>>>,
+}
+
+/// A message as it reaches a session: its bytes, or already decoded by a
+/// transport that had to look inside (HTTP reads the ids of a POST), so
+/// that no frame is parsed twice.
+pub enum Frame {
+    Raw(Bytes),
+    Decoded(Result<Incoming, Refusal>),
 }
 
 /// The address of a live session actor.
@@ -66,6 +75,18 @@ impl SessionHandle {
     /// Hands one message to the actor (waiting while its mailbox is full) and
     /// waits for the answer.
     pub async fn request(&self, message: Bytes) -> Result<Option<Bytes>, SessionError> {
+        self.ask(Frame::Raw(message)).await
+    }
+
+    /// [`request`](Self::request) with a message the caller decoded already.
+    pub async fn request_decoded(
+        &self,
+        message: Result<Incoming, Refusal>,
+    ) -> Result<Option<Bytes>, SessionError> {
+        self.ask(Frame::Decoded(message)).await
+    }
+
+    async fn ask(&self, message: Frame) -> Result<Option<Bytes>, SessionError> {
         let (reply, answer) = oneshot();
         self.mailbox
             .send(SessionRequest {
@@ -93,7 +114,7 @@ impl SessionHandle {
     pub async fn send(&self, message: Bytes) -> Result<(), SessionError> {
         self.mailbox
             .send(SessionRequest {
-                message,
+                message: Frame::Raw(message),
                 reply: None,
             })
             .await
@@ -324,12 +345,16 @@ pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, env: Rc<SessionEnv>) 
                         // glommio runs the task at once up to its first await:
                         // quick requests answer without a queue hop.
                         glommio::spawn_local(async move {
+                            let message = match request.message {
+                                Frame::Raw(bytes) => session.decode(&bytes),
+                                Frame::Decoded(message) => message,
+                            };
                             match request.reply {
                                 Some(reply) => {
-                                    let answer = session.handle_frame(&request.message).await;
+                                    let answer = session.handle_decoded(message).await;
                                     let _ = reply.send(answer);
                                 }
-                                None => session.handle_frame_into_outbox(&request.message).await,
+                                None => session.handle_decoded_into_outbox(message).await,
                             }
                         })
                         .detach();

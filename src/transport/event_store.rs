@@ -76,6 +76,9 @@ struct SessionStreams {
     by_request: HashMap<Id, u64>,
     /// A legacy HTTP+SSE session: every frame goes to the standalone stream.
     legacy: bool,
+    /// Connection ends of request streams that a related frame opened
+    /// before their POST's connection took them (see `attach_request_stream`).
+    unattached: HashMap<u64, LocalReceiver<Bytes>>,
 }
 
 /// What became of a frame handed to [`EventStore::route`].
@@ -153,7 +156,16 @@ impl EventStore {
         session: SessionId,
         ids: &[Id],
     ) -> (u64, LocalReceiver<Bytes>) {
-        let now = self.clock.now();
+        let number = self.reserve_request_stream(session, ids);
+        (number, self.attach_request_stream(session, number))
+    }
+
+    /// Numbers a stream for the requests `ids` of one POST without opening
+    /// it: the first frame related to them opens it (`route`), else
+    /// [`attach_request_stream`](Self::attach_request_stream) does, or
+    /// [`take_unused`](Self::take_unused) drops the number when the answer
+    /// can go as plain JSON. Most quick requests never need their stream.
+    pub fn reserve_request_stream(&self, session: SessionId, ids: &[Id]) -> u64 {
         let mut sessions = self.sessions.borrow_mut();
         let streams = sessions.entry(session).or_default();
         streams.next_stream += 1;
@@ -161,6 +173,26 @@ impl EventStore {
         for id in ids {
             streams.by_request.insert(id.clone(), number);
         }
+        number
+    }
+
+    /// The connection's end of request stream `number`, opened now if no
+    /// related frame opened it yet. A session that ended meanwhile gives an
+    /// end that is closed at once.
+    pub fn attach_request_stream(&self, session: SessionId, number: u64) -> LocalReceiver<Bytes> {
+        let mut sessions = self.sessions.borrow_mut();
+        let Some(streams) = sessions.get_mut(&session) else {
+            return local_channel::new_bounded(1).1;
+        };
+        if let Some(receiver) = streams.unattached.remove(&number) {
+            return receiver;
+        }
+        self.open_stream(streams, number)
+    }
+
+    /// Opens stream `number` with a sink and its priming event; gives the
+    /// sink's other end.
+    fn open_stream(&self, streams: &mut SessionStreams, number: u64) -> LocalReceiver<Bytes> {
         let (sink, receiver) = local_channel::new_bounded(self.limits.sink_capacity.max(2));
         let _ = sink.try_send(self.priming(number));
         streams.streams.insert(
@@ -170,10 +202,26 @@ impl EventStore {
                 next_seq: 1,
                 sink: Some(sink),
                 finished: false,
-                touched: now,
+                touched: self.clock.now(),
             },
         );
-        (number, receiver)
+        receiver
+    }
+
+    /// Opens reserved request stream `number` if nothing did yet (a related
+    /// frame came, or a handler closes the stream, before the POST's
+    /// connection attached); false when `number` is not a stream of the
+    /// session's.
+    fn open_reserved(&self, streams: &mut SessionStreams, number: u64) -> bool {
+        if streams.streams.contains_key(&number) {
+            return true;
+        }
+        let reserved = number != STANDALONE && streams.by_request.values().any(|n| *n == number);
+        if reserved {
+            let receiver = self.open_stream(streams, number);
+            streams.unattached.insert(number, receiver);
+        }
+        reserved
     }
 
     /// Opens (or takes over) the session's standalone stream for a GET
@@ -265,7 +313,7 @@ impl EventStore {
             Some(number) if !streams.legacy => *number,
             _ => STANDALONE,
         };
-        if !streams.streams.contains_key(&number) {
+        if !self.open_reserved(streams, number) {
             return Routed::Dropped;
         }
         self.append(streams, number, frame)
@@ -295,17 +343,35 @@ impl EventStore {
         routed
     }
 
+    /// Drops reserved request stream `number` if nothing opened it: its
+    /// request is then answered as plain JSON instead. False when the
+    /// stream is needed (a related frame went into it, or a handler closed
+    /// it for the client to resume).
+    pub fn take_unused(&self, session: SessionId, number: u64) -> bool {
+        let mut sessions = self.sessions.borrow_mut();
+        let Some(streams) = sessions.get_mut(&session) else {
+            return false;
+        };
+        if streams.streams.contains_key(&number) {
+            return false;
+        }
+        streams.by_request.retain(|_, stream| *stream != number);
+        true
+    }
+
     /// Ends the connection showing stream `number` without ending the
     /// stream: the client may resume it (a handler asked to close it, or
     /// the connection went away).
     pub fn detach(&self, session: SessionId, number: u64) {
         let now = self.clock.now();
-        if let Some(stream) = self
-            .sessions
-            .borrow_mut()
-            .get_mut(&session)
-            .and_then(|streams| streams.streams.get_mut(&number))
-        {
+        let mut sessions = self.sessions.borrow_mut();
+        let Some(streams) = sessions.get_mut(&session) else {
+            return;
+        };
+        if !self.open_reserved(streams, number) {
+            return;
+        }
+        if let Some(stream) = streams.streams.get_mut(&number) {
             stream.sink = None;
             stream.touched = now;
         }
@@ -397,6 +463,7 @@ impl EventStore {
     }
 
     fn remove_stream(&self, streams: &mut SessionStreams, number: u64) {
+        streams.unattached.remove(&number);
         if let Some(stream) = streams.streams.remove(&number) {
             let bytes: usize = stream.log.iter().map(|event| event.bytes.len()).sum();
             self.bytes.set(self.bytes.get() - bytes);
@@ -494,6 +561,93 @@ mod tests {
             assert_eq!(store.streams(), 0);
             assert_eq!(store.bytes(), 0);
             assert!(receiver.recv().await.is_none());
+        });
+    }
+
+    #[test]
+    fn a_reserved_stream_nothing_opened_is_dropped_for_a_plain_answer() {
+        run(async {
+            let clock = ManualClock::new();
+            let store = store(&clock);
+            let s = session(9);
+            let number = store.reserve_request_stream(s, &[Id::Int(1)]);
+            assert_eq!(store.streams(), 0, "reserving opens nothing");
+            assert!(store.take_unused(s, number));
+            // The request's id no longer leads anywhere: a late related
+            // frame finds no stream.
+            assert_eq!(
+                store.route(s, Some(&Id::Int(1)), Bytes::from_static(b"late")),
+                Routed::Dropped
+            );
+            assert_eq!(store.streams(), 0);
+            // Stream numbers are not reused.
+            assert_eq!(store.reserve_request_stream(s, &[Id::Int(2)]), number + 1);
+        });
+    }
+
+    #[test]
+    fn a_related_frame_opens_a_reserved_stream_and_the_connection_gets_it_all() {
+        run(async {
+            let clock = ManualClock::new();
+            let store = store(&clock);
+            let s = session(10);
+            let number = store.reserve_request_stream(s, &[Id::Int(3)]);
+            assert_eq!(
+                store.route(s, Some(&Id::Int(3)), Bytes::from_static(b"{\"p\":1}")),
+                Routed::Delivered
+            );
+            assert!(!store.take_unused(s, number), "the stream is needed now");
+            let receiver = store.attach_request_stream(s, number);
+            store.finish(s, number, Some(Bytes::from_static(b"{\"r\":1}")));
+            let events = drain(&receiver).await;
+            assert_eq!(
+                events,
+                [
+                    format!("id: {number}-0\nretry: 500\ndata: \n\n"),
+                    format!("id: {number}-1\nevent: message\ndata: {{\"p\":1}}\n\n"),
+                    format!("id: {number}-2\nevent: message\ndata: {{\"r\":1}}\n\n"),
+                ]
+            );
+            assert!(receiver.recv().await.is_none());
+            assert_eq!(store.streams(), 0);
+        });
+    }
+
+    #[test]
+    fn a_reserved_stream_its_handler_closed_is_resumable_not_plain() {
+        run(async {
+            let clock = ManualClock::new();
+            let store = store(&clock);
+            let s = session(11);
+            let number = store.reserve_request_stream(s, &[Id::Int(4)]);
+            store.detach_request(s, &Id::Int(4));
+            assert!(!store.take_unused(s, number));
+            let receiver = store.attach_request_stream(s, number);
+            assert_eq!(
+                store.finish(s, number, Some(Bytes::from_static(b"reply"))),
+                Routed::Kept
+            );
+            let events = drain(&receiver).await;
+            assert_eq!(events.len(), 1, "only the priming event: {events:?}");
+            assert!(receiver.recv().await.is_none(), "the connection ends");
+            let resumed = store.resume(s, &format!("{number}-0")).expect("resumable");
+            let replay = drain(&resumed).await;
+            assert_eq!(replay.len(), 1);
+            assert!(replay[0].contains("data: reply\n"));
+        });
+    }
+
+    #[test]
+    fn attaching_to_a_session_that_ended_gives_a_closed_end() {
+        run(async {
+            let clock = ManualClock::new();
+            let store = store(&clock);
+            let s = session(12);
+            let number = store.reserve_request_stream(s, &[Id::Int(5)]);
+            store.forget(&s);
+            let receiver = store.attach_request_stream(s, number);
+            assert!(receiver.recv().await.is_none());
+            assert_eq!(store.streams(), 0);
         });
     }
 

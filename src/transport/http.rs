@@ -36,7 +36,7 @@ use glommio::net::TcpStream;
 
 use crate::auth::{Caller, Guard, PrincipalId};
 use crate::config::LimitsConfig;
-use crate::protocol::jsonrpc::{decode, Id, Incoming, Message};
+use crate::protocol::jsonrpc::{decode, Id, Incoming, Message, Refusal};
 use crate::protocol::version::{era_of, HANDSHAKE_VERSIONS};
 use crate::registry::{IdHasher, SessionId};
 use crate::session::{self, OutFrame, SessionHandle, SessionRecords, SessionRegistry};
@@ -61,9 +61,11 @@ pub enum Exchange {
     /// A POST body; `requests` are the ids of the requests in it (none: it
     /// holds only notifications and responses).
     Post {
-        body: Bytes,
+        message: Result<Incoming, Refusal>,
         requests: Vec<Id>,
         sse: bool,
+        /// The client accepts a plain JSON answer too.
+        json: bool,
     },
     /// A GET: the standalone stream, or the stream `last_event_id` names.
     Get { last_event_id: Option<String> },
@@ -142,6 +144,8 @@ pub struct HttpSessions {
     orphans: RefCell<HashMap<SessionId, PrincipalId, BuildHasherDefault<IdHasher>>>,
     clock: SharedClock,
     session_idle: Duration,
+    /// See `limits.http_json_answer_turns`.
+    json_answer_turns: usize,
 }
 
 impl HttpSessions {
@@ -164,6 +168,7 @@ impl HttpSessions {
             orphans: RefCell::new(HashMap::default()),
             clock,
             session_idle: Duration::from_millis(limits.http_session_idle_ms),
+            json_answer_turns: limits.http_json_answer_turns,
         }
     }
 
@@ -256,28 +261,59 @@ impl HttpSessions {
             }
         }
         match exchange {
-            Exchange::Post { body, requests, .. } if requests.is_empty() => {
-                match handle.request(body).await {
-                    Ok(_) => Answer::Reply(None),
-                    Err(_) => Answer::UnknownSession,
-                }
-            }
             Exchange::Post {
-                body, sse: false, ..
-            } => match handle.request(body).await {
+                message, requests, ..
+            } if requests.is_empty() => match handle.request_decoded(message).await {
+                Ok(_) => Answer::Reply(None),
+                Err(_) => Answer::UnknownSession,
+            },
+            Exchange::Post {
+                message,
+                sse: false,
+                ..
+            } => match handle.request_decoded(message).await {
                 Ok(reply) => Answer::Reply(Some(reply.unwrap_or_default())),
                 Err(_) => Answer::UnknownSession,
             },
-            Exchange::Post { body, requests, .. } => {
-                let (number, events) = self.store.open_request_stream(id, &requests);
+            Exchange::Post {
+                message,
+                requests,
+                json,
+                ..
+            } => {
+                // Numbered first, so that frames related to the request
+                // open its stream while its handler runs.
+                let number = self.store.reserve_request_stream(id, &requests);
+                let owned = handle.clone();
+                let mut reply = Box::pin(async move {
+                    let reply = owned.request_decoded(message).await;
+                    (owned, reply)
+                });
+                let turns = if json { self.json_answer_turns } else { 0 };
+                if let Some((handle, reply)) = within_turns(&mut reply, turns).await {
+                    self.flush(&handle).await;
+                    let plain = match &reply {
+                        Ok(Some(_)) | Err(_) => self.store.take_unused(id, number),
+                        Ok(None) => false,
+                    };
+                    return match reply {
+                        Ok(Some(reply)) if plain => Answer::Reply(Some(reply)),
+                        Err(_) if plain => Answer::UnknownSession,
+                        reply => {
+                            let events = self.store.attach_request_stream(id, number);
+                            self.store.finish(id, number, reply.ok().flatten());
+                            Answer::Stream(events)
+                        }
+                    };
+                }
+                let events = self.store.attach_request_stream(id, number);
                 let sessions = self.clone();
-                let handle = handle.clone();
                 // The request outlives the connection: a client that drops
                 // it resumes the stream and still gets the answer.
                 glommio::spawn_local(async move {
-                    let reply = handle.request(body).await.ok().flatten();
+                    let (handle, reply) = reply.await;
                     sessions.flush(&handle).await;
-                    sessions.store.finish(id, number, reply);
+                    sessions.store.finish(id, number, reply.ok().flatten());
                 })
                 .detach();
                 Answer::Stream(events)
@@ -462,6 +498,16 @@ impl Request {
             .is_some_and(|accept| accept.contains("text/event-stream"))
     }
 
+    /// Whether a plain JSON answer is acceptable (no Accept header means
+    /// anything is).
+    fn accepts_json(&self) -> bool {
+        self.header("accept").is_none_or(|accept| {
+            accept.contains("application/json")
+                || accept.contains("application/*")
+                || accept.contains("*/*")
+        })
+    }
+
     fn query(&self, key: &str) -> Option<&str> {
         let query = self.path.split_once('?')?.1;
         query
@@ -595,11 +641,15 @@ async fn read_request(
             Some(Err(_)) | None => return Err(ReadError::Closed),
         }
     }
+    let head_max =
+        crate::protect::current().map_or(HEAD_BYTES_MAX, |protect| protect.http_head_bytes_max());
+    // Usually the whole request came in one read: no deadline to arm.
+    if let Some(request) = take_request(buffer, limits.message_bytes_max, head_max)? {
+        return Ok(request);
+    }
     let deadline = service
         .clock
         .sleep(Duration::from_millis(limits.http_read_timeout_ms));
-    let head_max =
-        crate::protect::current().map_or(HEAD_BYTES_MAX, |protect| protect.http_head_bytes_max());
     future::or(
         parse_request(stream, buffer, limits.message_bytes_max, head_max),
         async {
@@ -617,30 +667,38 @@ async fn parse_request(
     head_max: usize,
 ) -> Result<Request, ReadError> {
     loop {
-        match parse_head_within(buffer, body_max, head_max).map_err(ReadError::Status)? {
-            Some(head) => {
-                let _ = buffer.split_to(head.head_len);
-                while buffer.len() < head.content_length {
-                    read_more(stream, buffer)
-                        .await
-                        .map_err(|_| ReadError::Closed)?;
-                }
-                let body = buffer.split_to(head.content_length).freeze();
-                return Ok(Request {
-                    method: head.method,
-                    path: head.path,
-                    headers: head.headers,
-                    body,
-                    keep_alive: head.keep_alive,
-                });
-            }
-            None => {
-                if read_more(stream, buffer).await.is_err() {
-                    return Err(ReadError::Closed);
-                }
-            }
+        if let Some(request) = take_request(buffer, body_max, head_max)? {
+            return Ok(request);
+        }
+        if read_more(stream, buffer).await.is_err() {
+            return Err(ReadError::Closed);
         }
     }
+}
+
+/// Takes one whole request (head and body) off the front of `buffer`;
+/// `None` (and `buffer` untouched) until all of it is there.
+fn take_request(
+    buffer: &mut BytesMut,
+    body_max: usize,
+    head_max: usize,
+) -> Result<Option<Request>, ReadError> {
+    let Some(head) = parse_head_within(buffer, body_max, head_max).map_err(ReadError::Status)?
+    else {
+        return Ok(None);
+    };
+    if buffer.len() < head.head_len + head.content_length {
+        return Ok(None);
+    }
+    let _ = buffer.split_to(head.head_len);
+    let body = buffer.split_to(head.content_length).freeze();
+    Ok(Some(Request {
+        method: head.method,
+        path: head.path,
+        headers: head.headers,
+        body,
+        keep_alive: head.keep_alive,
+    }))
 }
 
 /// A request head: the request line and the headers, without the body.
@@ -701,7 +759,7 @@ pub fn parse_head_within(
         headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_ascii_lowercase())
+            .map(|(_, v)| v.trim())
     };
     if header("transfer-encoding").is_some() {
         // Bodies are JSON-RPC messages of known size.
@@ -715,9 +773,9 @@ pub fn parse_head_within(
     if content_length > body_max {
         return Err("413 Payload Too Large");
     }
-    let keep_alive = match header("connection").as_deref() {
-        Some("close") => false,
-        Some("keep-alive") => true,
+    let keep_alive = match header("connection") {
+        Some(value) if value.eq_ignore_ascii_case("close") => false,
+        Some(value) if value.eq_ignore_ascii_case("keep-alive") => true,
         _ => version == 1,
     };
     Ok(Some(Head {
@@ -947,7 +1005,9 @@ async fn mcp(
             return missing_session(stream, keep_alive).await;
         };
         let answer = run_exchange(sessions, service, id, exchange, caller).await;
-        return write_answer(stream, buffer, answer, &id.to_string(), service, keep_alive).await;
+        let text = id.encode();
+        let session = std::str::from_utf8(&text).unwrap_or_default();
+        return write_answer(stream, buffer, answer, session, service, keep_alive).await;
     }
     if let Some(content_type) = request.header("content-type") {
         if !content_type
@@ -965,12 +1025,14 @@ async fn mcp(
         }
     }
     // What the body holds decides the answer: requests get one, the rest 202.
+    // The session gets the decoded message: the body is parsed once.
+    let decoded = decode(&request.body, service.limits.message_bytes_max);
     let mut requests = Vec::new();
     let mut single = None;
-    match decode(&request.body, service.limits.message_bytes_max) {
+    match &decoded {
         Ok(Incoming::Single(Message::Request { id, method, params })) => {
             requests.push(id.clone());
-            single = Some((id, method, params));
+            single = Some((id, method.as_str(), params.as_ref()));
         }
         Ok(Incoming::Batch(entries)) => {
             for entry in entries.iter().flatten() {
@@ -981,12 +1043,12 @@ async fn mcp(
         }
         Ok(Incoming::Single(_)) => {}
         // Bad JSON or a bad envelope: the session answers it with the error.
-        Err(refusal) => requests.push(refusal.id.unwrap_or(Id::Int(0))),
+        Err(refusal) => requests.push(refusal.id.clone().unwrap_or(Id::Int(0))),
     }
     // A 2026-07-28 request needs no session: served here, with no mesh hop.
     if session_header.is_none() {
-        if let Some((id, method, params)) = &single {
-            if crate::protocol::stateless::is_enveloped(params.as_ref()) && method != "initialize" {
+        if let Some((id, method, params)) = single {
+            if crate::protocol::stateless::is_enveloped(params) && method != "initialize" {
                 return stateless(
                     stream,
                     buffer,
@@ -994,23 +1056,22 @@ async fn mcp(
                     service,
                     id.clone(),
                     method,
-                    params.as_ref(),
+                    params,
                     keep_alive,
                 )
                 .await;
             }
         }
     }
+    let initialize = single.is_some_and(|(_, method, _)| method == "initialize");
     let sse = request.accepts_sse();
+    let json = request.accepts_json();
     let id = match session_id {
         Some(Some(id)) => id,
         Some(None) => {
             return respond(stream, "404 Not Found", &[], b"unknown session", keep_alive).await
         }
-        None if single
-            .as_ref()
-            .is_some_and(|(_, method, _)| method == "initialize") =>
-        {
+        None if initialize => {
             match session::open(&service.registry, &service.pools, &service.sessions) {
                 Ok(handle) => handle.id(),
                 Err(error) => return no_session_opened(stream, &error, keep_alive).await,
@@ -1019,12 +1080,15 @@ async fn mcp(
         None => return missing_session(stream, keep_alive).await,
     };
     let exchange = Exchange::Post {
-        body: request.body,
+        message: decoded,
         requests,
         sse,
+        json,
     };
     let answer = run_exchange(sessions, service, id, exchange, caller).await;
-    write_answer(stream, buffer, answer, &id.to_string(), service, keep_alive).await
+    let text = id.encode();
+    let session = std::str::from_utf8(&text).unwrap_or_default();
+    write_answer(stream, buffer, answer, session, service, keep_alive).await
 }
 
 /// Runs an exchange where the session lives: here, or over the mesh.
@@ -1407,6 +1471,25 @@ async fn write_events(
     stream.write_all(&out).await
 }
 
+/// Polls `future` now and after each of up to `turns` turns of the task
+/// queue; its output if it was ready by then. With 0 turns it is not polled
+/// at all.
+async fn within_turns<F: Future + Unpin>(future: &mut F, turns: usize) -> Option<F::Output> {
+    if turns == 0 {
+        return None;
+    }
+    if let Some(output) = future::poll_once(&mut *future).await {
+        return Some(output);
+    }
+    for _ in 0..turns {
+        future::yield_now().await;
+        if let Some(output) = future::poll_once(&mut *future).await {
+            return Some(output);
+        }
+    }
+    None
+}
+
 /// Turns of the task queue a new SSE answer waits for its events before its
 /// first write (see `write_events`).
 const FIRST_WRITE_YIELDS: usize = 3;
@@ -1480,14 +1563,20 @@ async fn missing_session(stream: &mut TcpStream, keep_alive: bool) -> std::io::R
 }
 
 fn sse_head(session: &str, keep_alive: bool) -> Vec<u8> {
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n{}Transfer-Encoding: chunked\r\nConnection: {}\r\n\r\n",
-        if session.is_empty() { String::new() } else { format!("Mcp-Session-Id: {session}\r\n") },
-        if keep_alive { "keep-alive" } else { "close" }
-    );
-    let mut head = head.into_bytes();
     // Room for a small answer's events, which usually follow in the same write.
-    head.reserve(512);
+    let mut head = Vec::with_capacity(256 + 512);
+    head.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n",
+    );
+    if !session.is_empty() {
+        push_header(&mut head, "Mcp-Session-Id", session);
+    }
+    head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    head.extend_from_slice(if keep_alive {
+        b"Connection: keep-alive\r\n\r\n"
+    } else {
+        b"Connection: close\r\n\r\n"
+    });
     head
 }
 
@@ -1497,11 +1586,35 @@ async fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> std::io::Result<()>
     stream.write_all(&chunk).await
 }
 
-/// Appends `data` to `out` as one chunk of a chunked body.
 fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    push_number(out, data.len(), 16);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in base 10 or 16 (lower case) without the formatting
+/// machinery: every answer writes one or two of these.
+fn push_number(out: &mut Vec<u8>, mut n: usize, radix: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 20];
+    let mut start = text.len();
+    loop {
+        start -= 1;
+        text[start] = DIGITS[n % radix];
+        n /= radix;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&text[start..]);
 }
 
 async fn respond(
@@ -1511,18 +1624,26 @@ async fn respond(
     body: &[u8],
     keep_alive: bool,
 ) -> std::io::Result<()> {
-    let mut out = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
+    let headers_len: usize = headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len() + 4)
+        .sum();
+    let mut out = Vec::with_capacity(80 + status.len() + headers_len + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    push_number(&mut out, body.len(), 10);
+    out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        out.push_str(&format!("{name}: {value}\r\n"));
+        push_header(&mut out, name, value);
     }
-    out.push_str(if keep_alive {
-        "Connection: keep-alive\r\n\r\n"
+    out.extend_from_slice(if keep_alive {
+        b"Connection: keep-alive\r\n\r\n"
     } else {
-        "Connection: close\r\n\r\n"
+        b"Connection: close\r\n\r\n"
     });
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(body);
-    stream.write_all(&bytes).await
+    out.extend_from_slice(body);
+    stream.write_all(&out).await
 }
 
 #[cfg(test)]
@@ -1540,6 +1661,39 @@ mod tests {
             body: Bytes::new(),
             keep_alive: true,
         }
+    }
+
+    #[test]
+    fn numbers_and_chunks_are_written_without_the_formatter() {
+        let mut out = Vec::new();
+        for (n, radix) in [
+            (0, 10),
+            (7, 10),
+            (1234, 10),
+            (usize::MAX, 10),
+            (0, 16),
+            (255, 16),
+        ] {
+            push_number(&mut out, n, radix);
+            out.push(b' ');
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("0 7 1234 {} 0 ff ", usize::MAX)
+        );
+        let mut chunk = Vec::new();
+        push_chunk(&mut chunk, &[b'x'; 26]);
+        assert_eq!(chunk, [b"1a\r\n".as_slice(), &[b'x'; 26], b"\r\n"].concat());
+    }
+
+    #[test]
+    fn a_plain_json_answer_needs_a_client_that_accepts_json() {
+        let with_accept = |accept: &str| request(&[("Accept", accept)]);
+        assert!(with_accept("application/json, text/event-stream").accepts_json());
+        assert!(with_accept("*/*").accepts_json());
+        assert!(request(&[]).accepts_json(), "no Accept: anything goes");
+        assert!(!with_accept("text/event-stream").accepts_json());
+        assert!(with_accept("text/event-stream").accepts_sse());
     }
 
     #[test]

@@ -425,7 +425,16 @@ impl McpSession {
     /// notifications the request sent, so a single-stream transport keeps
     /// the order the protocol needs.
     pub async fn handle_frame_into_outbox(self: &Rc<Self>, frame: &[u8]) {
-        if let Some(reply) = self.handle_frame(frame).await {
+        self.handle_decoded_into_outbox(self.decode(frame)).await;
+    }
+
+    /// [`handle_frame_into_outbox`](Self::handle_frame_into_outbox) for a
+    /// frame decoded already.
+    pub async fn handle_decoded_into_outbox(
+        self: &Rc<Self>,
+        message: Result<Incoming, crate::protocol::jsonrpc::Refusal>,
+    ) {
+        if let Some(reply) = self.handle_decoded(message).await {
             self.push(OutFrame {
                 related: None,
                 frame: reply,
@@ -436,7 +445,20 @@ impl McpSession {
 
     /// Handles one frame; `None` when there is nothing to send back.
     pub async fn handle_frame(self: &Rc<Self>, frame: &[u8]) -> Option<Bytes> {
-        match decode(frame, self.limits.message_bytes_max) {
+        self.handle_decoded(self.decode(frame)).await
+    }
+
+    /// Decodes a frame within this session's message bound.
+    pub fn decode(&self, frame: &[u8]) -> Result<Incoming, crate::protocol::jsonrpc::Refusal> {
+        decode(frame, self.limits.message_bytes_max)
+    }
+
+    /// Handles one decoded frame (a bad one is answered with its error).
+    pub async fn handle_decoded(
+        self: &Rc<Self>,
+        message: Result<Incoming, crate::protocol::jsonrpc::Refusal>,
+    ) -> Option<Bytes> {
+        match message {
             Err(refusal) => Some(encode_error(refusal.id.as_ref(), &refusal.error)),
             Ok(Incoming::Single(message)) => self.handle_message(message).await,
             Ok(Incoming::Batch(entries)) => self.handle_batch(entries).await,
