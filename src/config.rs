@@ -399,7 +399,8 @@ pub struct LimitsConfig {
     /// get HTTP 503 or a JSON-RPC -32030 line and are closed
     /// (`protect::connections_per_shard` also applies `protect.connections_max`).
     pub connections_per_shard_max: usize,
-    /// How long an HTTP connection may sit idle between requests.
+    /// How long an HTTP connection may sit idle between requests (closed
+    /// by sweeps a quarter of it apart: after at most a quarter more).
     pub http_idle_timeout_ms: u64,
     /// How long a client may take to send a whole request once it started
     /// (slow clients are answered 408 and cut off).

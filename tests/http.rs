@@ -591,3 +591,56 @@ fn pipelined_requests_on_one_connection_are_answered_in_order() {
     node.drain();
     node.join().unwrap();
 }
+
+#[test]
+fn a_busy_keep_alive_connection_outlives_the_idle_bound_and_a_quiet_one_does_not() {
+    let mut config = test_config(1, 1);
+    config.limits.http_idle_timeout_ms = 1_000;
+    let node = runtime::start(config, demo::factory()).unwrap();
+    let addr = node.http_addr().unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let started = std::time::Instant::now();
+    let mut answered = 0;
+    // A request every 100 ms for 2.5 s: the connection's one idle timer
+    // fires twice meanwhile and must be armed again, not close it.
+    while started.elapsed() < std::time::Duration::from_millis(2_500) {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+        let request = format!(
+            "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                stream.read(&mut byte).unwrap(),
+                1,
+                "closed after {answered} answers, {:?} in",
+                started.elapsed()
+            );
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("Content-Length: "))
+            .and_then(|value| value.trim().parse().ok())
+            .expect("a Content-Length");
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).unwrap();
+        answered += 1;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(answered >= 10, "{answered}");
+    // Then quiet: the server closes the connection without a word.
+    let mut rest = Vec::new();
+    let closed = stream.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok(),
+        "still open after {IO_TIMEOUT:?}: {closed:?}"
+    );
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}

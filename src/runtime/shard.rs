@@ -449,6 +449,10 @@ fn build_tree(
         services = services.child(ChildSpec::worker("http-sweeper", move |child| {
             sweep_http(sweep_ctx.clone(), child)
         }));
+        let idle_ctx = ctx.clone();
+        services = services.child(ChildSpec::worker("http-idle", move |child| {
+            sweep_idle_connections(idle_ctx.clone(), child)
+        }));
     }
 
     let mut listeners = SupervisorSpec::new("listeners", service_flags);
@@ -563,6 +567,48 @@ async fn sweep_http(ctx: Rc<ShardContext>, child: ChildContext) -> ExitReason {
         ctx.http.sweep(&ctx.registry);
         if let Some(sessions) = ctx.sessions_env() {
             sessions.records.sweep();
+        }
+    }
+}
+
+/// Ends keep-alive HTTP connections idle past `limits.http_idle_timeout_ms`,
+/// and every idle one at once when the shard drains (see `transport::idle`).
+async fn sweep_idle_connections(ctx: Rc<ShardContext>, child: ChildContext) -> ExitReason {
+    let interval = crate::transport::idle::IdleConnections::sweep_interval(Duration::from_millis(
+        ctx.config.limits.http_idle_timeout_ms,
+    ));
+    loop {
+        let stop = child.shutdown_requested();
+        let tick = ctx.clock.sleep(interval);
+        // Once the drain started, every sweep is a draining one: waiting
+        // for the drain again would return at once.
+        let draining = ctx.drain.is_set();
+        let drain = ctx.drain.wait();
+        let woke = futures_lite::future::or(
+            async {
+                stop.await;
+                None
+            },
+            futures_lite::future::or(
+                async {
+                    tick.await;
+                    Some(draining)
+                },
+                async {
+                    if draining {
+                        futures_lite::future::pending::<()>().await;
+                    }
+                    drain.await;
+                    Some(true)
+                },
+            ),
+        )
+        .await;
+        match woke {
+            None => return ExitReason::Shutdown,
+            Some(draining) => {
+                ctx.http.idle().sweep(draining);
+            }
         }
     }
 }

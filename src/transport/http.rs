@@ -34,6 +34,7 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 
+use super::idle::{IdleConnections, IdleGuard};
 use crate::auth::{Caller, Guard, PrincipalId};
 use crate::config::LimitsConfig;
 use crate::protocol::jsonrpc::{decode, Id, Incoming, Message, Refusal};
@@ -146,6 +147,8 @@ pub struct HttpSessions {
     session_idle: Duration,
     /// See `limits.http_json_answer_turns`.
     json_answer_turns: usize,
+    /// Keep-alive connections between requests, for the idle sweeps.
+    idle: Rc<IdleConnections>,
 }
 
 impl HttpSessions {
@@ -169,6 +172,7 @@ impl HttpSessions {
             clock,
             session_idle: Duration::from_millis(limits.http_session_idle_ms),
             json_answer_turns: limits.http_json_answer_turns,
+            idle: Rc::new(IdleConnections::default()),
         }
     }
 
@@ -214,6 +218,11 @@ impl HttpSessions {
 
     pub fn store(&self) -> &EventStore {
         &self.store
+    }
+
+    /// This shard's keep-alive connections, for the idle sweeps.
+    pub fn idle(&self) -> &IdleConnections {
+        &self.idle
     }
 
     /// HTTP sessions of this shard.
@@ -539,8 +548,9 @@ pub async fn serve_connection(
     let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let peer = stream.peer_addr().ok().map(|addr| addr.ip());
     let protect = crate::protect::current();
+    let idle = sessions.idle.register(stream.as_raw_fd());
     loop {
-        let request = match read_request(&mut stream, &mut buffer, &service).await {
+        let request = match read_request(&mut stream, &mut buffer, &service, &idle).await {
             Ok(request) => request,
             Err(ReadError::Closed) => break,
             Err(ReadError::Status(status)) => {
@@ -574,6 +584,8 @@ pub async fn serve_connection(
             break;
         }
     }
+    // Out of the idle sweeps before the descriptor can be reused.
+    drop(idle);
     drop(tracked);
     let _ = stream.close().await;
 }
@@ -618,27 +630,27 @@ async fn respond_shed(
 }
 
 /// Reads one request: the connection may idle up to `http_idle_timeout_ms`
-/// before it starts, and must then deliver the whole request within
-/// `http_read_timeout_ms` (slow clients do not hold a connection open).
+/// (and a quarter more: see [`super::idle`]) before it starts, and must then
+/// deliver the whole request within `http_read_timeout_ms` (slow clients do
+/// not hold a connection open).
 async fn read_request(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
     service: &TcpService,
+    idle: &IdleGuard,
 ) -> Result<Request, ReadError> {
     let limits = &service.limits;
     if buffer.is_empty() {
-        let idle = service
-            .clock
-            .sleep(Duration::from_millis(limits.http_idle_timeout_ms));
-        let drained = service.drain.wait();
-        let first = future::or(async { Some(read_more(stream, buffer).await) }, async {
-            future::or(idle, drained).await;
-            None
-        })
-        .await;
-        match first {
-            Some(Ok(())) => {}
-            Some(Err(_)) | None => return Err(ReadError::Closed),
+        // Between requests the shard's idle sweeps watch the connection
+        // (`http_idle_timeout_ms`, and the drain): they end its stream.
+        if service.drain.is_set() {
+            return Err(ReadError::Closed);
+        }
+        idle.quiet();
+        let read = read_more(stream, buffer).await;
+        idle.busy();
+        if read.is_err() {
+            return Err(ReadError::Closed);
         }
     }
     let head_max =

@@ -7,6 +7,7 @@
 mod conversation;
 pub mod event_store;
 pub mod http;
+pub mod idle;
 mod lines;
 pub mod sockets;
 pub mod stdio;
