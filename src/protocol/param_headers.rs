@@ -67,18 +67,18 @@ fn collect(schema: &Value, path: &mut Vec<String>, found: &mut Vec<HeaderParam>)
 /// every mirrored argument that is present (and not null) needs its header
 /// with the same value, and no header may come without its argument.
 /// `headers` are the request's (name, value) pairs.
-pub fn check(
+pub fn check<'a>(
     params: &[HeaderParam],
     arguments: Option<&Value>,
-    headers: &[(String, String)],
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<(), String> {
     let sent: Vec<(&str, &str)> = headers
-        .iter()
+        .into_iter()
         .filter_map(|(name, value)| {
-            let lower = name.to_ascii_lowercase();
-            lower
-                .starts_with(PREFIX)
-                .then(|| (&name[PREFIX.len()..], value.as_str()))
+            let prefixed = name
+                .get(..PREFIX.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(PREFIX));
+            prefixed.then(|| (&name[PREFIX.len()..], value))
         })
         .collect();
     for (token, _) in &sent {
@@ -188,6 +188,12 @@ mod tests {
         })
     }
 
+    fn pairs(headers: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+        headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
@@ -220,34 +226,36 @@ mod tests {
             ("Mcp-Param-Zone", "b"),
             ("Mcp-Method", "tools/call"),
         ]);
-        assert_eq!(check(&params, Some(&arguments), &good), Ok(()));
+        assert_eq!(check(&params, Some(&arguments), pairs(&good)), Ok(()));
         let wrong = headers(&[
             ("Mcp-Param-Region", "us"),
             ("Mcp-Param-Count", "7"),
             ("Mcp-Param-Dry", "true"),
             ("Mcp-Param-Zone", "b"),
         ]);
-        assert!(check(&params, Some(&arguments), &wrong)
+        assert!(check(&params, Some(&arguments), pairs(&wrong))
             .unwrap_err()
             .contains("Region does not equal"));
         let missing = headers(&[("Mcp-Param-Region", "eu")]);
-        assert!(check(&params, Some(&arguments), &missing)
+        assert!(check(&params, Some(&arguments), pairs(&missing))
             .unwrap_err()
             .contains("missing"));
         let extra = headers(&[("Mcp-Param-Region", "eu")]);
-        assert!(check(&params, Some(&json!({})), &extra)
+        assert!(check(&params, Some(&json!({})), pairs(&extra))
             .unwrap_err()
             .contains("argument is absent"));
         let unknown = headers(&[("Mcp-Param-Nope", "x")]);
-        assert!(check(&params, None, &unknown)
+        assert!(check(&params, None, pairs(&unknown))
             .unwrap_err()
             .contains("names no x-mcp-header"));
         let twice = headers(&[("Mcp-Param-Region", "eu"), ("mcp-param-region", "eu")]);
-        assert!(check(&params, Some(&json!({"region": "eu"})), &twice)
-            .unwrap_err()
-            .contains("more than once"));
+        assert!(
+            check(&params, Some(&json!({"region": "eu"})), pairs(&twice))
+                .unwrap_err()
+                .contains("more than once")
+        );
         // A null argument needs no header.
-        assert_eq!(check(&params, Some(&json!({"region": null})), &[]), Ok(()));
+        assert_eq!(check(&params, Some(&json!({"region": null})), []), Ok(()));
     }
 
     #[test]
@@ -259,9 +267,9 @@ mod tests {
             base64::engine::general_purpose::STANDARD.encode("zürich ")
         );
         let sent = headers(&[("Mcp-Param-Region", &encoded)]);
-        assert_eq!(check(&params, Some(&arguments), &sent), Ok(()));
+        assert_eq!(check(&params, Some(&arguments), pairs(&sent)), Ok(()));
         let broken = headers(&[("Mcp-Param-Region", "=?base64?***?=")]);
-        assert!(check(&params, Some(&arguments), &broken)
+        assert!(check(&params, Some(&arguments), pairs(&broken))
             .unwrap_err()
             .contains("does not decode"));
     }

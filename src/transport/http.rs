@@ -489,17 +489,14 @@ async fn route_frames(
 struct Request {
     method: String,
     path: String,
-    headers: Vec<(String, String)>,
+    headers: Headers,
     body: Bytes,
     keep_alive: bool,
 }
 
 impl Request {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+        self.headers.get(name)
     }
 
     fn accepts_sse(&self) -> bool {
@@ -713,12 +710,81 @@ fn take_request(
     }))
 }
 
+/// A request's headers, in the order they came: every name and value in
+/// one string, so a request costs two allocations for them, not two each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    text: String,
+    /// For each header, where its name ends and where its value ends in
+    /// `text` (each starts where the one before ended).
+    ends: Vec<(u32, u32)>,
+}
+
+impl Headers {
+    pub fn with_capacity(headers: usize, bytes: usize) -> Self {
+        Headers {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(headers),
+        }
+    }
+
+    /// Adds a header. Heads are bounded far below 4 GiB (`HEAD_BYTES_MAX`);
+    /// a header past that would be dropped rather than wrap the offsets.
+    pub fn push(&mut self, name: &str, value: &str) {
+        let Ok(name_end) = u32::try_from(self.text.len() + name.len()) else {
+            return;
+        };
+        let Ok(value_end) = u32::try_from(name_end as usize + value.len()) else {
+            return;
+        };
+        self.text.push_str(name);
+        self.text.push_str(value);
+        self.ends.push((name_end, value_end));
+    }
+
+    /// Every (name, value), in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&(name_end, value_end)| {
+            let (name_end, value_end) = (name_end as usize, value_end as usize);
+            let pair = (&self.text[start..name_end], &self.text[name_end..value_end]);
+            start = value_end;
+            pair
+        })
+    }
+
+    /// The first value of header `name` (any case).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+impl<'a> FromIterator<(&'a str, &'a str)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(pairs: I) -> Self {
+        let mut headers = Headers::default();
+        for (name, value) in pairs {
+            headers.push(name, value);
+        }
+        headers
+    }
+}
+
 /// A request head: the request line and the headers, without the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     pub method: String,
     pub path: String,
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     /// The body's length (`Content-Length`; 0 without one).
     pub content_length: usize,
     pub keep_alive: bool,
@@ -757,22 +823,11 @@ pub fn parse_head_within(
     let method = parsed.method.unwrap_or("").to_string();
     let path = parsed.path.unwrap_or("").to_string();
     let version = parsed.version.unwrap_or(1);
-    let headers: Vec<(String, String)> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim())
-    };
+    let mut headers = Headers::with_capacity(parsed.headers.len(), head_len);
+    for header in parsed.headers.iter() {
+        headers.push(header.name, &String::from_utf8_lossy(header.value));
+    }
+    let header = |name: &str| headers.get(name).map(str::trim);
     if header("transfer-encoding").is_some() {
         // Bodies are JSON-RPC messages of known size.
         return Err("411 Length Required");
@@ -1303,7 +1358,7 @@ async fn stateless(
             let mirrored = crate::protocol::param_headers::header_params(&tool.input_schema);
             let arguments = params.and_then(|p| p.get("arguments"));
             if let Err(problem) =
-                crate::protocol::param_headers::check(&mirrored, arguments, &request.headers)
+                crate::protocol::param_headers::check(&mirrored, arguments, request.headers.iter())
             {
                 reason = Some(problem);
             }
@@ -1666,13 +1721,35 @@ mod tests {
         Request {
             method: "POST".into(),
             path: "/messages?x=1&sessionId=abc".into(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            headers: headers.iter().copied().collect(),
             body: Bytes::new(),
             keep_alive: true,
         }
+    }
+
+    #[test]
+    fn headers_keep_their_order_and_are_found_in_any_case() {
+        let head = b"POST /mcp HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nAccept: json\r\naccept: sse\r\nContent-Length: 0\r\n\r\n";
+        let parsed = parse_head(head, 1 << 20).unwrap().expect("a whole head");
+        let pairs: Vec<(&str, &str)> = parsed.headers.iter().collect();
+        assert_eq!(
+            pairs,
+            [
+                ("Host", "a"),
+                ("X-Empty", ""),
+                ("Accept", "json"),
+                ("accept", "sse"),
+                ("Content-Length", "0")
+            ]
+        );
+        assert_eq!(parsed.headers.get("ACCEPT"), Some("json"), "the first one");
+        assert_eq!(parsed.headers.get("x-empty"), Some(""));
+        assert_eq!(parsed.headers.get("missing"), None);
+        assert_eq!(parsed.headers.len(), 5);
+        // Bytes that are not UTF-8 are replaced, not refused.
+        let odd = b"GET / HTTP/1.1\r\nX-Odd: a\xffb\r\n\r\n";
+        let parsed = parse_head(odd, 1 << 20).unwrap().expect("a whole head");
+        assert_eq!(parsed.headers.get("x-odd"), Some("a\u{fffd}b"));
     }
 
     #[test]

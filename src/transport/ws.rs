@@ -35,6 +35,7 @@ use crate::session::SessionError;
 use crate::time::SharedClock;
 
 use super::conversation::{self, error_frame, oversized_message, Conversation, Ending, Received};
+use super::http::Headers;
 use super::tcp::TcpService;
 
 /// The subprotocol a client must offer.
@@ -81,7 +82,7 @@ impl UpgradeError {
 }
 
 /// Checks an upgrade request; the `Sec-WebSocket-Accept` value on success.
-pub fn accept_key(method: &str, headers: &[(String, String)]) -> Result<String, UpgradeError> {
+pub fn accept_key(method: &str, headers: &Headers) -> Result<String, UpgradeError> {
     // Every value of a header that may repeat, split into its comma-separated tokens.
     let tokens = |name: &'static str| {
         headers
@@ -90,12 +91,7 @@ pub fn accept_key(method: &str, headers: &[(String, String)]) -> Result<String, 
             .flat_map(|(_, value)| value.split(','))
             .map(str::trim)
     };
-    let single = |name: &str| {
-        headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.trim())
-    };
+    let single = |name: &str| headers.get(name).map(str::trim);
     if method != "GET" {
         return Err(UpgradeError::NotGet);
     }
@@ -138,7 +134,7 @@ pub(super) async fn serve(
     stream: &mut TcpStream,
     early: Vec<u8>,
     method: &str,
-    headers: &[(String, String)],
+    headers: &Headers,
     service: &TcpService,
 ) {
     let accept = match accept_key(method, headers) {
@@ -357,16 +353,13 @@ where
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn headers(pairs: &[(&str, &str)]) -> Headers {
+        pairs.iter().copied().collect()
     }
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
-    fn upgrade(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn upgrade(extra: &[(&str, &str)]) -> Headers {
         let mut all = vec![
             ("Host", "127.0.0.1"),
             ("Upgrade", "websocket"),
@@ -415,9 +408,15 @@ mod tests {
         );
         let plain = headers(&[("Host", "127.0.0.1"), mcp]);
         assert_eq!(accept_key("GET", &plain), Err(UpgradeError::NotUpgrade));
-        let mut old = upgrade(&[mcp]);
-        old.retain(|(k, _)| k != "Sec-WebSocket-Version");
-        old.push(("Sec-WebSocket-Version".into(), "8".into()));
+        let with = |name: &str, value: Option<&str>| -> Headers {
+            let all = upgrade(&[mcp]);
+            let mut changed: Headers = all.iter().filter(|(k, _)| *k != name).collect();
+            if let Some(value) = value {
+                changed.push(name, value);
+            }
+            changed
+        };
+        let old = with("Sec-WebSocket-Version", Some("8"));
         assert_eq!(accept_key("GET", &old), Err(UpgradeError::Version));
         for bad_key in [
             "",
@@ -425,17 +424,14 @@ mod tests {
             "!!!!!!!!!!!!!!!!!!!!!!==",
             "dGhlIHNhbXBsZSBub25jZQ",
         ] {
-            let mut keyed = upgrade(&[mcp]);
-            keyed.retain(|(k, _)| k != "Sec-WebSocket-Key");
-            keyed.push(("Sec-WebSocket-Key".into(), bad_key.into()));
+            let keyed = with("Sec-WebSocket-Key", Some(bad_key));
             assert_eq!(
                 accept_key("GET", &keyed),
                 Err(UpgradeError::Key),
                 "{bad_key}"
             );
         }
-        let mut keyless = upgrade(&[mcp]);
-        keyless.retain(|(k, _)| k != "Sec-WebSocket-Key");
+        let keyless = with("Sec-WebSocket-Key", None);
         assert_eq!(accept_key("GET", &keyless), Err(UpgradeError::Key));
     }
 }
