@@ -7,7 +7,10 @@
 #   benches/peers/run.sh --quick   warmup 1 s + 3 s (a smoke run)
 #
 # Servers (each built here, outside shardmcp's dependency tree):
-#   shardmcp   target/release/shardmcp serve (the demo server's `echo` tool)
+#   shardmcp   target/release/shardmcp serve (the demo server's `echo` tool);
+#              a quick answer goes as plain JSON (its default)
+#   shardmcp-sse  the same with limits.http_json_answer_turns = 0: every
+#              answer is an SSE stream, as rmcp and the TypeScript SDK answer
 #   rmcp       benches/peers/rmcp-echo: rmcp 3.11.0, axum, tokio, stateful, SSE answers
 #   ts-sdk     benches/peers/ts-echo: @modelcontextprotocol/sdk 1.32.2 on node, stateful, SSE answers
 #   bare       benches/peers/bare: glommio, one executor per core, SO_REUSEPORT,
@@ -22,15 +25,19 @@
 # The generator gives every request its own JSON-RPC id and sets TCP_NODELAY;
 # every server sets TCP_NODELAY on its sockets too.
 #
-# CPU placement: every server and the generator share all the CPUs of this
-# process (no taskset), as DESIGN.md's peer figures were taken; the same for
+# CPU placement (PLACEMENT): "shared" (the default) lets every server and the
+# generator share all the CPUs of this process (no taskset), as DESIGN.md's
+# peer figures were taken. "split" gives the server the last CPU and the
+# generator (one thread) the first, each alone on its core (taskset), so
+# latency is the servers' own and not the wait for a core. The same for
 # every server. Server CPU seconds are utime+stime from /proc/PID/stat over
 # the measured window (the generator's --server-pid), RSS is the server's
 # VmRSS peak during the run.
 #
 # Environment: WARMUP, DURATION (override the above), CONNS ("64 256"),
-# SHAPES ("per-conn shared"), SERVERS ("shardmcp rmcp ts-sdk bare"),
-# OUT (target/peers). Writes $OUT/table.md, $OUT/<server>-<shape>-<conns>.json
+# SHAPES ("per-conn shared"), SERVERS ("shardmcp shardmcp-sse rmcp ts-sdk
+# bare"), PLACEMENT ("shared"), OUT (target/peers).
+# Writes $OUT/table.md, $OUT/<server>-<shape>-<conns>.json
 # (the raw reports) and the servers' logs. Needs cargo, node >= 18, npm, jq.
 # Exits non-zero with a message when a build, a server start or a run fails.
 set -euo pipefail
@@ -51,7 +58,8 @@ if [ $# -gt 0 ]; then
 fi
 CONNS=${CONNS:-64 256}
 SHAPES=${SHAPES:-per-conn shared}
-SERVERS=${SERVERS:-shardmcp rmcp ts-sdk bare}
+SERVERS=${SERVERS:-shardmcp shardmcp-sse rmcp ts-sdk bare}
+PLACEMENT=${PLACEMENT:-shared}
 OUT=${OUT:-target/peers}
 MIX='tools/call:echo:{"text":"hi"}'
 # Sessions of the "shared" shape: one per generator thread (the generator
@@ -70,6 +78,27 @@ node_major=$(node -p 'process.versions.node.split(".")[0]')
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+
+# Placement: a prefix for the server's command line, and the generator's.
+SERVER_CPUS=()
+LOAD_CPUS=()
+LOAD_THREADS=()
+case $PLACEMENT in
+    shared) ;;
+    split)
+        for tool in taskset python3; do
+            command -v "$tool" >/dev/null || die "PLACEMENT=split needs $tool"
+        done
+        cpus=$(nproc)
+        [ "$cpus" -ge 2 ] || die "PLACEMENT=split needs at least 2 CPUs, found $cpus"
+        first=$(python3 -c 'import os; print(min(os.sched_getaffinity(0)))')
+        last=$(python3 -c 'import os; print(max(os.sched_getaffinity(0)))')
+        SERVER_CPUS=(taskset -c "$last")
+        LOAD_CPUS=(taskset -c "$first")
+        LOAD_THREADS=(--threads 1)
+        ;;
+    *) die "PLACEMENT takes shared or split, not $PLACEMENT" ;;
+esac
 
 echo "peers: building shardmcp, rmcp-echo, bare-responder (release) and installing the TypeScript SDK"
 cargo build --release --quiet || die "building shardmcp failed"
@@ -105,17 +134,22 @@ start_server() {
     # The line that says it is up: shardmcp prints "shardmcp: http listening
     # on ADDR (...)", the peers "listening on ADDR".
     local ready="^listening on"
-    [ "$name" != shardmcp ] || ready="http listening on"
+    case $name in shardmcp*) ready="http listening on" ;; esac
     stop_server
     case $name in
         shardmcp)
-            "$ROOT/target/release/shardmcp" serve --http 127.0.0.1:0 --tcp "" --admin "" --log warn \
-                >"$log.out" 2>"$log.err" &
+            "${SERVER_CPUS[@]}" "$ROOT/target/release/shardmcp" serve --http 127.0.0.1:0 --tcp "" --admin "" \
+                --log warn >"$log.out" 2>"$log.err" &
             ;;
-        rmcp) "$PEERS/target/release/rmcp-echo" 127.0.0.1:0 >"$log.out" 2>"$log.err" & ;;
-        ts-sdk) node "$PEERS/ts-echo/server.mjs" 127.0.0.1:0 >"$log.out" 2>"$log.err" & ;;
-        bare) "$PEERS/target/release/bare-responder" 127.0.0.1:0 >"$log.out" 2>"$log.err" & ;;
-        *) die "unknown server $name (SERVERS takes shardmcp rmcp ts-sdk bare)" ;;
+        shardmcp-sse)
+            printf '[limits]\nhttp_json_answer_turns = 0\n' >"$OUT/shardmcp-sse.toml"
+            "${SERVER_CPUS[@]}" "$ROOT/target/release/shardmcp" serve --config "$OUT/shardmcp-sse.toml" \
+                --http 127.0.0.1:0 --tcp "" --admin "" --log warn >"$log.out" 2>"$log.err" &
+            ;;
+        rmcp) "${SERVER_CPUS[@]}" "$PEERS/target/release/rmcp-echo" 127.0.0.1:0 >"$log.out" 2>"$log.err" & ;;
+        ts-sdk) "${SERVER_CPUS[@]}" node "$PEERS/ts-echo/server.mjs" 127.0.0.1:0 >"$log.out" 2>"$log.err" & ;;
+        bare) "${SERVER_CPUS[@]}" "$PEERS/target/release/bare-responder" 127.0.0.1:0 >"$log.out" 2>"$log.err" & ;;
+        *) die "unknown server $name (SERVERS takes shardmcp shardmcp-sse rmcp ts-sdk bare)" ;;
     esac
     SERVER_PID=$!
     SERVER_ADDR=""
@@ -133,14 +167,19 @@ start_server() {
 # One generator run; the report goes to $OUT/$name.json.
 run_load() {
     local name=$1 conns=$2 sessions=$3
-    "$LOAD" load --transport http --target "http://$SERVER_ADDR/mcp" --mix "$MIX" \
+    "${LOAD_CPUS[@]}" "$LOAD" load --transport http --target "http://$SERVER_ADDR/mcp" --mix "$MIX" \
+        "${LOAD_THREADS[@]}" \
         --connections "$conns" --sessions "$sessions" --warmup "$WARMUP" --duration "$DURATION" \
         --server-pid "$SERVER_PID" --quiet --json "$OUT/$name.json" >"$OUT/$name.txt" \
         || die "the run $name failed (see $OUT/$name.txt)"
 }
 
 REPORTS=()
-echo "peers: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), servers and generator on all of them; warmup $WARMUP, measured $DURATION per run"
+case $PLACEMENT in
+    shared) where="servers and generator on all of them" ;;
+    split) where="each server alone on CPU $last, the generator (1 thread) alone on CPU $first" ;;
+esac
+echo "peers: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), $where; warmup $WARMUP, measured $DURATION per run"
 for server in $SERVERS; do
     for conns in $CONNS; do
         for shape in $SHAPES; do
@@ -192,7 +231,7 @@ done
 } >"$OUT/table.md"
 
 echo
-echo "peers: $(date -u +%F), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); closed loop, tools/call echo, warmup $WARMUP, measured $DURATION"
+echo "peers: $(date -u +%F), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); $where; closed loop, tools/call echo, warmup $WARMUP, measured $DURATION"
 cat "$OUT/table.md"
 echo "peers: table in $OUT/table.md, raw reports in $OUT/*.json"
 errors=$(jq -s 'map(.errors.total) | add' "${REPORTS[@]}")
