@@ -61,6 +61,28 @@ fn http(addr: SocketAddr, method: &str, headers: &[(&str, &str)], body: &str) ->
     }
 }
 
+/// An SSE answer whose progress notification came before its result.
+fn assert_progress_then_result(reply: &Reply) {
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert_eq!(
+        reply.header("content-type").as_deref(),
+        Some("text/event-stream")
+    );
+    let progress_at = reply
+        .body
+        .find("notifications/progress")
+        .expect("progress on the stream");
+    let result_at = reply
+        .body
+        .find(r#""result""#)
+        .expect("the result on the stream");
+    assert!(
+        progress_at < result_at,
+        "notifications precede the response: {}",
+        reply.body
+    );
+}
+
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
 
 #[test]
@@ -96,23 +118,7 @@ fn a_session_is_opened_used_over_sse_and_deleted() {
         &with_session("application/json, text/event-stream"),
         r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow","arguments":{"ms":8},"_meta":{"progressToken":9}}}"#,
     );
-    assert_eq!(call.status, 200);
-    assert_eq!(
-        call.header("content-type").as_deref(),
-        Some("text/event-stream")
-    );
-    let progress_at = call
-        .body
-        .find("notifications/progress")
-        .expect("progress on the stream");
-    let result_at = call
-        .body
-        .find(r#""result""#)
-        .expect("the result on the stream");
-    assert!(
-        progress_at < result_at,
-        "notifications precede the response"
-    );
+    assert_progress_then_result(&call);
     let deleted = http(addr, "DELETE", &with_session("application/json"), "");
     assert_eq!(deleted.status, 200);
     let gone = http(
@@ -178,16 +184,7 @@ fn a_quick_answer_is_plain_json_unless_the_request_streams_first() {
         assert_eq!(reply["result"]["content"][0]["text"], "hi");
         // Progress went out before the answer: it needs the stream.
         let streamed = post("application/json, text/event-stream", NOTIFYING);
-        assert_eq!(
-            streamed.header("content-type").as_deref(),
-            Some("text/event-stream")
-        );
-        let progress_at = streamed
-            .body
-            .find("notifications/progress")
-            .expect("progress on the stream");
-        let result_at = streamed.body.find(r#""result""#).expect("the result");
-        assert!(progress_at < result_at);
+        assert_progress_then_result(&streamed);
         // A client that takes only SSE gets SSE.
         let sse_only = post("text/event-stream", ECHO);
         assert_eq!(
@@ -251,13 +248,7 @@ fn requests_for_a_session_on_another_shard_are_forwarded_with_their_streams() {
             r#"{{"jsonrpc":"2.0","id":{calls},"method":"tools/call","params":{{"name":"slow","arguments":{{"ms":4}},"_meta":{{"progressToken":{calls}}}}}}}"#
         );
         let call = http(addr, "POST", &headers, &body);
-        assert_eq!(call.status, 200, "{}", call.head);
-        let progress_at = call
-            .body
-            .find("notifications/progress")
-            .expect("progress streamed back");
-        let result_at = call.body.find(r#""result""#).expect("the result");
-        assert!(progress_at < result_at);
+        assert_progress_then_result(&call);
     }
     assert!(forwarded() > 0, "some requests crossed the mesh");
     // A DELETE that lands on the other shard ends the session too.

@@ -1653,6 +1653,7 @@ async fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> std::io::Result<()>
     stream.write_all(&chunk).await
 }
 
+/// Appends `data` to `out` as one chunk of a chunked body.
 fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
     push_number(out, data.len(), 16);
     out.extend_from_slice(b"\r\n");
