@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 
 use common::{test_config, IO_TIMEOUT};
 use serde_json::Value;
@@ -14,31 +14,10 @@ use shardmcp::chaos::classify::SessionKey;
 use shardmcp::runtime::{self, NodeHandle};
 use shardmcp::server::demo;
 
-/// One request on its own connection; the status and body.
-fn request(addr: SocketAddr, head: &str, body: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let text = format!(
-        "{head}\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(text.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_string(), body.to_string())
-}
-
 fn chaos(node: &NodeHandle, method: &str, path: &str) -> (u16, String) {
     let admin = node.admin_addr().unwrap();
-    let (status, _, body) = request(admin, &format!("{method} {path} HTTP/1.1"), "");
-    (status, body)
+    let reply = common::http::request(admin, method, path, &[], "");
+    (reply.status, reply.body)
 }
 
 fn chaos_json(node: &NodeHandle, path: &str) -> Value {
@@ -48,13 +27,16 @@ fn chaos_json(node: &NodeHandle, path: &str) -> Value {
 }
 
 fn mcp(node: &NodeHandle, session: Option<&str>, body: &str) -> (u16, String, String) {
-    let mut head = "POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream".to_string();
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
     if let Some(session) = session {
-        head.push_str(&format!(
-            "\r\nMcp-Session-Id: {session}\r\nMCP-Protocol-Version: 2025-11-25"
-        ));
+        headers.push(("Mcp-Session-Id", session));
+        headers.push(("MCP-Protocol-Version", "2025-11-25"));
     }
-    request(node.http_addr().unwrap(), &head, body)
+    let reply = common::http::request(node.http_addr().unwrap(), "POST", "/mcp", &headers, body);
+    (reply.status, reply.head, reply.body)
 }
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;

@@ -6,12 +6,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::http::{read_reply, send, Reply};
 use common::{test_config, Client, IO_TIMEOUT};
 use serde_json::{json, Value};
 use shardmcp::config::Config;
@@ -20,72 +21,8 @@ use shardmcp::protect::{CIRCUIT_OPEN, OVERLOADED, RATE_LIMITED};
 use shardmcp::runtime::{self, NodeHandle};
 use shardmcp::server::{demo, Server, ServerFactory, Tool, ToolError, ToolResult};
 
-/// One HTTP answer, read to the end (every request says Connection: close).
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| value.trim().to_string())
-        })
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
-}
-
-fn read_reply(mut stream: TcpStream) -> Reply {
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut raw = Vec::new();
-    // A reset after the answer (the server closed first) still leaves it read.
-    let _ = stream.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    Reply {
-        status,
-        head: head.to_string(),
-        body: body.to_string(),
-    }
-}
-
-fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).expect("sent");
-    stream
-}
-
 fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    read_reply(send(addr, method, path, headers, body))
+    common::http::request(addr, method, path, headers, body)
 }
 
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"protect","version":"0"}}}"#;

@@ -1,6 +1,8 @@
 //! Helpers for tests that drive a real node over real sockets.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
