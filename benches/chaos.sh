@@ -17,6 +17,7 @@
 # failure; the reports are in $OUT/chaos.json and $OUT/chaos.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 
 SESSIONS=${SESSIONS:-15000}
 DURATION=${DURATION:-60s}
@@ -33,34 +34,12 @@ command -v jq >/dev/null || { echo "chaos: needs jq" >&2; exit 2; }
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet
 mkdir -p "$OUT"
 
-SERVER_PID=""
-stop_server() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 150); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    SERVER_PID=""
-}
 trap stop_server EXIT INT TERM
 
 "$BIN" serve --chaos --shards "$SHARDS" --http 127.0.0.1:0 --tcp "" --admin 127.0.0.1:0 \
     --log warn >"$OUT/serve.out" 2>"$OUT/serve.err" &
 SERVER_PID=$!
-HTTP_ADDR=""
-ADMIN_ADDR=""
-for _ in $(seq 1 100); do
-    HTTP_ADDR=$(awk '/http listening on/ {print $5}' "$OUT/serve.out" 2>/dev/null || true)
-    ADMIN_ADDR=$(awk '/admin listening on/ {print $5}' "$OUT/serve.out" 2>/dev/null || true)
-    [ -n "$HTTP_ADDR" ] && [ -n "$ADMIN_ADDR" ] && break
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.1
-done
-if [ -z "$HTTP_ADDR" ] || [ -z "$ADMIN_ADDR" ]; then
+if ! wait_for_listeners "$OUT/serve.out" http admin; then
     echo "chaos: the server did not come up:" >&2
     cat "$OUT/serve.err" >&2
     exit 1

@@ -24,6 +24,7 @@
 # on failure. The reports are in $OUT/*.json and $OUT/*.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 
 MODE=${1:-run}
 SESSIONS=${SESSIONS:-15000}
@@ -43,23 +44,6 @@ command -v jq >/dev/null || { echo "load_15k: needs jq" >&2; exit 2; }
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet
 mkdir -p "$OUT"
 
-SERVER_PID=""
-HTTP_ADDR=""
-TCP_ADDR=""
-
-stop_server() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        # Drain is bounded by runtime.drain_deadline_ms; then make sure.
-        for _ in $(seq 1 150); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    SERVER_PID=""
-}
 trap stop_server EXIT INT TERM
 
 start_server() {
@@ -69,15 +53,7 @@ start_server() {
         --log warn ${SERVER_CONFIG:+--config "$SERVER_CONFIG"} ${SHARDS:+--shards "$SHARDS"} \
         >"$OUT/$name.serve.out" 2>"$OUT/$name.serve.err" &
     SERVER_PID=$!
-    HTTP_ADDR=""
-    TCP_ADDR=""
-    for _ in $(seq 1 100); do
-        HTTP_ADDR=$(awk '/http listening on/ {print $5}' "$OUT/$name.serve.out" 2>/dev/null || true)
-        TCP_ADDR=$(awk '/tcp listening on/ {print $5}' "$OUT/$name.serve.out" 2>/dev/null || true)
-        [ -n "$HTTP_ADDR" ] && [ -n "$TCP_ADDR" ] && return 0
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
+    wait_for_listeners "$OUT/$name.serve.out" http tcp && return 0
     echo "load_15k: the server did not come up:" >&2
     cat "$OUT/$name.serve.err" >&2
     exit 1

@@ -25,6 +25,7 @@
 # on failure. Reports are in $OUT/*.json; the summary is printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 
 SESSIONS=${SESSIONS:-1000}
 CONNS=${CONNS:-256}
@@ -45,21 +46,12 @@ done
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet
 mkdir -p "$OUT"
 
-SERVER_PID=""
 SAMPLER_PIDS=()
 stop_all() {
     for pid in "${SAMPLER_PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 150); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    stop_server
 }
 trap stop_all EXIT INT TERM
 
@@ -70,16 +62,7 @@ EOF
 "${SERVER_WRAP[@]}" "$BIN" serve --config "$OUT/serve.toml" --http 127.0.0.1:0 --tcp "" --admin 127.0.0.1:0 \
     --log warn ${SHARDS:+--shards "$SHARDS"} >"$OUT/serve.out" 2>"$OUT/serve.err" &
 SERVER_PID=$!
-HTTP_ADDR=""
-ADMIN_ADDR=""
-for _ in $(seq 1 100); do
-    HTTP_ADDR=$(awk '/http listening on/ {print $5}' "$OUT/serve.out" 2>/dev/null || true)
-    ADMIN_ADDR=$(awk '/admin listening on/ {print $5}' "$OUT/serve.out" 2>/dev/null || true)
-    [ -n "$HTTP_ADDR" ] && [ -n "$ADMIN_ADDR" ] && break
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.1
-done
-if [ -z "$HTTP_ADDR" ] || [ -z "$ADMIN_ADDR" ]; then
+if ! wait_for_listeners "$OUT/serve.out" http admin; then
     echo "overload: the server did not come up:" >&2
     cat "$OUT/serve.err" >&2
     exit 1

@@ -16,6 +16,7 @@
 # port 0 on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-5s}
@@ -47,21 +48,6 @@ restore_sysctls() {
 }
 
 # --- one server at a time --------------------------------------------------
-SERVER_PID=""
-HTTP_ADDR=""
-TCP_ADDR=""
-stop_server() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 150); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    SERVER_PID=""
-}
 cleanup() {
     stop_server
     restore_sysctls
@@ -79,15 +65,7 @@ start_server() {
     "$@" "$BIN" serve --config "$config" --http 127.0.0.1:0 --tcp 127.0.0.1:0 \
         --admin "" --log warn >"$log" 2>&1 &
     SERVER_PID=$!
-    HTTP_ADDR=""
-    TCP_ADDR=""
-    for _ in $(seq 1 100); do
-        HTTP_ADDR=$(awk '/http listening on/ {print $5}' "$log")
-        TCP_ADDR=$(awk '/tcp listening on/ {print $5}' "$log")
-        [ -n "$HTTP_ADDR" ] && [ -n "$TCP_ADDR" ] && return 0
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
+    wait_for_listeners "$log" http tcp && return 0
     echo "measure: server did not start:" >&2
     cat "$log" >&2
     return 1

@@ -42,6 +42,7 @@
 # Exits non-zero with a message when a build, a server start or a run fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/common.sh
 ROOT=$(pwd)
 PEERS=$ROOT/benches/peers
 
@@ -110,21 +111,8 @@ cargo build --release --quiet || die "building shardmcp failed"
     || die "npm install in benches/peers/ts-echo failed"
 LOAD=$ROOT/target/release/shardmcp
 
-SERVER_PID=""
 SERVER_ADDR=""
 
-stop_server() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    [ -z "$SERVER_PID" ] || wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-}
 trap stop_server EXIT
 trap 'stop_server; exit 130' INT TERM
 
