@@ -153,6 +153,18 @@ fn post(addr: SocketAddr, bearer: Option<&str>, session: Option<&str>, body: &st
     http(addr, "POST", "/mcp", bearer, &headers, body)
 }
 
+/// Ends `session` as `bearer`.
+fn delete(addr: SocketAddr, bearer: &str, session: &str) -> Reply {
+    http(
+        addr,
+        "DELETE",
+        "/mcp",
+        Some(bearer),
+        &[("Mcp-Session-Id", session)],
+        "",
+    )
+}
+
 /// Opens a session as `bearer`; returns its id.
 fn initialize(addr: SocketAddr, bearer: &str) -> String {
     let init = post(addr, Some(bearer), None, INIT);
@@ -326,28 +338,14 @@ fn a_session_answers_only_the_principal_that_opened_it_on_any_shard() {
             "",
         );
         assert_eq!(stream.status, 404, "nor its stream");
-        let ended = http(
-            addr,
-            "DELETE",
-            "/mcp",
-            Some(&bob),
-            &[("Mcp-Session-Id", &session)],
-            "",
-        );
+        let ended = delete(addr, &bob, &session);
         assert_eq!(ended.status, 404, "nor may it end the session");
         let mine = post(addr, Some(&alice), Some(&session), LIST);
         assert_eq!(mine.status, 200, "{}", mine.head);
     }
     assert!(node.forwarded() >= 2, "requests crossed the mesh");
     // The owner's DELETE works, from whichever shard.
-    let ended = http(
-        addr,
-        "DELETE",
-        "/mcp",
-        Some(&alice),
-        &[("Mcp-Session-Id", &session)],
-        "",
-    );
+    let ended = delete(addr, &alice, &session);
     assert_eq!(ended.status, 200);
     assert_eq!(post(addr, Some(&alice), Some(&session), LIST).status, 404);
 }
@@ -370,14 +368,7 @@ fn a_session_taken_up_after_its_pool_died_still_answers_only_its_owner() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     let stolen = post(addr, Some(&bob), Some(&session), LIST);
     assert_eq!(stolen.status, 404, "{}", stolen.head);
-    let ended = http(
-        addr,
-        "DELETE",
-        "/mcp",
-        Some(&bob),
-        &[("Mcp-Session-Id", &session)],
-        "",
-    );
+    let ended = delete(addr, &bob, &session);
     assert_eq!(ended.status, 404, "nor end it");
     // Its owner carries on in a new actor.
     let mine = post(addr, Some(&alice), Some(&session), LIST);
