@@ -173,6 +173,46 @@ fn a_quick_answer_is_plain_json_unless_the_request_streams_first() {
     assert!(call.body.contains(r#""text":"hi""#));
 }
 
+/// Many connections sharing one session queue behind its mailbox; that wait
+/// is not the handler's, so their quick answers are still plain JSON.
+#[test]
+fn quick_answers_queued_behind_a_busy_session_are_still_plain_json() {
+    const CONCURRENT: usize = 24;
+    let mut config = test_config(1, 1);
+    config.limits.session_mailbox_capacity = 1;
+    let node = runtime::start(config, demo::factory()).unwrap();
+    let addr = node.http_addr().unwrap();
+    let session = open_session(addr);
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Mcp-Session-Id", session.as_str()),
+    ];
+    // All sent before any answer is read: they reach the shard together.
+    let pending: Vec<TcpStream> = (0..CONCURRENT)
+        .map(|i| {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"n{i}"}}}}}}"#
+            );
+            common::http::send(addr, "POST", "/mcp", &headers, &body)
+        })
+        .collect();
+    for (i, stream) in pending.into_iter().enumerate() {
+        let reply = common::http::read_reply(stream);
+        assert_eq!(reply.status, 200, "{}", reply.head);
+        assert_eq!(
+            reply.header("content-type").as_deref(),
+            Some("application/json"),
+            "request {i}: {}",
+            reply.body
+        );
+        assert_eq!(
+            reply.json()["result"]["content"][0]["text"],
+            format!("n{i}")
+        );
+    }
+}
+
 #[test]
 fn requests_for_a_session_on_another_shard_are_forwarded_with_their_streams() {
     use shardmcp::ids::ShardId;

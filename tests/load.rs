@@ -347,7 +347,8 @@ fn lose_sessions_mid_run(transport: &str, path: &str, allowed_errors: &[&str]) {
 
 /// A minimal Streamable HTTP server: sessions `s1`..; the first
 /// `forget_first` sessions answer their first request 404 (forgotten), all
-/// others answer with SSE: a notification, then the response.
+/// others answer with SSE: a notification, then the response. A silent one
+/// answers `initialize` and nothing after it.
 struct TinyServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -357,6 +358,14 @@ struct TinyServer {
 
 impl TinyServer {
     fn start(forget_first: u64) -> TinyServer {
+        Self::spawn(forget_first, false)
+    }
+
+    fn silent() -> TinyServer {
+        Self::spawn(0, true)
+    }
+
+    fn spawn(forget_first: u64, silent: bool) -> TinyServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -376,7 +385,14 @@ impl TinyServer {
                     let (sessions, forgotten, deleted) =
                         (sessions.clone(), forgotten.clone(), deleted.clone());
                     connections.push(std::thread::spawn(move || {
-                        serve_tiny(stream, &sessions, forget_first, &forgotten, &deleted)
+                        serve_tiny(
+                            stream,
+                            &sessions,
+                            forget_first,
+                            silent,
+                            &forgotten,
+                            &deleted,
+                        )
                     }));
                 }
                 for connection in connections {
@@ -407,6 +423,7 @@ fn serve_tiny(
     stream: TcpStream,
     sessions: &AtomicU64,
     forget_first: u64,
+    silent: bool,
     forgotten: &Mutex<std::collections::HashSet<String>>,
     deleted: &Mutex<Vec<String>>,
 ) {
@@ -454,6 +471,8 @@ fn serve_tiny(
                     format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: s{n}\r\nContent-Length: {}\r\n\r\n{json}", json.len())
                 }
                 (_, None) => "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n".to_string(),
+                // Never answers: the next read ends when the client closes.
+                (_, Some(_)) if silent => continue,
                 (_, Some(id)) => {
                     let session = session.unwrap_or_default();
                     let n: u64 = session.trim_start_matches('s').parse().unwrap_or(0);
@@ -514,6 +533,35 @@ fn a_session_answered_404_is_initialized_again_and_counted() {
     let mut deleted = server.deleted.lock().unwrap().clone();
     deleted.sort();
     assert_eq!(deleted, ["s5", "s6", "s7", "s8"]);
+}
+
+#[test]
+fn a_request_never_answered_times_out_and_the_run_still_ends() {
+    let server = TinyServer::silent();
+    let spec = LoadSpec::new(LoadSettings {
+        target: Some(format!("http://{}/mcp", server.addr)),
+        transport: "http".into(),
+        sessions: 2,
+        connections: Some(2),
+        threads: Some(1),
+        warmup: Duration::ZERO,
+        duration: Duration::from_millis(1_500),
+        timeout: Duration::from_millis(200),
+        mix: "ping".into(),
+        ..LoadSettings::default()
+    })
+    .unwrap();
+    let report = load::run(&spec, None).expect("the run completes");
+    let stats = &report.stats;
+    let text = report.to_text();
+    assert_eq!(stats.sessions_ready, 2, "{text}");
+    assert_eq!(stats.ok, 0, "{text}");
+    // Each connection times out, reconnects and tries again: a few
+    // timeouts each in 1.5 s, every one counted as such.
+    let timeouts = stats.errors.get("timeout").copied().unwrap_or(0);
+    assert!(timeouts >= 2, "{text}");
+    assert_eq!(stats.errors_total(), timeouts, "{text}");
+    assert_eq!(report.stats.availability(), Some(0.0), "{text}");
 }
 
 #[test]

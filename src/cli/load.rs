@@ -55,7 +55,9 @@ pub struct LoadArgs {
     #[arg(long, value_name = "SPEC", default_value = DEFAULT_MIX)]
     pub mix: String,
     /// How long one request (or connect, or initialize) may take before it
-    /// counts as a timeout and its connection is dropped.
+    /// counts as a timeout and its connection is dropped. A request's limit
+    /// is kept by a sweep four times per limit, so it ends between 1x and
+    /// 1.25x this.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Generator threads, all processes together; each is a glommio

@@ -4,6 +4,8 @@
 //! out is dropped, since its next bytes may still belong to the old answer.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -15,6 +17,7 @@ use super::http::{
 };
 use super::reply::{classify, Frame, Outcome};
 use super::stats::ErrorKind;
+use super::watchdog::{Watch, Watchdog};
 
 /// Room offered to each read; the buffer starts at this size.
 const READ_CHUNK_BYTES: usize = 8 << 10;
@@ -41,6 +44,9 @@ pub struct HttpAnswer {
 }
 
 pub struct Conn {
+    /// Declared before `stream`: it must leave the watchdog before the
+    /// socket closes.
+    watch: Option<Watch>,
     stream: TcpStream,
     buf: Vec<u8>,
     start: usize,
@@ -254,6 +260,7 @@ impl Conn {
         // Nagle plus delayed ACKs would add 40 ms to every request.
         stream.set_nodelay(true).map_err(|_| ErrorKind::Connect)?;
         Ok(Conn {
+            watch: None,
             stream,
             buf: vec![0; READ_CHUNK_BYTES],
             start: 0,
@@ -437,7 +444,19 @@ impl Conn {
     /// One newline-delimited JSON-RPC message out; when `id` is Some, reads
     /// lines until the response to it. Returns it with the notifications and
     /// server requests seen on the way.
+    /// Under the watchdog when [`watch_by`](Self::watch_by) was called: an
+    /// exchange it ends is `Timeout`.
     pub async fn line_exchange(
+        &mut self,
+        message: &[u8],
+        id: Option<u64>,
+    ) -> Result<(Option<Outcome>, u64, u64), ErrorKind> {
+        self.watch_start();
+        let result = self.line_exchange_unwatched(message, id).await;
+        self.watch_settle(result)
+    }
+
+    async fn line_exchange_unwatched(
         &mut self,
         message: &[u8],
         id: Option<u64>,
@@ -481,7 +500,39 @@ impl Conn {
 
     /// One HTTP request; reads the whole answer. With `id`, the body's
     /// JSON-RPC response to it (JSON or on an SSE stream) is the outcome.
+    /// Under the watchdog when [`watch_by`](Self::watch_by) was called: an
+    /// exchange it ends is `Timeout`.
     pub async fn http_exchange(
+        &mut self,
+        head: &RequestHead<'_>,
+        body: &[u8],
+        id: Option<u64>,
+    ) -> Result<HttpAnswer, ErrorKind> {
+        self.watch_start();
+        let result = self.http_exchange_unwatched(head, body, id).await;
+        self.watch_settle(result)
+    }
+
+    /// Puts this connection's exchanges under `dog`: one that runs past the
+    /// watchdog's limit is shut down and ends as `Timeout`.
+    pub fn watch_by(&mut self, dog: &Rc<Watchdog>) {
+        self.watch = Some(dog.register(self.stream.as_raw_fd()));
+    }
+
+    fn watch_start(&self) {
+        if let Some(watch) = &self.watch {
+            watch.start();
+        }
+    }
+
+    fn watch_settle<T>(&self, result: Result<T, ErrorKind>) -> Result<T, ErrorKind> {
+        match &self.watch {
+            Some(watch) if watch.stop() => Err(ErrorKind::Timeout),
+            _ => result,
+        }
+    }
+
+    async fn http_exchange_unwatched(
         &mut self,
         head: &RequestHead<'_>,
         body: &[u8],
@@ -490,10 +541,10 @@ impl Conn {
         self.out.clear();
         head.write(body, &mut self.out);
         self.send().await?;
-        let response = self.read_response_head().await?;
+        let mut response = self.read_response_head().await?;
         let mut answer = HttpAnswer {
             status: response.status,
-            session: response.session.clone(),
+            session: response.session.take(),
             outcome: None,
             bad_body: false,
             notifications: 0,

@@ -107,16 +107,17 @@ pub fn parse_head(buffer: &[u8]) -> Result<Option<ResponseHead>, HttpError> {
         if name.eq_ignore_ascii_case("content-length") {
             length = Some(value.parse::<usize>().map_err(|_| HttpError::BadLength)?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
+            chunked = contains_ignore_case(value, "chunked");
         } else if name.eq_ignore_ascii_case("content-type") {
-            event_stream = value.to_ascii_lowercase().starts_with("text/event-stream");
+            event_stream = value
+                .get(..TEXT_EVENT_STREAM.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(TEXT_EVENT_STREAM));
         } else if name.eq_ignore_ascii_case("mcp-session-id") {
             session = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("connection") {
-            let value = value.to_ascii_lowercase();
-            if value.contains("close") {
+            if contains_ignore_case(value, "close") {
                 keep_alive = false;
-            } else if value.contains("keep-alive") {
+            } else if contains_ignore_case(value, "keep-alive") {
                 keep_alive = true;
             }
         }
@@ -148,6 +149,17 @@ pub fn parse_head(buffer: &[u8]) -> Result<Option<ResponseHead>, HttpError> {
         session,
         keep_alive,
     }))
+}
+
+const TEXT_EVENT_STREAM: &str = "text/event-stream";
+
+/// Whether `needle` (lower case) is in `haystack`, in any case, without
+/// allocating: heads are parsed once per answer.
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// Decodes a chunked body incrementally.
@@ -382,6 +394,17 @@ mod tests {
             .unwrap();
         assert_eq!(closing.framing, Framing::UntilClose);
         assert!(!closing.keep_alive);
+
+        // Values in any case; HTTP/1.0 keeps alive only when it says so.
+        let shouting = parse_head(b"HTTP/1.0 200 OK\r\ncontent-type: Text/Event-Stream; charset=utf-8\r\nTRANSFER-ENCODING: gzip, CHUNKED\r\nConnection: Keep-Alive\r\n\r\n").unwrap().unwrap();
+        assert_eq!(shouting.framing, Framing::Chunked);
+        assert!(shouting.event_stream && shouting.keep_alive);
+        let plain = parse_head(
+            b"HTTP/1.0 200 OK\r\nContent-Type: text/eventstream\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!plain.event_stream && !plain.keep_alive);
 
         let accepted = parse_head(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
             .unwrap()

@@ -31,6 +31,7 @@ use super::mix::Mix;
 use super::pacer::{Pacer, Ticket};
 use super::reply::Outcome;
 use super::stats::{ErrorKind, Stats, Tick};
+use super::watchdog::Watchdog;
 
 mod legacy;
 
@@ -291,6 +292,8 @@ struct Worker {
     /// Set when `go` opens (setup is over).
     running: Cell<bool>,
     cleanup: Latch,
+    /// Keeps the request timeout of this thread's connections.
+    watchdog: Rc<Watchdog>,
     /// Legacy SSE: requests waiting for their answer on a session's stream,
     /// by JSON-RPC id, with the session's slot.
     waiters: RefCell<std::collections::HashMap<u64, legacy::Waiter>>,
@@ -339,12 +342,19 @@ async fn run(
         go: Latch::new(),
         running: Cell::new(false),
         cleanup: Latch::new(),
+        watchdog: Rc::default(),
         waiters: RefCell::new(std::collections::HashMap::new()),
         plan,
         source,
         events,
         origin,
     });
+    let watchdog = glommio::spawn_local(
+        worker
+            .watchdog
+            .clone()
+            .run(Watchdog::sweep_interval(worker.plan.timeout)),
+    );
     let tasks: Vec<_> = (0..connections)
         .map(|index| glommio::spawn_local(connection(worker.clone(), index)))
         .collect();
@@ -405,6 +415,7 @@ async fn run(
     for task in tasks {
         task.await;
     }
+    drop(watchdog);
     Ok(())
 }
 
@@ -465,6 +476,7 @@ impl Worker {
             self.plan.timeout,
         )
         .await?;
+        conn.watch_by(&self.watchdog);
         if let Wire::Ws { host, path, .. } = &self.plan.wire {
             let upgraded = with_timeout(self.plan.timeout, conn.upgrade_websocket(host, path));
             upgraded.await.unwrap_or(Err(ErrorKind::Timeout))?;
@@ -552,7 +564,8 @@ impl Worker {
             };
             let (sent, received) = (open.bytes_sent, open.bytes_received);
             let reused = sent > 0;
-            let result = with_timeout(self.plan.timeout, open.http_exchange(head, body, id)).await;
+            // The thread's watchdog keeps the timeout (see `Worker::connect`).
+            let result = open.http_exchange(head, body, id).await;
             {
                 let mut stats = self.stats();
                 stats.bytes_sent += open.bytes_sent - sent;
@@ -560,22 +573,18 @@ impl Worker {
             }
             let answered_nothing = open.bytes_received == received;
             match result {
-                Some(Ok(answer)) => {
+                Ok(answer) => {
                     if !answer.reusable {
                         *conn = None;
                     }
                     return Ok(answer);
                 }
-                Some(Err(ErrorKind::Closed)) if reused && answered_nothing && attempt == 0 => {
+                Err(ErrorKind::Closed) if reused && answered_nothing && attempt == 0 => {
                     *conn = None;
                 }
-                Some(Err(kind)) => {
+                Err(kind) => {
                     *conn = None;
                     return Err(kind);
-                }
-                None => {
-                    *conn = None;
-                    return Err(ErrorKind::Timeout);
                 }
             }
         }
@@ -1037,14 +1046,15 @@ async fn tcp_run(worker: &Worker, conn: &mut Option<Conn>, index: usize) {
         body.clear();
         worker.plan.mix.operations[op].render(id, &mut body);
         let (sent, received) = (open.bytes_sent, open.bytes_received);
-        let result = with_timeout(worker.plan.timeout, open.line_exchange(&body, Some(id))).await;
+        // The thread's watchdog keeps the timeout (see `Worker::connect`).
+        let result = open.line_exchange(&body, Some(id)).await;
         {
             let mut stats = worker.stats();
             stats.bytes_sent += open.bytes_sent - sent;
             stats.bytes_received += open.bytes_received - received;
         }
         let result = match result {
-            Some(Ok((outcome, notifications, server_requests))) => {
+            Ok((outcome, notifications, server_requests)) => {
                 worker.count_frames(intended, notifications, server_requests);
                 match outcome {
                     Some(Outcome::Result { .. }) => Ok(()),
@@ -1052,13 +1062,9 @@ async fn tcp_run(worker: &Worker, conn: &mut Option<Conn>, index: usize) {
                     None => Err(ErrorKind::NoResponse),
                 }
             }
-            Some(Err(kind)) => {
+            Err(kind) => {
                 *conn = None;
                 Err(kind)
-            }
-            None => {
-                *conn = None;
-                Err(ErrorKind::Timeout)
             }
         };
         worker.record_request(op, intended, result, None);

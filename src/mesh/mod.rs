@@ -296,6 +296,21 @@ enum PushError<T> {
     Failed(MeshError<T>),
 }
 
+/// How often the shard's deadline sweeper fails calls past their time,
+/// while calls are pending: a call's timeout is kept to within this.
+pub const CALL_SWEEP_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A call's reply was not there by its deadline.
+struct Expired;
+
+/// A call waiting for its reply.
+struct Pending<T> {
+    to: ShardId,
+    /// Taken when the call is settled.
+    reply: Option<OneshotSender<Result<T, Expired>>>,
+    deadline: Duration,
+}
+
 /// How long a sender waits between looks at a full queue.
 const FULL_QUEUE_BACKOFF: Duration = Duration::from_micros(20);
 
@@ -315,7 +330,10 @@ pub struct MeshPort<T: Send + 'static> {
     inbox: RefCell<Arc<Inbox>>,
     outgoing: RefCell<Vec<Option<Rc<Outgoing<T>>>>>,
     incoming: RefCell<Vec<Option<Arc<Pair<T>>>>>,
-    pending: RefCell<HashMap<u64, (ShardId, OneshotSender<T>)>>,
+    pending: RefCell<HashMap<u64, Pending<T>>>,
+    /// Rung when a call is made while none was pending: wakes the deadline
+    /// sweeper, which sleeps while there is nothing to watch.
+    sweeper_bell: Rc<LocalBell>,
     next_call_id: Cell<u64>,
     handler: RefCell<Option<Handler<T>>>,
     /// Rung by the doorbell tasks; the parked poller waits on it.
@@ -350,6 +368,7 @@ impl<T: Send + 'static> MeshPort<T> {
             outgoing: RefCell::new((0..shards).map(|_| None).collect()),
             incoming: RefCell::new((0..shards).map(|_| None).collect()),
             pending: RefCell::new(HashMap::new()),
+            sweeper_bell: Rc::default(),
             next_call_id: Cell::new(0),
             handler: RefCell::new(None),
             doorbell: Rc::default(),
@@ -386,8 +405,8 @@ impl<T: Send + 'static> MeshPort<T> {
                 connected.push(self.install_incoming(j, inbound));
             }
         }
-        let port = Rc::downgrade(self);
-        glommio::spawn_local(poll_loop(port)).detach();
+        glommio::spawn_local(poll_loop(Rc::downgrade(self))).detach();
+        glommio::spawn_local(sweep_call_deadlines(Rc::downgrade(self))).detach();
         Connecting { connected }
     }
 
@@ -480,9 +499,9 @@ impl<T: Send + 'static> MeshPort<T> {
         match envelope {
             Envelope::Reply { call_id, body } => {
                 let waiter = self.pending.borrow_mut().remove(&call_id);
-                if let Some((_, reply)) = waiter {
-                    // The caller may have timed out: then the reply is dropped.
-                    let _ = reply.send(body);
+                if let Some(reply) = waiter.and_then(|mut waiter| waiter.reply.take()) {
+                    // The caller may have gone: then the reply is dropped.
+                    let _ = reply.send(Ok(body));
                 }
             }
             Envelope::Cast { from, body } => self.dispatch(Incoming {
@@ -511,7 +530,9 @@ impl<T: Send + 'static> MeshPort<T> {
 
     /// Callers waiting on `peer` learn at once that it is gone.
     fn fail_pending_for(&self, peer: ShardId) {
-        self.pending.borrow_mut().retain(|_, (to, _)| *to != peer);
+        self.pending
+            .borrow_mut()
+            .retain(|_, pending| pending.to != peer);
     }
 
     fn outgoing(&self, to: ShardId) -> Result<Rc<Outgoing<T>>, MeshError<T>> {
@@ -599,7 +620,9 @@ impl<T: Send + 'static> MeshPort<T> {
         .await
     }
 
-    /// Sends a request and waits for its reply, up to `timeout`.
+    /// Sends a request and waits for its reply, up to `timeout` (give or
+    /// take one [`CALL_SWEEP_INTERVAL`]: the shard's deadline sweeper fails
+    /// calls past their time, so no call arms a timer of its own).
     pub async fn call(&self, to: ShardId, body: T, timeout: Duration) -> Result<T, MeshError<T>> {
         self.outgoing(to)?;
         if self.pending.borrow().len() >= self.pending_calls_max {
@@ -608,36 +631,64 @@ impl<T: Send + 'static> MeshPort<T> {
         let call_id = self.next_call_id.get();
         self.next_call_id.set(call_id.wrapping_add(1));
         let (reply_tx, reply_rx) = oneshot();
-        self.pending.borrow_mut().insert(call_id, (to, reply_tx));
+        let deadline = self.clock.now() + timeout;
+        let was_empty = {
+            let mut pending = self.pending.borrow_mut();
+            pending.insert(
+                call_id,
+                Pending {
+                    to,
+                    reply: Some(reply_tx),
+                    deadline,
+                },
+            );
+            pending.len() == 1
+        };
+        if was_empty {
+            self.sweeper_bell.ring();
+        }
         let envelope = Envelope::Call {
             from: self.me,
             call_id,
             body,
         };
-        let timer = self.clock.sleep(timeout);
         let outcome = future::or(
             async {
-                if let Err(error) = self.push_waiting(to, envelope).await {
-                    return Some(Err(error));
+                match self.push_waiting(to, envelope).await {
+                    Err(error) => Err(error),
+                    // Sent: the reply (or the sweeper) settles it.
+                    Ok(()) => future::pending().await,
                 }
-                Some(reply_rx.await.map_err(|_| MeshError::PeerGone(to)))
             },
             async {
-                timer.await;
-                None
+                match reply_rx.await {
+                    Ok(Ok(body)) => Ok(body),
+                    Ok(Err(Expired)) => Err(MeshError::Timeout(to, timeout)),
+                    Err(_) => Err(MeshError::PeerGone(to)),
+                }
             },
         )
         .await;
-        match outcome {
-            Some(result) => {
-                self.pending.borrow_mut().remove(&call_id);
-                result
+        self.pending.borrow_mut().remove(&call_id);
+        outcome
+    }
+
+    /// Fails the calls whose deadline has passed. Gives how many.
+    fn expire_calls(&self) -> usize {
+        let now = self.clock.now();
+        let mut expired = Vec::new();
+        self.pending.borrow_mut().retain(|_, pending| {
+            if pending.deadline > now {
+                return true;
             }
-            None => {
-                self.pending.borrow_mut().remove(&call_id);
-                Err(MeshError::Timeout(to, timeout))
-            }
+            expired.push(pending.reply.take());
+            false
+        });
+        let count = expired.len();
+        for reply in expired.into_iter().flatten() {
+            let _ = reply.send(Err(Expired));
         }
+        count
     }
 
     /// Answers a call. Waits while the queue back is full.
@@ -678,8 +729,10 @@ impl<T: Send + 'static> Drop for MeshPort<T> {
                 let _ = bell.try_send(());
             }
         }
-        // Wake our own poller so it sees the port is gone and ends.
+        // Wake our own poller and deadline sweeper so they see the port is
+        // gone and end.
         self.doorbell.ring();
+        self.sweeper_bell.ring();
     }
 }
 
@@ -740,6 +793,28 @@ async fn poll_loop<T: Send + 'static>(port: Weak<MeshPort<T>>) {
         drop(strong);
         // Let the shard's other tasks run between passes.
         future::yield_now().await;
+    }
+}
+
+/// Fails the port's calls past their deadline, one sweep every
+/// [`CALL_SWEEP_INTERVAL`] while any call is pending; sleeps otherwise.
+/// One sweeper per shard replaces a timer per call, which glommio would put
+/// back into its reactor's tree every time the calling task woke.
+async fn sweep_call_deadlines<T: Send + 'static>(port: Weak<MeshPort<T>>) {
+    loop {
+        let Some(strong) = port.upgrade() else { return };
+        if strong.pending_calls() == 0 {
+            let bell = strong.sweeper_bell.clone();
+            bell.rung.set(false);
+            drop(strong);
+            bell.rung().await;
+            continue;
+        }
+        let nap = strong.clock.sleep(CALL_SWEEP_INTERVAL);
+        drop(strong);
+        nap.await;
+        let Some(strong) = port.upgrade() else { return };
+        strong.expire_calls();
     }
 }
 

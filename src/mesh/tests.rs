@@ -210,6 +210,66 @@ fn call_times_out_on_injected_clock_and_fails_fast_when_peer_is_gone() {
 }
 
 #[test]
+fn the_deadline_sweeper_clears_abandoned_calls_and_sleeps_when_none_is_pending() {
+    let (_wiring, mut ends) = full::<u64>(2, 8);
+    let ends1 = ends.pop().unwrap();
+    let ends0 = ends.pop().unwrap();
+    let (leave_tx, leave_rx) = bounded::<()>(1);
+
+    let one = shard("mesh-1", move || async move {
+        let port = MeshPort::new(ShardId(1), 2, SystemClock::shared(), 16);
+        port.set_handler(|_incoming: Incoming<u64>| {}); // never replies
+        port.connect(ends1).all().await;
+        hold(leave_rx).await;
+    });
+    let zero = shard("mesh-0", move || async move {
+        let clock = ManualClock::new();
+        // A poller that never parks, so the clock's only sleeper can be the
+        // deadline sweeper.
+        let never_park = PollPolicy {
+            spin: Duration::from_secs(3_600),
+            ..PollPolicy::default()
+        };
+        let port = MeshPort::with_policy(ShardId(0), 2, clock.clone(), 16, never_park);
+        port.connect(ends0).all().await;
+        crate::sync::settle(8).await;
+        // Nothing pending: the sweeper waits on its bell, not on a timer.
+        assert_eq!(clock.sleeper_count(), 0);
+
+        // A caller that goes away before its reply leaves its call
+        // pending; the sweeper clears it once its deadline passes.
+        let caller = port.clone();
+        let call = glommio::spawn_local(async move {
+            caller.call(ShardId(1), 1, Duration::from_millis(100)).await
+        });
+        crate::sync::settle(8).await;
+        drop(call);
+        crate::sync::settle(8).await;
+        assert_eq!(port.pending_calls(), 1);
+        clock.advance(CALL_SWEEP_INTERVAL * 5);
+        crate::sync::settle(8).await;
+        assert_eq!(port.pending_calls(), 1, "not yet at its deadline");
+        assert_eq!(
+            clock.sleeper_count(),
+            1,
+            "one sweeper nap, not a timer per call"
+        );
+        for _ in 0..10 {
+            clock.advance(CALL_SWEEP_INTERVAL);
+            crate::sync::settle(8).await;
+        }
+        assert_eq!(port.pending_calls(), 0);
+        crate::sync::settle(8).await;
+        clock.advance(CALL_SWEEP_INTERVAL);
+        crate::sync::settle(8).await;
+        assert_eq!(clock.sleeper_count(), 0, "back to waiting on its bell");
+        leave_tx.send(()).unwrap();
+    });
+    zero.join().unwrap();
+    one.join().unwrap();
+}
+
+#[test]
 fn node_closing_a_dead_shard_fails_its_callers_without_the_shard_doing_anything() {
     let (wiring, mut ends) = full::<u64>(2, 8);
     let _ends1 = ends.pop().unwrap(); // shard 1 never runs: as if it died leaking its port

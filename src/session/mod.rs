@@ -6,6 +6,7 @@
 mod mcp;
 pub mod tasks;
 
+use std::future::Future;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -86,7 +87,24 @@ impl SessionHandle {
         self.ask(Frame::Decoded(message)).await
     }
 
+    /// Queues a decoded message (waiting while the mailbox is full) and gives
+    /// the wait for its answer apart, so that a caller can tell the time its
+    /// request spent queued from the time its handler takes.
+    pub async fn submit_decoded(
+        &self,
+        message: Result<Incoming, Refusal>,
+    ) -> Result<impl Future<Output = Result<Option<Bytes>, SessionError>>, SessionError> {
+        self.submit(Frame::Decoded(message)).await
+    }
+
     async fn ask(&self, message: Frame) -> Result<Option<Bytes>, SessionError> {
+        self.submit(message).await?.await
+    }
+
+    async fn submit(
+        &self,
+        message: Frame,
+    ) -> Result<impl Future<Output = Result<Option<Bytes>, SessionError>>, SessionError> {
         let (reply, answer) = oneshot();
         self.mailbox
             .send(SessionRequest {
@@ -99,14 +117,14 @@ impl SessionHandle {
         // queue (and the reply sender in it) lives on while any handle does,
         // so the end of the session answers it instead.
         let ended = self.session.ended();
-        future::or(
-            async { answer.await.map_err(|_| SessionError::Gone(self.id)) },
-            async {
+        let id = self.id;
+        Ok(future::or(
+            async move { answer.await.map_err(|_| SessionError::Gone(id)) },
+            async move {
                 ended.await;
-                Err(SessionError::Gone(self.id))
+                Err(SessionError::Gone(id))
             },
-        )
-        .await
+        ))
     }
 
     /// Hands one message to the actor without waiting for its answer, which

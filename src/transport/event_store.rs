@@ -74,11 +74,46 @@ struct SessionStreams {
     streams: HashMap<u64, Stream>,
     /// The stream each running request answers on.
     by_request: HashMap<Id, u64>,
+    /// The other way round: the requests of each request stream, so that
+    /// ending a stream costs its own requests, not a scan of every request
+    /// running on the session (many, when one session is shared widely).
+    requests_of: HashMap<u64, StreamRequests>,
     /// A legacy HTTP+SSE session: every frame goes to the standalone stream.
     legacy: bool,
     /// Connection ends of request streams that a related frame opened
     /// before their POST's connection took them (see `attach_request_stream`).
     unattached: HashMap<u64, LocalReceiver<Bytes>>,
+}
+
+/// The request ids a request stream answers: nearly always one (a POST of
+/// one request), so that case needs no allocation.
+enum StreamRequests {
+    One(Id),
+    Many(Vec<Id>),
+}
+
+impl StreamRequests {
+    fn ids(&self) -> &[Id] {
+        match self {
+            StreamRequests::One(id) => std::slice::from_ref(id),
+            StreamRequests::Many(ids) => ids,
+        }
+    }
+}
+
+impl SessionStreams {
+    /// Forgets which requests stream `number` answers. An id that a later
+    /// POST reused for another stream keeps that stream.
+    fn forget_requests(&mut self, number: u64) {
+        let Some(requests) = self.requests_of.remove(&number) else {
+            return;
+        };
+        for id in requests.ids() {
+            if self.by_request.get(id) == Some(&number) {
+                self.by_request.remove(id);
+            }
+        }
+    }
 }
 
 /// What became of a frame handed to [`EventStore::route`].
@@ -173,6 +208,14 @@ impl EventStore {
         for id in ids {
             streams.by_request.insert(id.clone(), number);
         }
+        let requests = match ids {
+            [] => None,
+            [id] => Some(StreamRequests::One(id.clone())),
+            ids => Some(StreamRequests::Many(ids.to_vec())),
+        };
+        if let Some(requests) = requests {
+            streams.requests_of.insert(number, requests);
+        }
         number
     }
 
@@ -216,7 +259,7 @@ impl EventStore {
         if streams.streams.contains_key(&number) {
             return true;
         }
-        let reserved = number != STANDALONE && streams.by_request.values().any(|n| *n == number);
+        let reserved = number != STANDALONE && streams.requests_of.contains_key(&number);
         if reserved {
             let receiver = self.open_stream(streams, number);
             streams.unattached.insert(number, receiver);
@@ -326,7 +369,7 @@ impl EventStore {
         let Some(streams) = sessions.get_mut(&session) else {
             return Routed::Dropped;
         };
-        streams.by_request.retain(|_, stream| *stream != number);
+        streams.forget_requests(number);
         let routed = match reply {
             Some(reply) => self.append(streams, number, reply),
             None => Routed::Kept,
@@ -355,7 +398,7 @@ impl EventStore {
         if streams.streams.contains_key(&number) {
             return false;
         }
-        streams.by_request.retain(|_, stream| *stream != number);
+        streams.forget_requests(number);
         true
     }
 
@@ -468,7 +511,7 @@ impl EventStore {
             let bytes: usize = stream.log.iter().map(|event| event.bytes.len()).sum();
             self.bytes.set(self.bytes.get() - bytes);
         }
-        streams.by_request.retain(|_, stream| *stream != number);
+        streams.forget_requests(number);
     }
 
     fn priming(&self, number: u64) -> Bytes {
@@ -582,6 +625,39 @@ mod tests {
             assert_eq!(store.streams(), 0);
             // Stream numbers are not reused.
             assert_eq!(store.reserve_request_stream(s, &[Id::Int(2)]), number + 1);
+        });
+    }
+
+    #[test]
+    fn ending_one_stream_of_a_shared_session_leaves_the_others_requests_routed() {
+        run(async {
+            let clock = ManualClock::new();
+            let store = store(&clock);
+            let s = session(11);
+            let one = store.reserve_request_stream(s, &[Id::Int(1)]);
+            let batch = store.reserve_request_stream(s, &[Id::Int(2), Id::Int(3)]);
+            let three = store.reserve_request_stream(s, &[Id::Int(4)]);
+            assert!(store.take_unused(s, one));
+            assert_eq!(
+                store.route(s, Some(&Id::Int(1)), Bytes::from_static(b"gone")),
+                Routed::Dropped
+            );
+            // The batch's second request still leads to its stream.
+            let _batch_end = store.attach_request_stream(s, batch);
+            assert_eq!(
+                store.route(s, Some(&Id::Int(3)), Bytes::from_static(b"{\"p\":3}")),
+                Routed::Delivered
+            );
+            assert_eq!(store.finish(s, batch, None), Routed::Kept);
+            // A POST that reuses a running request's id takes it over; ending
+            // the older stream does not take it back.
+            let reused = store.reserve_request_stream(s, &[Id::Int(4)]);
+            assert!(store.take_unused(s, three));
+            assert_eq!(
+                store.route(s, Some(&Id::Int(4)), Bytes::from_static(b"{\"p\":4}")),
+                Routed::Delivered
+            );
+            assert!(!store.take_unused(s, reused), "a related frame opened it");
         });
     }
 

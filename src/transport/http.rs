@@ -290,12 +290,21 @@ impl HttpSessions {
                 json,
                 ..
             } => {
-                // Numbered first, so that frames related to the request
-                // open its stream while its handler runs.
+                // The turns count from when the request is in the actor's
+                // mailbox: time queued behind a busy session's other
+                // requests (one session shared by many connections) is no
+                // sign of a slow handler, and nothing streams meanwhile.
+                let queued = handle.submit_decoded(message).await;
+                // Numbered before this task yields, so before the actor
+                // takes the request: frames related to it open its stream
+                // while its handler runs.
                 let number = self.store.reserve_request_stream(id, &requests);
                 let owned = handle.clone();
                 let mut reply = Box::pin(async move {
-                    let reply = owned.request_decoded(message).await;
+                    let reply = match queued {
+                        Ok(answer) => answer.await,
+                        Err(error) => Err(error),
+                    };
                     (owned, reply)
                 });
                 let turns = if json { self.json_answer_turns } else { 0 };
