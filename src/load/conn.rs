@@ -444,6 +444,7 @@ impl Conn {
     /// One newline-delimited JSON-RPC message out; when `id` is Some, reads
     /// lines until the response to it. Returns it with the notifications and
     /// server requests seen on the way.
+    ///
     /// Under the watchdog when [`watch_by`](Self::watch_by) was called: an
     /// exchange it ends is `Timeout`.
     pub async fn line_exchange(
@@ -500,6 +501,7 @@ impl Conn {
 
     /// One HTTP request; reads the whole answer. With `id`, the body's
     /// JSON-RPC response to it (JSON or on an SSE stream) is the outcome.
+    ///
     /// Under the watchdog when [`watch_by`](Self::watch_by) was called: an
     /// exchange it ends is `Timeout`.
     pub async fn http_exchange(
@@ -514,7 +516,10 @@ impl Conn {
     }
 
     /// Puts this connection's exchanges under `dog`: one that runs past the
-    /// watchdog's limit is shut down and ends as `Timeout`.
+    /// watchdog's limit is shut down and ends as `Timeout`. An exchange
+    /// dropped half-way leaves the connection marked busy, so a caller that
+    /// gives up on one (an outer timeout) must drop the connection too, as
+    /// every caller here does.
     pub fn watch_by(&mut self, dog: &Rc<Watchdog>) {
         self.watch = Some(dog.register(self.stream.as_raw_fd()));
     }
