@@ -7,9 +7,7 @@ mod mcp;
 pub mod tasks;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_lite::future;
@@ -21,7 +19,7 @@ use crate::protocol::request_state::StateKey;
 use crate::registry::{Registry, RegistryError, SessionId};
 use crate::server::LiveServer;
 use crate::supervision::{ChildContext, ChildFuture, ExitReason, StartFn};
-use crate::sync::{oneshot, Event, EventWait, OneshotReceiver, OneshotSender};
+use crate::sync::{oneshot, Event, OneshotSender};
 use crate::time::SharedClock;
 
 pub use mcp::{McpSession, OutFrame, ResumeState, SessionLimits, UpdateHook};
@@ -42,33 +40,6 @@ pub struct SessionRequest {
 pub enum Frame {
     Raw(Bytes),
     Decoded(Result<Incoming, Refusal>),
-}
-
-/// The answer to a request handed to a session, or the end of the session
-/// for one still queued when its actor died.
-pub struct Answering {
-    id: SessionId,
-    answer: OneshotReceiver<Option<Bytes>>,
-    /// Watched only for a request that went through the mailbox: one whose
-    /// task was started directly always answers (its task holds the reply).
-    ended: Option<EventWait>,
-}
-
-impl Future for Answering {
-    type Output = Result<Option<Bytes>, SessionError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if let Poll::Ready(answer) = Pin::new(&mut this.answer).poll(cx) {
-            return Poll::Ready(answer.map_err(|_| SessionError::Gone(this.id)));
-        }
-        if let Some(ended) = &mut this.ended {
-            if ended.poll_set(cx).is_ready() {
-                return Poll::Ready(Err(SessionError::Gone(this.id)));
-            }
-        }
-        Poll::Pending
-    }
 }
 
 /// The address of a live session actor.
@@ -122,7 +93,7 @@ impl SessionHandle {
     pub async fn submit_decoded(
         &self,
         message: Result<Incoming, Refusal>,
-    ) -> Result<Answering, SessionError> {
+    ) -> Result<impl Future<Output = Result<Option<Bytes>, SessionError>>, SessionError> {
         self.submit(Frame::Decoded(message)).await
     }
 
@@ -130,36 +101,30 @@ impl SessionHandle {
         self.submit(message).await?.await
     }
 
-    async fn submit(&self, message: Frame) -> Result<Answering, SessionError> {
+    async fn submit(
+        &self,
+        message: Frame,
+    ) -> Result<impl Future<Output = Result<Option<Bytes>, SessionError>>, SessionError> {
         let (reply, answer) = oneshot();
-        let request = SessionRequest {
-            message,
-            reply: Some(reply),
-        };
-        // Nothing queued ahead, and the actor alive: the request's task is
-        // started here, as the actor would start it next. This saves the
-        // actor's wake-up and mailbox round for most requests; the
-        // requests of a session still start in the order they came.
-        if self.mailbox.len() == 0 && !self.kill.is_set() && !self.session.is_closed() {
-            start_request(self.session.clone(), request);
-            return Ok(Answering {
-                id: self.id,
-                answer,
-                ended: None,
-            });
-        }
         self.mailbox
-            .send(request)
+            .send(SessionRequest {
+                message,
+                reply: Some(reply),
+            })
             .await
             .map_err(|_| SessionError::Gone(self.id))?;
         // A request still queued when the actor dies is never taken: the
         // queue (and the reply sender in it) lives on while any handle does,
         // so the end of the session answers it instead.
-        Ok(Answering {
-            id: self.id,
-            answer,
-            ended: Some(self.session.ended()),
-        })
+        let ended = self.session.ended();
+        let id = self.id;
+        Ok(future::or(
+            async move { answer.await.map_err(|_| SessionError::Gone(id)) },
+            async move {
+                ended.await;
+                Err(SessionError::Gone(id))
+            },
+        ))
     }
 
     /// Hands one message to the actor without waiting for its answer, which
@@ -393,30 +358,29 @@ pub fn actor(id: SessionId, registry: Rc<SessionRegistry>, env: Rc<SessionEnv>) 
                         cleanup.ended.set(true);
                         return ExitReason::Normal;
                     }
-                    Some(Some(Some(request))) => start_request(session.clone(), request),
+                    Some(Some(Some(request))) => {
+                        let session = session.clone();
+                        // glommio runs the task at once up to its first await:
+                        // quick requests answer without a queue hop.
+                        glommio::spawn_local(async move {
+                            let message = match request.message {
+                                Frame::Raw(bytes) => session.decode(&bytes),
+                                Frame::Decoded(message) => message,
+                            };
+                            match request.reply {
+                                Some(reply) => {
+                                    let answer = session.handle_decoded(message).await;
+                                    let _ = reply.send(answer);
+                                }
+                                None => session.handle_decoded_into_outbox(message).await,
+                            }
+                        })
+                        .detach();
+                    }
                 }
             }
         })
     })
-}
-
-/// Starts one request of `session` as a task of its own, so that the
-/// session's requests run concurrently.
-fn start_request(session: Rc<McpSession>, request: SessionRequest) {
-    glommio::spawn_local(async move {
-        let message = match request.message {
-            Frame::Raw(bytes) => session.decode(&bytes),
-            Frame::Decoded(message) => message,
-        };
-        match request.reply {
-            Some(reply) => {
-                let answer = session.handle_decoded(message).await;
-                let _ = reply.send(answer);
-            }
-            None => session.handle_decoded_into_outbox(message).await,
-        }
-    })
-    .detach();
 }
 
 /// However the actor ends (exit, panic or kill: its future is dropped in

@@ -324,11 +324,6 @@ impl McpSession {
 
     /// Ends the session: running requests and tasks are cancelled and
     /// answer nothing.
-    /// Whether the session has ended (closed, or its actor gone).
-    pub fn is_closed(&self) -> bool {
-        self.closed.is_set()
-    }
-
     pub fn close(&self) {
         self.closed.set();
         self.tasks.cancel_all();
