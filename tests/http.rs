@@ -87,6 +87,15 @@ fn a_session_is_opened_used_over_sse_and_deleted() {
 }
 
 /// Opens a session (initialize + initialized) and gives its id.
+/// A POST's headers for a client that takes JSON or SSE, on `session`.
+fn session_headers(session: &str) -> [(&'static str, &str); 3] {
+    [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Mcp-Session-Id", session),
+    ]
+}
+
 fn open_session(addr: SocketAddr) -> String {
     let json = [
         ("Content-Type", "application/json"),
@@ -155,11 +164,7 @@ fn a_quick_answer_is_plain_json_unless_the_request_streams_first() {
     let node = runtime::start(config, demo::factory()).unwrap();
     let addr = node.http_addr().unwrap();
     let session = open_session(addr);
-    let headers = [
-        ("Content-Type", "application/json"),
-        ("Accept", "application/json, text/event-stream"),
-        ("Mcp-Session-Id", session.as_str()),
-    ];
+    let headers = session_headers(&session);
     let call = http(addr, "POST", &headers, ECHO);
     assert_eq!(
         call.header("content-type").as_deref(),
@@ -183,11 +188,7 @@ fn quick_answers_queued_behind_a_busy_session_are_still_plain_json() {
     let node = runtime::start(config, demo::factory()).unwrap();
     let addr = node.http_addr().unwrap();
     let session = open_session(addr);
-    let headers = [
-        ("Content-Type", "application/json"),
-        ("Accept", "application/json, text/event-stream"),
-        ("Mcp-Session-Id", session.as_str()),
-    ];
+    let headers = session_headers(&session);
     // All sent before any answer is read: they reach the shard together.
     let pending: Vec<TcpStream> = (0..CONCURRENT)
         .map(|i| {
@@ -233,11 +234,7 @@ fn requests_for_a_session_on_another_shard_are_forwarded_with_their_streams() {
     let mut calls = 0;
     while calls < 200 && (calls < 8 || forwarded() == 0) {
         calls += 1;
-        let headers = [
-            ("Content-Type", "application/json"),
-            ("Accept", "application/json, text/event-stream"),
-            ("Mcp-Session-Id", session.as_str()),
-        ];
+        let headers = session_headers(&session);
         let body = format!(
             r#"{{"jsonrpc":"2.0","id":{calls},"method":"tools/call","params":{{"name":"slow","arguments":{{"ms":4}},"_meta":{{"progressToken":{calls}}}}}}}"#
         );

@@ -502,22 +502,38 @@ fn serve_tiny(
     }
 }
 
-#[test]
-fn a_session_answered_404_is_initialized_again_and_counted() {
-    let server = TinyServer::start(4);
+/// `ping` from one generator thread over 2 connections against `server`,
+/// no warmup, measured for `duration`.
+fn ping_tiny(
+    server: &TinyServer,
+    sessions: u64,
+    duration: Duration,
+    timeout: Duration,
+) -> load::report::Report {
     let spec = LoadSpec::new(LoadSettings {
         target: Some(format!("http://{}/mcp", server.addr)),
         transport: "http".into(),
-        sessions: 4,
+        sessions,
         connections: Some(2),
         threads: Some(1),
-        duration: Duration::from_millis(500),
-        timeout: Duration::from_secs(5),
+        duration,
+        timeout,
         mix: "ping".into(),
         ..LoadSettings::default()
     })
     .unwrap();
-    let report = load::run(&spec, None).expect("the run completes");
+    load::run(&spec, None).expect("the run completes")
+}
+
+#[test]
+fn a_session_answered_404_is_initialized_again_and_counted() {
+    let server = TinyServer::start(4);
+    let report = ping_tiny(
+        &server,
+        4,
+        Duration::from_millis(500),
+        Duration::from_secs(5),
+    );
     let stats = &report.stats;
     let text = report.to_text();
     assert_eq!(stats.sessions_ready, 4, "{text}");
@@ -538,20 +554,12 @@ fn a_session_answered_404_is_initialized_again_and_counted() {
 #[test]
 fn a_request_never_answered_times_out_and_the_run_still_ends() {
     let server = TinyServer::silent();
-    let spec = LoadSpec::new(LoadSettings {
-        target: Some(format!("http://{}/mcp", server.addr)),
-        transport: "http".into(),
-        sessions: 2,
-        connections: Some(2),
-        threads: Some(1),
-        warmup: Duration::ZERO,
-        duration: Duration::from_millis(1_500),
-        timeout: Duration::from_millis(200),
-        mix: "ping".into(),
-        ..LoadSettings::default()
-    })
-    .unwrap();
-    let report = load::run(&spec, None).expect("the run completes");
+    let report = ping_tiny(
+        &server,
+        2,
+        Duration::from_millis(1_500),
+        Duration::from_millis(200),
+    );
     let stats = &report.stats;
     let text = report.to_text();
     assert_eq!(stats.sessions_ready, 2, "{text}");

@@ -17,7 +17,7 @@ use super::http::{
 };
 use super::reply::{classify, Frame, Outcome};
 use super::stats::ErrorKind;
-use super::watchdog::{Watch, Watchdog};
+use crate::transport::sweep::{SweptSocket, SweptSockets};
 
 /// Room offered to each read; the buffer starts at this size.
 const READ_CHUNK_BYTES: usize = 8 << 10;
@@ -46,7 +46,7 @@ pub struct HttpAnswer {
 pub struct Conn {
     /// Declared before `stream`: it must leave the watchdog before the
     /// socket closes.
-    watch: Option<Watch>,
+    watch: Option<SweptSocket>,
     stream: TcpStream,
     buf: Vec<u8>,
     start: usize,
@@ -520,8 +520,8 @@ impl Conn {
     /// dropped half-way leaves the connection marked busy, so a caller that
     /// gives up on one (an outer timeout) must drop the connection too, as
     /// every caller here does.
-    pub fn watch_by(&mut self, dog: &Rc<Watchdog>) {
-        self.watch = Some(dog.register(self.stream.as_raw_fd()));
+    pub fn watch_by(&mut self, watchdog: &Rc<SweptSockets>) {
+        self.watch = Some(watchdog.register(self.stream.as_raw_fd()));
     }
 
     fn watch_start(&self) {

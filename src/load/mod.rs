@@ -26,7 +26,6 @@ pub mod procs;
 pub mod reply;
 pub mod report;
 pub mod stats;
-pub mod watchdog;
 pub mod worker;
 
 use std::io::Write;

@@ -31,7 +31,7 @@ use super::mix::Mix;
 use super::pacer::{Pacer, Ticket};
 use super::reply::Outcome;
 use super::stats::{ErrorKind, Stats, Tick};
-use super::watchdog::Watchdog;
+use crate::transport::sweep::SweptSockets;
 
 mod legacy;
 
@@ -292,8 +292,10 @@ struct Worker {
     /// Set when `go` opens (setup is over).
     running: Cell<bool>,
     cleanup: Latch,
-    /// Keeps the request timeout of this thread's connections.
-    watchdog: Rc<Watchdog>,
+    /// Keeps the request timeout of this thread's connections: each is
+    /// timed while an exchange runs (`transport::sweep`), so no request
+    /// arms a timer of its own.
+    watchdog: Rc<SweptSockets>,
     /// Legacy SSE: requests waiting for their answer on a session's stream,
     /// by JSON-RPC id, with the session's slot.
     waiters: RefCell<std::collections::HashMap<u64, legacy::Waiter>>,
@@ -349,12 +351,16 @@ async fn run(
         events,
         origin,
     });
-    let watchdog = glommio::spawn_local(
-        worker
-            .watchdog
-            .clone()
-            .run(Watchdog::sweep_interval(worker.plan.timeout)),
-    );
+    let watchdog = {
+        let sockets = worker.watchdog.clone();
+        let interval = SweptSockets::sweep_interval(worker.plan.timeout);
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(interval).await;
+                sockets.sweep(false);
+            }
+        })
+    };
     let tasks: Vec<_> = (0..connections)
         .map(|index| glommio::spawn_local(connection(worker.clone(), index)))
         .collect();

@@ -30,6 +30,20 @@ async fn hold(until: crossbeam_channel::Receiver<()>) {
         .await;
 }
 
+/// Shard 1 of a two-shard mesh that takes calls and never replies, until
+/// told to leave; dropping its port then closes its pairs and rings shard 0.
+fn silent_peer(
+    ends: ShardEnds<u64>,
+    leave: crossbeam_channel::Receiver<()>,
+) -> glommio::ExecutorJoinHandle<()> {
+    shard("mesh-1", move || async move {
+        let port = MeshPort::new(ShardId(1), 2, SystemClock::shared(), 16);
+        port.set_handler(|_incoming: Incoming<u64>| {}); // never replies
+        port.connect(ends).all().await;
+        hold(leave).await;
+    })
+}
+
 fn echo_doubled(port: &Rc<MeshPort<u64>>) -> impl Fn(Incoming<u64>) + 'static {
     let weak = Rc::downgrade(port);
     move |incoming: Incoming<u64>| {
@@ -169,13 +183,7 @@ fn call_times_out_on_injected_clock_and_fails_fast_when_peer_is_gone() {
     let ends0 = ends.pop().unwrap();
     let (leave_tx, leave_rx) = bounded::<()>(1);
 
-    let one = shard("mesh-1", move || async move {
-        let port = MeshPort::new(ShardId(1), 2, SystemClock::shared(), 16);
-        port.set_handler(|_incoming: Incoming<u64>| {}); // never replies
-        port.connect(ends1).all().await;
-        hold(leave_rx).await;
-        // Dropping the port closes its pairs and rings shard 0.
-    });
+    let one = silent_peer(ends1, leave_rx);
     let zero = shard("mesh-0", move || async move {
         let clock = ManualClock::new();
         let port = MeshPort::new(ShardId(0), 2, clock.clone(), 16);
@@ -216,12 +224,7 @@ fn the_deadline_sweeper_clears_abandoned_calls_and_sleeps_when_none_is_pending()
     let ends0 = ends.pop().unwrap();
     let (leave_tx, leave_rx) = bounded::<()>(1);
 
-    let one = shard("mesh-1", move || async move {
-        let port = MeshPort::new(ShardId(1), 2, SystemClock::shared(), 16);
-        port.set_handler(|_incoming: Incoming<u64>| {}); // never replies
-        port.connect(ends1).all().await;
-        hold(leave_rx).await;
-    });
+    let one = silent_peer(ends1, leave_rx);
     let zero = shard("mesh-0", move || async move {
         let clock = ManualClock::new();
         // A poller that never parks, so the clock's only sleeper can be the

@@ -572,9 +572,9 @@ async fn sweep_http(ctx: Rc<ShardContext>, child: ChildContext) -> ExitReason {
 }
 
 /// Ends keep-alive HTTP connections idle past `limits.http_idle_timeout_ms`,
-/// and every idle one at once when the shard drains (see `transport::idle`).
+/// and every idle one at once when the shard drains (see `transport::sweep`).
 async fn sweep_idle_connections(ctx: Rc<ShardContext>, child: ChildContext) -> ExitReason {
-    let interval = crate::transport::idle::IdleConnections::sweep_interval(Duration::from_millis(
+    let interval = crate::transport::sweep::SweptSockets::sweep_interval(Duration::from_millis(
         ctx.config.limits.http_idle_timeout_ms,
     ));
     loop {

@@ -34,7 +34,7 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 
-use super::idle::{IdleConnections, IdleGuard};
+use super::sweep::{SweptSocket, SweptSockets};
 use crate::auth::{Caller, Guard, PrincipalId};
 use crate::config::LimitsConfig;
 use crate::protocol::jsonrpc::{decode, Id, Incoming, Message, Refusal};
@@ -148,7 +148,7 @@ pub struct HttpSessions {
     /// See `limits.http_json_answer_turns`.
     json_answer_turns: usize,
     /// Keep-alive connections between requests, for the idle sweeps.
-    idle: Rc<IdleConnections>,
+    idle: Rc<SweptSockets>,
 }
 
 impl HttpSessions {
@@ -172,7 +172,7 @@ impl HttpSessions {
             clock,
             session_idle: Duration::from_millis(limits.http_session_idle_ms),
             json_answer_turns: limits.http_json_answer_turns,
-            idle: Rc::new(IdleConnections::default()),
+            idle: Rc::new(SweptSockets::default()),
         }
     }
 
@@ -221,7 +221,7 @@ impl HttpSessions {
     }
 
     /// This shard's keep-alive connections, for the idle sweeps.
-    pub fn idle(&self) -> &IdleConnections {
+    pub fn idle(&self) -> &SweptSockets {
         &self.idle
     }
 
@@ -643,7 +643,7 @@ async fn read_request(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
     service: &TcpService,
-    idle: &IdleGuard,
+    idle: &SweptSocket,
 ) -> Result<Request, ReadError> {
     let limits = &service.limits;
     if buffer.is_empty() {
@@ -652,9 +652,9 @@ async fn read_request(
         if service.drain.is_set() {
             return Err(ReadError::Closed);
         }
-        idle.quiet();
+        idle.start();
         let read = read_more(stream, buffer).await;
-        idle.busy();
+        idle.stop();
         if read.is_err() {
             return Err(ReadError::Closed);
         }

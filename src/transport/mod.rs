@@ -7,9 +7,9 @@
 mod conversation;
 pub mod event_store;
 pub mod http;
-pub mod idle;
 mod lines;
 pub mod sockets;
 pub mod stdio;
+pub mod sweep;
 pub mod tcp;
 pub(crate) mod ws;
